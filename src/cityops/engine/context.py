@@ -1,0 +1,67 @@
+"""What stream code may touch while applying an event: state tables, KPI windows, alert conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cityops.engine.state import StateStore
+from cityops.engine.windows import Windows
+
+
+@dataclass(slots=True)
+class Decoded:
+    """One event that passed its contract: identity, event time and the normalized event."""
+
+    event_id: str
+    ts: float  # event time, epoch seconds (UTC)
+    source: str
+    digest: bytes  # hash of the event's content, to tell a duplicate from a tampered re-send
+    event: Any
+    index: int = 0  # position in its message (batches)
+
+
+@dataclass(slots=True)
+class Rejected:
+    """One event (or whole message) that broke its contract, with a precise reason."""
+
+    reason: str
+    index: int | None = None  # position in its message batch; None = the whole message
+    fragment: Any = None
+
+
+class Signals(Protocol):
+    def signal(
+        self,
+        rule: str,
+        entity: dict[str, str],
+        ts: float,
+        *,
+        active: bool,
+        value: float = 0.0,
+        summary: str = "",
+        description: str = "",
+    ) -> None:
+        """Report a rule condition for one entity at event time ``ts`` (active = condition holds now)."""
+
+
+@dataclass
+class Context:
+    """Handed to ``StreamKind.apply``: durable tables, KPI windows and the alert signal sink."""
+
+    store: StateStore
+    windows: Windows
+    signals: Signals
+    settings: Any
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamKind(Protocol):
+    """A stream the engine consumes: how to decode its messages and what an accepted event does."""
+
+    name: str
+    topic: str
+
+    def decode(self, raw: bytes) -> list[Decoded | Rejected]: ...
+
+    def apply(self, ev: Decoded, ctx: Context) -> None: ...
