@@ -28,7 +28,10 @@ class SeasonalDetector:
     does not become the new normal. If flags persist for `relearn_s` seconds the detector accepts
     the new level (a real change in the series, say a closed lane), instead of alerting forever.
     Within one alert episode only the onset reports the full score, later points report a damped
-    score: one episode, one alert.
+    score (`repeat_factor`): one episode, one alert. Series with heavy tails are judged against
+    their largest recent unflagged surprise (`peak_tau_pts`, `peak_ref`). A flag at the same time
+    of day as a flag of the same sign the day before is taken as unlearned rhythm (`recur_n`).
+    Defaults were tuned once, for all files together, on the NAB subset in /work/shared/data/nab.
 
     All times are epoch seconds; spacing may be irregular.
     """
@@ -44,14 +47,21 @@ class SeasonalDetector:
         level_tau_s: float = 6 * 3600.0,
         drift_tau_s: float = 1800.0,
         season_rate: float = 0.25,
-        scale_tau_pts: float = 200.0,
-        sustain_pts: float = 6.0,
+        scale_tau_pts: float = 100.0,
+        sustain_pts: float = 12.0,
         clip_z: float = 3.0,
-        z_threshold: float = 6.0,
+        z_threshold: float = 5.0,
         relearn_s: float = 6 * 3600.0,
         episode_gap_s: float = 6 * 3600.0,
         week_min_visits: int = 3,
         warmup_pts: int = 30,
+        repeat_factor: float = 0.25,
+        peak_tau_pts: float = 1000.0,
+        peak_ref: float = 4.0,
+        recur_n: int = 1,
+        recur_bins: int = 0,
+        season_drift: float = 1.0,
+        scale_floor: float = 0.0,
     ) -> None:
         if sensitivity <= 0:
             raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
@@ -71,6 +81,14 @@ class SeasonalDetector:
         self.episode_gap_s = float(episode_gap_s)
         self.week_min_visits = int(week_min_visits)
         self.warmup_pts = int(warmup_pts)
+        self.repeat_factor = float(repeat_factor)
+        self.peak_tau_pts = float(peak_tau_pts)
+        self.peak_ref = float(peak_ref)
+        self.recur_n = int(recur_n)
+        self.recur_bins = int(recur_bins)
+        self.season_drift = float(season_drift)
+        self.scale_floor = float(scale_floor)
+        self._peak_decay = math.exp(-1.0 / self.peak_tau_pts) if self.peak_tau_pts > 0 else 0.0
         # Higher sensitivity lowers the z needed to flag; the score maps z to [0, 1).
         self.z_flag = self.z_threshold / self.sensitivity
         self.threshold = self._z_to_score(self.z_flag)
@@ -87,11 +105,15 @@ class SeasonalDetector:
         self.level = 0.0
         self.drift = 0.0
         self.scale = 0.0
+        self.spread = 0.0
         self.zbar = 0.0
+        self.peak = 0.0
         self.day = [0.0] * self.bins
         self.day_n = [0] * self.bins
         self.wk = [0.0] * self.week_bins
         self.wk_n = [0] * self.week_bins
+        self.flag_ts = [-1e18] * self.bins     # last flag per day bin, to spot recurring "anomalies"
+        self.flag_n = [0] * self.bins
         self.ep_start: float | None = None   # first flag of the current alert episode
         self.ep_last: float | None = None    # last flag of the current alert episode
         self.ep_resid = 0.0                  # mean residual while flagged, for relearning
@@ -109,14 +131,17 @@ class SeasonalDetector:
             for k in (
                 "sensitivity", "season_s", "week", "bins", "week_bins", "level_tau_s", "drift_tau_s",
                 "season_rate", "scale_tau_pts", "sustain_pts", "clip_z", "z_threshold", "relearn_s",
-                "episode_gap_s", "week_min_visits", "warmup_pts",
+                "episode_gap_s", "week_min_visits", "warmup_pts", "repeat_factor", "peak_tau_pts", "peak_ref", "recur_n", "recur_bins", "season_drift", "scale_floor",
             )
         }
         state = {
             k: getattr(self, k)
-            for k in ("n", "last_ts", "level", "drift", "scale", "zbar", "ep_start", "ep_last", "ep_resid")
+            for k in ("n", "last_ts", "level", "drift", "scale", "spread", "zbar", "peak", "ep_start", "ep_last", "ep_resid")
         }
-        state.update(day=list(self.day), day_n=list(self.day_n), wk=list(self.wk), wk_n=list(self.wk_n))
+        state.update(
+            day=list(self.day), day_n=list(self.day_n), wk=list(self.wk), wk_n=list(self.wk_n),
+            flag_ts=list(self.flag_ts), flag_n=list(self.flag_n),
+        )
         return {"version": _STATE_VERSION, "params": params, "state": state}
 
     @classmethod
@@ -144,6 +169,10 @@ class SeasonalDetector:
         b, w = self._bins(ts)
         r = value - (self.level + self._season(b, w) + self.drift)
         scale = self.scale
+        # A noise-free series would otherwise make any rounding-sized wobble infinitely surprising.
+        fl = self.scale_floor * self.spread
+        if scale < fl:
+            scale = fl
         if scale <= 0.0:
             # Constant series so far: any change is infinitely surprising, which we cap.
             z = 0.0 if r == 0.0 else math.copysign(1e6, r)
@@ -158,11 +187,18 @@ class SeasonalDetector:
             return 0.0, _HIGH
         z, zs, _, _, _ = self._z(ts, value)
         zz = z if abs(z) >= abs(zs) else zs
-        return self._z_to_score(zz), (_HIGH if zz >= 0 else _LOW)
+        a = abs(zz)
+        if self._peak_decay and self.peak > self.peak_ref:
+            a *= self.peak_ref / self.peak
+        return self._z_to_score(a), (_HIGH if zz >= 0 else _LOW)
 
     def learn_one(self, ts: float, value: float) -> None:
         """Update level, seasonal bins, drift and scale with this point (Huber-clipped)."""
         z, zs, r, b, w = self._z(ts, value) if self.n else (0.0, 0.0, 0.0, *self._bins(ts))
+        if self._peak_decay and self.n >= self.warmup_pts:
+            az = max(abs(z), abs(zs))
+            pk = self.peak * self._peak_decay
+            self.peak = az if az > pk else pk
         self._learn(ts, value, z, zs, r, b, w)
 
     def _learn(self, ts: float, value: float, z: float, zs: float, r: float, b: int, w: int) -> None:
@@ -184,10 +220,11 @@ class SeasonalDetector:
         # Time-based rates, so irregular or sparse sampling does not change the time constants.
         a_lvl = 1.0 - math.exp(-dt / self.level_tau_s)
         a_dft = 1.0 - math.exp(-dt / self.drift_tau_s)
-        s_old = self._season(b, w)
         self.level += a_lvl * (rc + self.drift)
         self.drift += a_dft * rc - a_lvl * self.drift
-        dev = value - self.level - self.drift
+        # Bins learn the offset from the slow level, not from level + drift: the fast drift would
+        # otherwise explain the rhythm first and the bins would never learn its full amplitude.
+        dev = value - self.level - self.season_drift * self.drift
         g = self.season_rate
         d_old = self.day[b] if self.day_n[b] else dev
         self.day[b] = d_old + g * (max(d_old - lim * 2, min(d_old + lim * 2, dev)) - d_old) if self.day_n[b] else dev
@@ -196,8 +233,8 @@ class SeasonalDetector:
             w_old = self.wk[w] if self.wk_n[w] else dev
             self.wk[w] = w_old + g * (max(w_old - lim * 2, min(w_old + lim * 2, dev)) - w_old) if self.wk_n[w] else dev
             self.wk_n[w] += 1
-        del s_old
         ar = abs(rc)
+        self.spread += self._a_scale * 0.1 * (abs(value - self.level) - self.spread)
         if self.n <= self.warmup_pts:
             self.scale += (ar - self.scale) / self.n
         else:
@@ -221,11 +258,34 @@ class SeasonalDetector:
         zz = z if abs(z) >= abs(zs) else zs
         a = abs(zz)
         direction = _HIGH if zz >= 0 else _LOW
+        if self._peak_decay:
+            pk = self.peak
+            # Heavy-tailed series: judge a point against the largest recent normal surprise.
+            if pk > self.peak_ref:
+                a *= self.peak_ref / pk
         z2 = a * a
         score = z2 / (z2 + 36.0)
         if a < self.z_flag:
+            if self._peak_decay:
+                az = abs(zz)
+                self.peak = az if az > pk * self._peak_decay else pk * self._peak_decay
             self._learn(ts, value, z, zs, r, b, w)
             return score, direction, False
+        # A flag at the same time of day on previous days is rhythm the bins have not learned
+        # (they never learn from flags): after `recur_n` such days, learn it.
+        nb = self.bins
+        prev = max(self.flag_ts[(b + k) % nb] for k in range(-self.recur_bins, self.recur_bins + 1))
+        age = ts - prev
+        # Signed count: a drop today does not confirm yesterday's spike.
+        sgn = 1 if r > 0 else -1
+        cnt = self.flag_n[b]
+        cnt = cnt + sgn if 0.5 * self.season_s < age < 1.5 * self.season_s and cnt * sgn > 0 else sgn
+        self.flag_n[b] = cnt
+        self.flag_ts[b] = ts
+        if cnt * sgn > self.recur_n:
+            self.flag_n[b] = 0
+            self._learn(ts, value, z, zs, r, b, w)
+            return self.repeat_factor * score, direction, False
         # Flagged: do not learn, but remember the residual in case this is the new normal.
         if self.ep_last is None or ts - self.ep_last > self.episode_gap_s:
             self.ep_start = ts
@@ -241,4 +301,4 @@ class SeasonalDetector:
             self.drift += self.ep_resid
             self.ep_start = ts
             self.zbar = 0.0
-        return (score if onset else 0.25 * score), direction, True
+        return (score if onset else self.repeat_factor * score), direction, True

@@ -1,0 +1,103 @@
+"""The one Faust app: an agent per input topic feeding the engine, a timer that commits, /metrics, /healthz."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from cityops.metrics import Metrics
+from cityops.runtime import Runtime
+from cityops.settings import Settings
+
+log = logging.getLogger("cityops.agents")
+
+TAKE_MAX = 2000  # records per agent step: amortizes Faust's per-step overhead
+TAKE_WITHIN_S = 0.05
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
+    """Build the Faust app and its runtime. Settings come only from ``settings`` (``env={}``)."""
+    metrics = metrics or Metrics()
+    runtime = Runtime(settings, metrics)
+    app = faust.App(
+        "cityops",
+        env={},  # Faust would otherwise let BROKER_URL & co. in the environment override our settings
+        broker=settings.kafka_broker_url,
+        store="memory://",  # state lives in cityops' own committed store, not Faust tables
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.consumer_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.consumer_session_timeout_s / 3),
+        broker_commit_interval=settings.flush_interval_s,
+        stream_buffer_maxsize=16384,
+        consumer_max_fetch_size=8 << 20,
+        producer_max_request_size=settings.max_message_bytes + (64 << 10),
+        logging_config=None,
+    )
+
+    for stream in runtime.engine.streams.values():
+        _add_agent(app, runtime, stream.topic, settings)
+
+    @app.timer(interval=settings.flush_interval_s, on_leader=False)
+    async def commit() -> None:
+        if runtime.ready:
+            runtime.tick()
+
+    @app.task
+    async def start_runtime() -> None:
+        await runtime.start()
+        log.info("worker ready web=http://%s:%d streams=%s", settings.web_host, settings.web_port,
+                 ",".join(runtime.engine.streams))
+
+    @app.on_before_shutdown.connect
+    async def flush_on_shutdown(app: Any, **kwargs: Any) -> None:
+        log.info("shutting down: final commit and flush")
+        await runtime.stop()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        metrics.checkpoint_age.set(runtime.checkpoint_age())
+        return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        age = runtime.checkpoint_age()
+        body = {
+            "ready": runtime.ready,
+            "checkpoint_age_s": round(age, 3),
+            "influx_pending_points": len(runtime.influx.pending),
+            "influx_healthy": runtime.influx.healthy,
+            "backpressure": runtime.backpressure,
+            "watermarks": dict(runtime.engine.watermark),
+            "events": {f"{s}/{o}": n for (s, o), n in runtime.engine.counts.items()},
+        }
+        ok = runtime.ready and age < max(30.0, 10 * settings.flush_interval_s)
+        return web.json(body, status=200 if ok else 503)
+
+    return app, runtime
+
+
+def _add_agent(app: faust.App, runtime: Runtime, topic_name: str, settings: Settings) -> None:
+    topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw",
+                      partitions=settings.topic_partitions, allow_empty=True)
+
+    async def agent(stream: Any) -> None:
+        process = runtime.process
+        async for events in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN_S):
+            await runtime.wait_writable(topic_name)
+            for event in events:
+                msg = event.message
+                # Acks are released only after the commit that covers this record (runtime.tick).
+                process(msg.topic, msg.partition, msg.offset, event.value, event.ack)
+            runtime.metrics.messages.labels(topic=topic_name).inc(len(events))
+
+    agent.__name__ = "agent_" + topic_name.replace(".", "_").replace("-", "_")
+    app.agent(topic, name=f"cityops.{topic_name}")(agent)

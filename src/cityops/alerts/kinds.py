@@ -1,0 +1,839 @@
+"""Rule kinds: the code behind each alert rule, registered by kind name; a rule itself is configuration.
+
+A rule (``RuleSpec``: name, kind, params, ...) is evaluated by an instance of the ``RuleKind`` subclass
+registered under its kind, so a new rule of an existing kind needs no code. Kinds only *report conditions*
+(``ctx.signals.signal(..., active=...)`` at event time); the alert lifecycle (pending/firing/resolved,
+``for_s``, ``resolve_after_s``) lives in ``cityops.alerts.lifecycle``.
+
+Hooks the engine calls (each a no-op by default):
+    on_event(stream, ev, ctx)                       an accepted event
+    on_window(measurement, tags, fields, window_start, ctx)  a KPI window closed by watermark
+    on_quality(stream, outcome, ts, source, ctx)    every event outcome (accepted|invalid|duplicate|late|
+                                                    untrusted|bad_signature)
+    on_tick(now_ts, ctx)                            the engine's event-time watermark moved
+    on_tampering(stream, event_id, source, ts, ctx) an event_id arrived again with different content
+    on_rejected_source(stream, source, reason, ts, ctx)  'untrusted_source' | 'bad_signature'
+
+State: each rule keeps its per-entity state in ``ctx.store.table(f"rule:{name}")`` as plain data, so two
+rules of the same kind never share it and it survives a crash exactly; ``on_tick`` evicts entries older
+than the kind's ``horizon_s`` (event time). Context extras: ``ctx.extra["sources"]`` (a ``SourceRegistry``,
+needed by ``source_silent`` and used by ``impossible_travel`` for taps without coordinates) and optionally
+``ctx.extra["engine_start_ts"]`` (epoch s; silence of never-heard sources counts from it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cityops.alerts.detector import SeasonalDetector
+from cityops.alerts.sources import SourceRegistry
+from cityops.alerts.spec import RuleSpec
+from cityops.engine.context import Context, Decoded
+from cityops.engine.state import Table
+
+__all__ = [
+    "KINDS", "REQUIRED", "ENGINE_START", "SOURCES", "RuleKind", "register", "build",
+    "haversine_km", "STREAMS", "OUTCOMES",
+]
+
+SOURCES = "sources"  # ctx.extra key: the SourceRegistry
+ENGINE_START = "engine_start_ts"  # ctx.extra key: epoch seconds the engine (first) started
+
+STREAMS = ("traffic.card-taps", "traffic.road-detectors", "health.card-events", "food.trace-events")
+OUTCOMES = ("accepted", "invalid", "duplicate", "late", "untrusted", "bad_signature")
+
+_OPEN = "__open__"  # table keys (_OPEN, *entity items): entities whose condition was reported active
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # params_schema default of a parameter that has none
+
+KINDS: dict[str, type[RuleKind]] = {}
+
+
+def register(name: str) -> Callable[[type[RuleKind]], type[RuleKind]]:
+    """Class decorator: make ``cls`` the code of rule kind ``name``."""
+
+    def deco(cls: type[RuleKind]) -> type[RuleKind]:
+        if name in KINDS and KINDS[name] is not cls:
+            raise ValueError(f"rule kind {name!r} registered twice ({KINDS[name].__name__}, {cls.__name__})")
+        cls.kind = name
+        KINDS[name] = cls
+        return cls
+
+    return deco
+
+
+def build(spec: RuleSpec) -> RuleKind:
+    """The evaluator of ``spec``; ValueError naming the rule if its kind or params are wrong."""
+    cls = KINDS.get(spec.kind)
+    if cls is None:
+        raise ValueError(f"rule {spec.name!r}: unknown kind {spec.kind!r}; known kinds: {sorted(KINDS)}")
+    return cls(spec)
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in km between two WGS84 points (degrees)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0088 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _type_ok(value: Any, typ: Any) -> bool:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    for t in types:
+        if t is None or t is type(None):
+            if value is None:
+                return True
+        elif t is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return True
+        elif t is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+        elif isinstance(value, t):
+            return True
+    return False
+
+
+def _type_name(typ: Any) -> str:
+    types = typ if isinstance(typ, tuple) else (typ,)
+    return " or ".join("null" if t in (None, type(None)) else t.__name__ for t in types)
+
+
+class RuleKind:
+    """Base of all rule kinds: validated params, a namespaced state table, no-op hooks, bounded state.
+
+    Subclasses set ``params_schema`` (param -> (type or tuple of types, default or REQUIRED)), may
+    check ranges in ``check()``, and evict their own entries in ``expired()``.
+    ``one_shot``: each active signal is one occurrence (the lifecycle resolves it after a quiet time);
+    otherwise the kind reports the condition both ways (active, then inactive until it resolves).
+    """
+
+    kind: ClassVar[str] = ""
+    params_schema: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    one_shot: ClassVar[bool] = False
+    min_sweep_every_s: ClassVar[float] = 300.0
+
+    def __init__(self, spec: RuleSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.params = self._validate(dict(spec.params))
+        self._last_sweep: float | None = None
+        self.check()
+
+    # -- configuration -----------------------------------------------------------------------------
+    @classmethod
+    def example_params(cls) -> dict[str, Any]:
+        """Smallest params that construct this kind (values for REQUIRED params); used by contract tests."""
+        return {}
+
+    def _validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        schema = self.params_schema
+        for key in params:
+            if key not in schema:
+                raise self.error(key, f"unknown parameter; known: {sorted(schema)}")
+        out: dict[str, Any] = {}
+        for key, (typ, default) in schema.items():
+            if key in params:
+                value = params[key]
+                if not _type_ok(value, typ):
+                    raise self.error(key, f"expected {_type_name(typ)}, got {value!r}")
+                out[key] = float(value) if typ is float else value
+            elif default is REQUIRED:
+                raise self.error(key, "required")
+            else:
+                out[key] = default
+        return out
+
+    def error(self, param: str, message: str) -> ValueError:
+        return ValueError(f"rule {self.name!r} (kind {self.kind!r}) param {param!r}: {message}")
+
+    def check(self) -> None:
+        """Range checks of ``self.params``; raise ``self.error(param, why)``."""
+
+    def _positive(self, *names: str) -> None:
+        for n in names:
+            if not self.params[n] > 0:
+                raise self.error(n, f"must be > 0, got {self.params[n]!r}")
+
+    @property
+    def horizon_s(self) -> float:
+        """Event-time seconds an entity's state is kept after its last update (0 = the kind keeps none)."""
+        return 0.0
+
+    @property
+    def sweep_every_s(self) -> float:
+        """Event-time seconds between sweeps: entries live at most horizon_s + this."""
+        return max(self.min_sweep_every_s, self.horizon_s / 4.0)
+
+    @property
+    def open_stale_s(self) -> float:
+        """An entity reported active but not reported on for this long is reported recovered."""
+        return max(self.spec.resolve_after_s, 3600.0)
+
+    # -- state ---------------------------------------------------------------------------------------
+    def table(self, ctx: Context) -> Table[Any, Any]:
+        return ctx.store.table(f"rule:{self.spec.name}")
+
+    def registry(self, ctx: Context) -> SourceRegistry | None:
+        reg = ctx.extra.get(SOURCES)
+        return reg if isinstance(reg, SourceRegistry) else None
+
+    def signal(
+        self, ctx: Context, entity: dict[str, str], ts: float, *, active: bool, value: float = 0.0,
+        summary: str = "", description: str = "",
+    ) -> None:
+        ctx.signals.signal(
+            self.name, entity, ts, active=active, value=value, summary=summary, description=description
+        )
+
+    def report(
+        self, ctx: Context, entity: dict[str, str], ts: float, *, active: bool, value: float = 0.0,
+        summary: str = "", description: str = "",
+    ) -> None:
+        """Report a two-way condition: active always; inactive only for entities reported active before,
+        repeated until it has held ``resolve_after_s`` (so the lifecycle sees the recovery complete)."""
+        table = self.table(ctx)
+        key = (_OPEN, *sorted(entity.items()))
+        if active:
+            table[key] = (True, ts)
+        else:
+            st = table.get(key)
+            if st is None:
+                return
+            if st[0]:
+                table[key] = (False, ts)
+                since = ts
+            else:
+                since = st[1]
+            if ts - since >= self.spec.resolve_after_s:
+                del table[key]
+        self.signal(ctx, entity, ts, active=active, value=value, summary=summary, description=description)
+
+    def sweep(self, now_ts: float, ctx: Context) -> None:
+        """Evict expired entity state; close open entities nobody reported on for ``open_stale_s``."""
+        table = self.table(ctx)
+        stale = self.open_stale_s
+        for key, value in list(table.items()):
+            if isinstance(key, tuple) and key and key[0] == _OPEN:
+                active, ts = value
+                entity = dict(key[1:])
+                if active and now_ts - ts > stale:
+                    # Its source of updates went away while active (a series stopped): recover, do not fire forever.
+                    table[key] = (False, now_ts)
+                    self.signal(ctx, entity, now_ts, active=False, description="no update within horizon")
+                elif not active and now_ts - ts >= self.spec.resolve_after_s:
+                    del table[key]
+                    self.signal(ctx, entity, now_ts, active=False)
+            elif self.expired(key, value, now_ts, ctx):
+                del table[key]
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        """Whether a (non-open) entry may be dropped at watermark ``now_ts``."""
+        return False
+
+    # -- hooks -------------------------------------------------------------------------------------------
+    def on_event(self, stream: str, ev: Decoded, ctx: Context) -> None:
+        """An accepted event of ``stream``."""
+
+    def on_window(
+        self, measurement: str, tags: dict[str, str], fields: dict[str, Any], window_start: float, ctx: Context
+    ) -> None:
+        """A KPI window (epoch-s start) closed by watermark."""
+
+    def on_quality(self, stream: str, outcome: str, ts: float, source: str | None, ctx: Context) -> None:
+        """Every event outcome; ``ts`` = event time if known, else the stream's watermark."""
+
+    def on_tick(self, now_ts: float, ctx: Context) -> None:
+        """The engine's event-time watermark is ``now_ts``; sweeps state every ``sweep_every_s``."""
+        last = self._last_sweep
+        if last is None or now_ts - last >= self.sweep_every_s:
+            self._last_sweep = now_ts
+            self.sweep(now_ts, ctx)
+
+    def on_tampering(self, stream: str, event_id: str, source: str, ts: float, ctx: Context) -> None:
+        """An ``event_id`` seen before arrived with different content."""
+
+    def on_rejected_source(self, stream: str, source: str, reason: str, ts: float, ctx: Context) -> None:
+        """An event was dead-lettered because its source is unlisted or its signature does not verify."""
+
+
+def _stream_ok(params: dict[str, Any], stream: str) -> bool:
+    want = params.get("stream")
+    return want is None or want == stream
+
+
+# ---------------------------------------------------------------------------------------------------- cards
+@register("impossible_travel")
+class ImpossibleTravel(RuleKind):
+    """One card's consecutive taps imply travel faster than ``max_speed_kmh`` over more than ``min_km``.
+
+    Tap location: the tap's lat/lon, else the source registry's reader or station location; taps with
+    no location are skipped. Value: the implied speed in km/h. Entity: {"card": pseudonym}.
+    """
+
+    params_schema = {
+        "max_speed_kmh": (float, 150.0),
+        "min_km": (float, 1.0),
+        "stream": (str, "traffic.card-taps"),
+        "horizon_s": (float, 6 * 3600.0),  # a card's last tap is forgotten after this (by then any trip is possible)
+    }
+    one_shot = True
+
+    def check(self) -> None:
+        self._positive("max_speed_kmh", "horizon_s")
+        if self.params["min_km"] < 0:
+            raise self.error("min_km", "must be >= 0")
+
+    @property
+    def horizon_s(self) -> float:
+        return float(self.params["horizon_s"])
+
+    def on_event(self, stream: str, ev: Decoded, ctx: Context) -> None:
+        if stream != self.params["stream"]:
+            return
+        e = ev.event
+        card = getattr(e, "card_id", None)
+        if not card:
+            return
+        lat, lon = getattr(e, "lat", None), getattr(e, "lon", None)
+        if lat is None or lon is None:
+            reg = self.registry(ctx)
+            loc = reg.location(ev.source, getattr(e, "station", None)) if reg is not None else None
+            if loc is None:
+                return
+            lat, lon = loc
+        table = self.table(ctx)
+        prev = table.get(card)
+        if prev is not None:
+            pts, plat, plon, psrc = prev
+            km = haversine_km(plat, plon, lat, lon)
+            if km > self.params["min_km"]:
+                dt = abs(ev.ts - pts)
+                # Taps in the same second at far-apart readers: as fast as anything we can measure.
+                speed = km / max(dt, 1.0) * 3600.0
+                if speed > self.params["max_speed_kmh"]:
+                    self.signal(
+                        ctx, {"card": card}, ev.ts, active=True, value=round(speed, 1),
+                        summary=f"card travelled {km:.1f} km in {dt:.0f} s ({speed:.0f} km/h)",
+                        description=f"from {psrc} to {ev.source}; limit {self.params['max_speed_kmh']:g} km/h",
+                    )
+        if prev is None or ev.ts >= prev[0]:
+            table[card] = (ev.ts, float(lat), float(lon), ev.source)
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        return now_ts - value[0] > self.horizon_s
+
+
+@register("declined_burst")
+class DeclinedBurst(RuleKind):
+    """At least ``count`` taps of one card with result ``result`` within ``window_s``. Value: the count."""
+
+    params_schema = {
+        "count": (int, 5),
+        "window_s": (float, 600.0),
+        "stream": (str, "traffic.card-taps"),
+        "result": (str, "declined"),
+    }
+    one_shot = True
+
+    def check(self) -> None:
+        self._positive("count", "window_s")
+
+    @property
+    def horizon_s(self) -> float:
+        return float(self.params["window_s"])
+
+    def on_event(self, stream: str, ev: Decoded, ctx: Context) -> None:
+        if stream != self.params["stream"]:
+            return
+        e = ev.event
+        card = getattr(e, "card_id", None)
+        if not card or getattr(e, "result", None) != self.params["result"]:
+            return
+        window = self.params["window_s"]
+        table = self.table(ctx)
+        times = list(table.get(card, ()))
+        times.append(ev.ts)
+        newest = max(times)
+        times = sorted(t for t in times if t > newest - window)
+        # Bounded: more than `count` inside the window tells nothing more.
+        times = times[-self.params["count"] * 2 :]
+        table[card] = tuple(times)
+        n = sum(1 for t in times if abs(t - ev.ts) < window)
+        if n >= self.params["count"]:
+            self.signal(
+                ctx, {"card": card}, ev.ts, active=True, value=float(n),
+                summary=f"{n} {self.params['result']} taps within {window / 60:g} min",
+                description=f"last at {ev.source}",
+            )
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        return not value or now_ts - max(value) > self.horizon_s
+
+
+# --------------------------------------------------------------------------------------------- health cards
+@register("concurrent_use")
+class ConcurrentUse(RuleKind):
+    """One card's ``event_kind`` events at >= ``min_hospitals`` different hospitals within ``window_s``.
+
+    Only events with result "ok" count. Value: number of hospitals. Entity: {"card": pseudonym}.
+    """
+
+    params_schema = {
+        "window_s": (float, 1800.0),
+        "min_hospitals": (int, 2),
+        "stream": (str, "health.card-events"),
+        "event_kind": (str, "register"),
+    }
+    one_shot = True
+
+    def check(self) -> None:
+        self._positive("window_s")
+        if self.params["min_hospitals"] < 2:
+            raise self.error("min_hospitals", "must be >= 2")
+
+    @property
+    def horizon_s(self) -> float:
+        return float(self.params["window_s"])
+
+    def on_event(self, stream: str, ev: Decoded, ctx: Context) -> None:
+        if stream != self.params["stream"]:
+            return
+        e = ev.event
+        card, hospital = getattr(e, "card_id", None), getattr(e, "hospital", None)
+        if not card or not hospital or getattr(e, "kind", None) != self.params["event_kind"]:
+            return
+        if getattr(e, "result", "ok") != "ok":
+            return
+        window = self.params["window_s"]
+        table = self.table(ctx)
+        # Latest time per hospital: bounded by the number of hospitals, not of registrations.
+        seen: dict[str, float] = dict(table.get(card, {}))
+        seen[hospital] = max(seen.get(hospital, ev.ts), ev.ts)
+        newest = max(seen.values())
+        seen = {h: t for h, t in seen.items() if t > newest - window}
+        table[card] = seen
+        near = sorted(h for h, t in seen.items() if abs(t - ev.ts) < window)
+        if len(near) >= self.params["min_hospitals"]:
+            self.signal(
+                ctx, {"card": card}, ev.ts, active=True, value=float(len(near)),
+                summary=f"card used at {len(near)} hospitals within {window / 60:g} min",
+                description="hospitals: " + ", ".join(near),
+            )
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        return not value or now_ts - max(value.values()) > self.horizon_s
+
+
+@register("registration_hoarding")
+class RegistrationHoarding(RuleKind):
+    """One card makes more than ``max_per_day`` ``event_kind`` events (result ok) in a calendar day in ``tz``.
+
+    Value: the day's count so far. Entity: {"card": pseudonym}.
+    """
+
+    params_schema = {
+        "max_per_day": (int, 6),
+        "tz": (str, "Asia/Shanghai"),
+        "stream": (str, "health.card-events"),
+        "event_kind": (str, "register"),
+        "grace_s": (float, 3600.0),  # late events of a day still count this long after it ended
+    }
+    one_shot = True
+
+    def check(self) -> None:
+        self._positive("max_per_day")
+        if self.params["grace_s"] < 0:
+            raise self.error("grace_s", "must be >= 0")
+        try:
+            self._tz = ZoneInfo(self.params["tz"])
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise self.error("tz", f"unknown time zone {self.params['tz']!r}") from exc
+
+    @property
+    def horizon_s(self) -> float:
+        return 86400.0
+
+    def _day(self, ts: float) -> tuple[str, float]:
+        local = datetime.fromtimestamp(ts, self._tz)
+        day = local.date()
+        end = datetime.combine(day + timedelta(days=1), datetime.min.time(), self._tz).timestamp()
+        return day.isoformat(), end
+
+    def on_event(self, stream: str, ev: Decoded, ctx: Context) -> None:
+        if stream != self.params["stream"]:
+            return
+        e = ev.event
+        card = getattr(e, "card_id", None)
+        if not card or getattr(e, "kind", None) != self.params["event_kind"]:
+            return
+        if getattr(e, "result", "ok") != "ok":
+            return
+        day, end = self._day(ev.ts)
+        table = self.table(ctx)
+        key = (card, day)
+        count = table.get(key, (0, end))[0] + 1
+        table[key] = (count, end)
+        if count > self.params["max_per_day"]:
+            self.signal(
+                ctx, {"card": card}, ev.ts, active=True, value=float(count),
+                summary=f"{count} registrations on {day} (limit {self.params['max_per_day']})",
+                description=f"latest at {getattr(e, 'hospital', '?')}",
+            )
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        return now_ts > value[1] + self.params["grace_s"]
+
+
+# ------------------------------------------------------------------------------------------------ security
+@register("tampering")
+class Tampering(RuleKind):
+    """An ``event_id`` arrived again with different content. Entity {"source", "stream"}; value 1."""
+
+    params_schema = {"stream": ((str, None), None)}
+    one_shot = True
+
+    def on_tampering(self, stream: str, event_id: str, source: str, ts: float, ctx: Context) -> None:
+        if not _stream_ok(self.params, stream):
+            return
+        self.signal(
+            ctx, {"source": str(source), "stream": stream}, ts, active=True, value=1.0,
+            summary=f"event {event_id} re-sent with different content",
+            description=f"event_id={event_id} stream={stream}",
+        )
+
+
+class _RejectedSource(RuleKind):
+    reason: ClassVar[str] = ""
+    params_schema = {"stream": ((str, None), None)}
+    one_shot = True
+
+    def on_rejected_source(self, stream: str, source: str, reason: str, ts: float, ctx: Context) -> None:
+        if reason != self.reason or not _stream_ok(self.params, stream):
+            return
+        self.signal(
+            ctx, {"source": str(source), "stream": stream}, ts, active=True, value=1.0,
+            summary=f"event dead-lettered: {reason.replace('_', ' ')}",
+            description=f"source={source} stream={stream}",
+        )
+
+
+@register("untrusted_source")
+class UntrustedSource(_RejectedSource):
+    """An event from a source the registry does not list (for that stream); the event was dead-lettered."""
+
+    reason = "untrusted_source"
+
+
+@register("bad_signature")
+class BadSignature(_RejectedSource):
+    """An event from a must-sign source whose ``sig`` does not verify; the event was dead-lettered."""
+
+    reason = "bad_signature"
+
+
+# ---------------------------------------------------------------------------------------------- anomalies
+@register("kpi_anomaly")
+class KpiAnomaly(RuleKind):
+    """One ``SeasonalDetector`` per series of ``measurement``.``field``, fed once per closed window.
+
+    Series: the window's values of ``tags`` (None = all its tags); ``match`` keeps only windows whose
+    tags equal it. ``min_history``: windows learned before any alert (the detector's warm-up).
+    ``detector``: extra ``SeasonalDetector`` arguments. Entity: the series tags + "direction"
+    (high|low), so a spike and a collapse are separate alerts. Value: the KPI value.
+    """
+
+    params_schema = {
+        "measurement": (str, REQUIRED),
+        "field": (str, REQUIRED),
+        "tags": ((list, None), None),
+        "match": (dict, {}),
+        "sensitivity": (float, 1.0),
+        "min_history": (int, 1440),
+        "horizon_s": (float, 8 * 86400.0),  # a series silent this long is forgotten
+        "stale_s": (float, 3600.0),  # an open alert of a series without windows this long is recovered
+        "detector": (dict, {}),
+    }
+
+    @classmethod
+    def example_params(cls) -> dict[str, Any]:
+        return {"measurement": "metro_line", "field": "taps_in"}
+
+    def check(self) -> None:
+        self._positive("sensitivity", "horizon_s", "stale_s")
+        if self.params["min_history"] < 1:
+            raise self.error("min_history", "must be >= 1")
+        if self.params["tags"] is not None and not all(isinstance(t, str) for t in self.params["tags"]):
+            raise self.error("tags", "expected a list of tag names")
+        try:
+            self._new()
+        except (TypeError, ValueError) as exc:
+            raise self.error("detector", str(exc)) from exc
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        # Live detectors beside their stored state, valid only while the table still holds that very state
+        # object: saves a from_state per window, and a restored or rolled-back table is never ignored.
+        self._cache: dict[Any, tuple[Any, SeasonalDetector]] = {}
+
+    @property
+    def horizon_s(self) -> float:
+        return float(self.params["horizon_s"])
+
+    @property
+    def sweep_every_s(self) -> float:
+        return self.min_sweep_every_s  # few series, and stale alerts must not wait days for a sweep
+
+    @property
+    def open_stale_s(self) -> float:
+        return max(self.spec.resolve_after_s, float(self.params["stale_s"]))
+
+    def _new(self) -> SeasonalDetector:
+        kw = dict(self.params["detector"])
+        kw.setdefault("warmup_pts", self.params["min_history"])
+        return SeasonalDetector(sensitivity=self.params["sensitivity"], **kw)
+
+    def _detector(self, table: Table[Any, Any], key: Any) -> SeasonalDetector:
+        stored = table.get(key)
+        cached = self._cache.get(key)
+        if cached is not None and stored is not None and cached[0] is stored:
+            return cached[1]
+        return SeasonalDetector.from_state(stored) if stored is not None else self._new()
+
+    def on_window(
+        self, measurement: str, tags: dict[str, str], fields: dict[str, Any], window_start: float, ctx: Context
+    ) -> None:
+        p = self.params
+        if measurement != p["measurement"]:
+            return
+        for k, v in p["match"].items():
+            if tags.get(k) != v:
+                return
+        value = fields.get(p["field"])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return
+        names = p["tags"] if p["tags"] is not None else sorted(tags)
+        series = tuple((k, str(tags.get(k, ""))) for k in names)
+        key = ("det", series)
+        table = self.table(ctx)
+        det = self._detector(table, key)
+        score, direction, anomalous = det.update(float(window_start), float(value))
+        state = det.to_state()
+        table[key] = state
+        self._cache[key] = (state, det)
+        base = dict(series)
+        for d in ("high", "low"):
+            active = anomalous and d == direction
+            self.report(
+                ctx, {**base, "direction": d}, float(window_start), active=active, value=float(value),
+                summary=(f"{p['measurement']}.{p['field']} unusually {d}: {value:g}" if active else ""),
+                description=(f"score={score:.3f}" if active else ""),
+            )
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        last = value["state"].get("last_ts")
+        gone = last is None or now_ts - last > self.horizon_s
+        if gone:
+            self._cache.pop(key, None)
+        return gone
+
+
+# ----------------------------------------------------------------------------------- silence and quality
+@register("source_silent")
+class SourceSilent(RuleKind):
+    """An expected source (source registry) sends nothing for longer than its ``max_gap_s`` while in service.
+
+    Silence counts from the latest of: its last event (any outcome), the start of its current service
+    window, the engine's start, so a source never heard from is caught too. Evaluated on ticks at most
+    every ``check_every_s``. Entity {"source", "stream"}; value: seconds of silence. Needs
+    ``ctx.extra["sources"]``; without a registry the rule does nothing.
+    """
+
+    params_schema = {
+        "stream": ((str, None), None),
+        "max_gap_s": ((float, None), None),  # overrides every source's own max_gap_s
+        "check_every_s": (float, 60.0),
+    }
+
+    def check(self) -> None:
+        self._positive("check_every_s")
+        if self.params["max_gap_s"] is not None:
+            self._positive("max_gap_s")
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._last_check: float | None = None
+
+    def on_quality(self, stream: str, outcome: str, ts: float, source: str | None, ctx: Context) -> None:
+        if source is None or not _stream_ok(self.params, stream):
+            return
+        reg = self.registry(ctx)
+        if reg is None or source not in reg:  # unlisted names must not grow our state
+            return
+        table = self.table(ctx)
+        key = ("seen", source)
+        last = table.get(key)
+        if last is None or ts > last:
+            table[key] = ts
+
+    def on_tick(self, now_ts: float, ctx: Context) -> None:
+        self._check_sources(now_ts, ctx)
+        super().on_tick(now_ts, ctx)
+
+    def _check_sources(self, now_ts: float, ctx: Context) -> None:
+        reg = self.registry(ctx)
+        if reg is None:
+            return
+        table = self.table(ctx)
+        start = ctx.extra.get(ENGINE_START)
+        if start is None:
+            start = table.get(("start",))
+            if start is None:
+                start = table[("start",)] = now_ts
+        if self._last_check is not None and 0 <= now_ts - self._last_check < self.params["check_every_s"]:
+            return
+        self._last_check = now_ts
+        want = self.params["stream"]
+        for sid in reg.expected():
+            info = reg.get(sid)
+            if info is None or (want is not None and info.stream != want):
+                continue
+            entity = {"source": sid, "stream": info.stream}
+            if not reg.in_service(sid, now_ts):
+                self.report(ctx, entity, now_ts, active=False)
+                continue
+            gap = self.params["max_gap_s"] or info.max_gap_s
+            ref = float(start)
+            last = table.get(("seen", sid))
+            if last is not None:
+                ref = max(ref, last)
+            svc = reg.service_start(sid, now_ts)
+            if svc is not None:
+                ref = max(ref, svc)
+            silence = now_ts - ref
+            active = silence > gap
+            self.report(
+                ctx, entity, now_ts, active=active, value=round(silence, 1),
+                summary=(f"no events from {sid} for {silence / 60:.0f} min" if active else ""),
+                description=(f"allowed gap {gap:g} s; last event at {last}" if active else ""),
+            )
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        if key[0] == "seen":
+            reg = self.registry(ctx)
+            return reg is not None and key[1] not in reg
+        return False
+
+
+@register("invalid_share")
+class InvalidShare(RuleKind):
+    """A stream's share of ``bad_outcomes`` among (accepted + bad) exceeds ``max_share`` over ``window_s``.
+
+    Counted in ``bucket_s`` buckets of event time; evaluated over the complete buckets of the window
+    when a new bucket starts and on ticks; no verdict below ``min_events``. Entity {"stream"}; value:
+    the share.
+    """
+
+    params_schema = {
+        "max_share": (float, 0.05),
+        "window_s": (float, 300.0),
+        "min_events": (int, 20),
+        "bucket_s": (float, 60.0),
+        "stream": ((str, None), None),
+        "bad_outcomes": (list, ["invalid"]),
+    }
+
+    def check(self) -> None:
+        self._positive("window_s", "bucket_s")
+        if not 0 <= self.params["max_share"] < 1:
+            raise self.error("max_share", "must be in [0, 1)")
+        if self.params["min_events"] < 1:
+            raise self.error("min_events", "must be >= 1")
+        bad = self.params["bad_outcomes"]
+        if not bad or any(o not in OUTCOMES or o == "accepted" for o in bad):
+            raise self.error("bad_outcomes", f"expected a non-empty list of {OUTCOMES[1:]}")
+        if self.params["window_s"] < self.params["bucket_s"]:
+            raise self.error("window_s", "must be >= bucket_s")
+
+    def __init__(self, spec: RuleSpec) -> None:
+        super().__init__(spec)
+        self._evaluated: dict[str, float] = {}  # stream -> end of the last window judged
+
+    @property
+    def horizon_s(self) -> float:
+        return float(self.params["window_s"])
+
+    def _bucket(self, ts: float) -> float:
+        b = self.params["bucket_s"]
+        return math.floor(ts / b) * b
+
+    def on_quality(self, stream: str, outcome: str, ts: float, source: str | None, ctx: Context) -> None:
+        if not _stream_ok(self.params, stream):
+            return
+        if outcome == "accepted":
+            slot = 0
+        elif outcome in self.params["bad_outcomes"]:
+            slot = 1
+        else:
+            return
+        table = self.table(ctx)
+        buckets: dict[float, list[int]] = table.get(stream) or {}
+        b = self._bucket(ts)
+        newest = max(buckets) if buckets else None
+        if newest is not None and b <= newest - self.params["window_s"]:
+            return  # too old to fall in any window we will judge again
+        if newest is not None and b > newest:
+            self._evaluate(stream, buckets, b, ctx)
+            lo = b - self.params["window_s"]
+            buckets = {k: v for k, v in buckets.items() if k >= lo}
+        counts = buckets.get(b)
+        if counts is None:
+            counts = buckets[b] = [0, 0]
+        counts[slot] += 1
+        table[stream] = buckets  # also marks in-place changes
+
+    def _evaluate(self, stream: str, buckets: dict[float, list[int]], end: float, ctx: Context) -> None:
+        if self._evaluated.get(stream, -math.inf) >= end:
+            return
+        self._evaluated[stream] = end
+        lo = end - self.params["window_s"]
+        good = bad = 0
+        for k, (g, x) in buckets.items():
+            if lo <= k < end:
+                good += g
+                bad += x
+        total = good + bad
+        share = bad / total if total else 0.0
+        active = total >= self.params["min_events"] and share > self.params["max_share"]
+        self.report(
+            ctx, {"stream": stream}, end, active=active, value=round(share, 4),
+            summary=(f"{share:.1%} of {stream} events rejected over {self.params['window_s'] / 60:g} min"
+                     if active else ""),
+            description=(f"{bad} of {total} events" if active else ""),
+        )
+
+    def on_tick(self, now_ts: float, ctx: Context) -> None:
+        table = self.table(ctx)
+        end = self._bucket(now_ts)
+        streams = {k for k in table.keys() if isinstance(k, str)}
+        # Streams that went quiet while open still need their verdict (total 0 -> inactive).
+        streams |= {dict(k[1:]).get("stream") for k in table.keys() if isinstance(k, tuple) and k[0] == _OPEN}
+        for stream in sorted(s for s in streams if s):
+            self._evaluate(stream, table.get(stream) or {}, end, ctx)
+        super().on_tick(now_ts, ctx)
+
+    def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
+        if isinstance(key, str):
+            return not value or now_ts - max(value) > self.params["window_s"] + self.params["bucket_s"]
+        return False

@@ -1,0 +1,447 @@
+"""Alert lifecycle (pending → firing → resolved, with hysteresis and flapping) kept in durable tables.
+
+One alert per (rule, entity). Rule code reports conditions through ``signal``; the engine turns them into
+state transitions by EVENT time, so a replay after a crash makes exactly the same decisions. Every
+notification is appended to the durable outbox table in the same commit as the state change that caused
+it; the dispatcher sends outbox items after the commit and acknowledges them. Hence a restart neither
+re-announces a firing alert nor loses a resolve: both live in the committed state.
+
+Statuses in the outbox:
+  pending   the condition holds, waiting for ``for_s`` (not sent to Alertmanager)
+  firing    the condition held ``for_s``
+  resolved  the recovery held ``resolve_after_s``; or, with ``previous == "pending"``, the condition
+            dropped before firing (a cancelled pending alert; not sent to Alertmanager)
+  flapping  ``flap_max_changes`` changes within ``flap_window_s``: further changes are held back until
+            the alert has been stable for ``flap_window_s``; then one item with the then-current status.
+
+Recovery: a rule whose code ever reports ``active=False`` is "continuous": recovery starts with the first
+inactive signal and is cancelled by an active one. A rule that only ever reports ``active=True``
+(one-shot events: a tampered event, an impossible journey) recovers when no active signal came for
+``resolve_after_s``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import re
+from collections.abc import Collection, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from cityops.alerts.spec import RuleSpec
+from cityops.engine.state import StateStore, Table
+from cityops.errors import CityopsError
+
+__all__ = ["AlertEngine", "UnknownRuleError", "entity_key", "format_entity", "rfc3339"]
+
+log = logging.getLogger(__name__)
+
+AlertKey = tuple[str, tuple[tuple[str, str], ...]]  # (rule, sorted entity items)
+
+_INACTIVE = "inactive"
+_PENDING = "pending"
+_FIRING = "firing"
+_RESOLVED = "resolved"
+_FLAPPING = "flapping"
+
+_LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
+_META_SEQ = "alert_seq"
+_META_CONTINUOUS = "alert_continuous_rules"
+
+
+class UnknownRuleError(CityopsError, KeyError):
+    """A signal named a rule that no manifest defines (a code/config mismatch: fails loudly)."""
+
+
+def entity_key(rule: str, entity: dict[str, Any]) -> AlertKey:
+    """The table key of the alert of ``rule`` for ``entity``: independent of the dict's order."""
+    return rule, tuple(sorted((str(k), str(v)) for k, v in entity.items()))
+
+
+def format_entity(items: Iterable[tuple[str, str]]) -> str:
+    """``k=v,k2=v2`` in key order: the entity part of a transition id."""
+    return ",".join(f"{k}={v}" for k, v in items)
+
+
+def rfc3339(ts: float) -> str:
+    """Epoch seconds → RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T08:00:00.000Z``."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _label_name(name: str) -> str:
+    # Alertmanager rejects the whole alert for a label name outside [a-zA-Z_][a-zA-Z0-9_]*.
+    out = _LABEL_NAME.sub("_", name)
+    return out if out and not out[0].isdigit() else "_" + out
+
+
+class _Unfilled:
+    """Stands in for a template field this alert has no value for: shows ``{name}``, whatever the format."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __format__(self, spec: str) -> str:
+        return "{" + self.name + "}"
+
+    def __str__(self) -> str:
+        return "{" + self.name + "}"
+
+
+class _Fields(dict[str, Any]):
+    def __missing__(self, key: str) -> _Unfilled:
+        return _Unfilled(key)
+
+
+def _render(template: str, fields: dict[str, Any], fallback: str) -> str:
+    if not template:
+        return fallback
+    try:
+        # Kind texts may be empty (a recovery signal): no double or trailing blanks in what on-call reads.
+        return " ".join(template.format_map(_Fields(fields)).split())
+    except (KeyError, ValueError, IndexError, AttributeError, TypeError) as exc:
+        # A template naming a label this entity lacks must not stop the agent: show it unformatted.
+        log.warning("alert template not formatted template=%r error=%r", template, exc)
+        return template + (f" ({fallback})" if fallback else "")
+
+
+class AlertEngine:
+    """Implements ``Signals``: one durable alert per (rule, entity), notifications via the outbox.
+
+    ``store``: the engine's StateStore; tables ``alerts`` (state), ``alert_outbox`` (seq → transition),
+    ``alert_outbox_acks`` (per-sink acknowledgements) and ``store.meta["alert_seq"]`` (next seq).
+    ``rules``: alertname → RuleSpec (from ``cityops.alerts.manifest.load_manifests``).
+    ``sinks``: names of the outputs that must each acknowledge an outbox item before it is dropped
+    (``ack_outbox(seqs, sink=...)``); empty = the first ``ack_outbox`` drops it.
+    ``generator_url``: optional back-link put into Alertmanager's ``generatorURL``.
+    ``one_shot``: names of the rules whose kind reports occurrences only (``RuleKind.one_shot``); None =
+    infer it: a rule becomes continuous the first time it reports ``active=False``.
+    Call ``pop_outbox`` only after ``store.commit``: uncommitted items may be regenerated by a replay.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        rules: dict[str, RuleSpec],
+        *,
+        sinks: Collection[str] = (),
+        generator_url: str = "",
+        one_shot: Collection[str] | None = None,
+    ) -> None:
+        self.store = store
+        self.rules = dict(rules)
+        self.sinks = frozenset(sinks)
+        self.generator_url = generator_url
+        self.alerts: Table[AlertKey, dict[str, Any]] = store.table("alerts")
+        self.outbox: Table[int, dict[str, Any]] = store.table("alert_outbox")
+        self.acks: Table[int, tuple[str, ...]] = store.table("alert_outbox_acks")
+        store.meta.setdefault(_META_SEQ, 0)
+        self._continuous: set[str] = set(store.meta.get(_META_CONTINUOUS, ()))
+        if one_shot is not None:
+            # Told which rules are one-shot: every other rule is continuous from its first signal.
+            self._continuous |= {name for name in self.rules if name not in one_shot}
+        # Alerts with a clock running (pending, firing, flapping, recently resolved); rebuilt, not stored.
+        self._live: set[AlertKey] = set()
+        for key, rec in self.alerts.items():
+            if key[0] not in self.rules:
+                log.warning("alert of unknown rule left as is rule=%s entity=%s", key[0], format_entity(key[1]))
+                continue
+            if self._needs_clock(rec, self.rules[key[0]]):
+                self._live.add(key)
+
+    # -- Signals ------------------------------------------------------------------------------------
+    def signal(
+        self,
+        rule: str,
+        entity: dict[str, str],
+        ts: float,
+        *,
+        active: bool,
+        value: float = 0.0,
+        summary: str = "",
+        description: str = "",
+    ) -> None:
+        """Report ``rule``'s condition for ``entity`` at event time ``ts`` (epoch s); see the module doc."""
+        spec = self.rules.get(rule)
+        if spec is None:
+            raise UnknownRuleError(f"signal for unknown rule {rule!r}: no agents/*.yml manifest defines it")
+        if not active and rule not in self._continuous:
+            self._continuous.add(rule)
+            self.store.meta[_META_CONTINUOUS] = tuple(sorted(self._continuous))
+        key = entity_key(rule, entity)
+        rec = self.alerts.get(key)
+        if rec is None or "active" not in rec:
+            if not active:
+                return  # nothing to recover from; keep no record
+            rec = self._fresh(rec)
+            self.alerts[key] = rec
+        now = max(float(ts), rec["t"])
+        self._tick(key, rec, spec, now)  # timers that fell due before this signal
+        if active:
+            rec["active"] = True
+            rec["last_active"] = max(rec["last_active"], now)
+            rec["recover_since"] = None
+            rec["value"] = float(value)
+            rec["summary"] = summary
+            rec["description"] = description
+            if rec["status"] == _INACTIVE:
+                rec["since"] = now
+                if spec.for_s <= 0:
+                    rec["starts_at"] = now
+                    self._change(key, rec, spec, _FIRING, now)
+                else:
+                    rec["starts_at"] = now
+                    self._change(key, rec, spec, _PENDING, now)
+        else:
+            if rec["active"]:
+                rec["active"] = False
+                rec["recover_since"] = now
+            if rec["status"] == _PENDING:
+                self._change(key, rec, spec, _INACTIVE, now)
+        self._tick(key, rec, spec, now)  # zero-length timers (resolve_after 0)
+        rec["t"] = now
+        self.alerts.mark(key)
+        self._track(key, rec, spec)
+
+    def advance(self, ts: float) -> None:
+        """Event time reached ``ts`` (epoch s): fire, resolve and end flapping where their time has come."""
+        for key in list(self._live):
+            rec = self.alerts.get(key)
+            spec = self.rules.get(key[0])
+            if rec is None or spec is None:
+                self._live.discard(key)
+                continue
+            if ts <= rec["t"]:
+                continue
+            t0 = rec["t"]
+            self._tick(key, rec, spec, float(ts))
+            if rec["t"] != t0:  # a timer fired (rec["t"] moves only then): persist it
+                self.alerts.mark(key)
+            self._track(key, rec, spec, ts)
+
+    # -- state machine ------------------------------------------------------------------------------
+    @staticmethod
+    def _fresh(old: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "status": _INACTIVE,
+            "n": old["n"] if old else 0,  # transitions so far: keeps ids unique across episodes
+            "t": old["t"] if old else -math.inf,  # event time of the last evaluation
+            "active": False,
+            "last_active": -math.inf,
+            "recover_since": None,
+            "since": None,  # entered the current status
+            "starts_at": None,  # episode start (pending since, then firing since)
+            "value": 0.0,
+            "summary": "",
+            "description": "",
+            "changes": [],  # event times of status changes within the flap window
+            "flapping": False,
+            "notified": old.get("notified") if old else None,  # last status put in the outbox
+            "am_firing": False,  # Alertmanager was last told "firing"
+        }
+
+    def _holds_until(self, rec: dict[str, Any], spec: RuleSpec, rule: str) -> float:
+        """Event time up to which the condition counts as holding (inf while a continuous one is active)."""
+        if rule in self._continuous:
+            return math.inf if rec["active"] else (rec["recover_since"] or rec["t"])
+        return rec["last_active"] + spec.resolve_after_s
+
+    def _tick(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, now: float) -> None:
+        """Apply every timer due at or before ``now``, earliest first."""
+        rule = key[0]
+        for _ in range(16):  # at most a few timers can be due at once; bound it anyway
+            due: list[tuple[float, int, str]] = []
+            status = rec["status"]
+            if status == _PENDING:
+                fire_at = rec["since"] + spec.for_s
+                hold_end = self._holds_until(rec, spec, rule)
+                if fire_at <= now and fire_at < hold_end:
+                    due.append((fire_at, 0, _FIRING))
+                elif hold_end <= now and hold_end < fire_at:
+                    due.append((hold_end, 0, _INACTIVE))
+            elif status == _FIRING:
+                if rule in self._continuous:
+                    start = None if rec["active"] else rec["recover_since"]
+                else:
+                    start = rec["last_active"]
+                if start is not None and start + spec.resolve_after_s <= now:
+                    due.append((start + spec.resolve_after_s, 0, _INACTIVE))
+            if rec["flapping"] and rec["changes"]:
+                calm_at = rec["changes"][-1] + spec.flap_window_s
+                if calm_at <= now:
+                    due.append((calm_at, 1, _FLAPPING))
+            if not due:
+                return
+            at, _, what = min(due)
+            if what == _FLAPPING:
+                self._end_flapping(key, rec, spec, at)
+            else:
+                if what == _FIRING:
+                    rec["starts_at"] = at
+                self._change(key, rec, spec, what, at)
+            rec["t"] = max(rec["t"], at)
+
+    def _change(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, status: str, at: float) -> None:
+        """The alert's status changes at event time ``at``: notify, or hold it back while flapping."""
+        rec["status"] = status
+        rec["since"] = at
+        changes = rec["changes"]
+        changes.append(at)
+        horizon = at - spec.flap_window_s
+        while changes and changes[0] <= horizon:
+            changes.pop(0)
+        if rec["flapping"]:
+            return
+        if spec.flap_max_changes > 0 and len(changes) >= spec.flap_max_changes:
+            rec["flapping"] = True
+            self._emit(key, rec, spec, _FLAPPING, at)
+            return
+        self._emit(key, rec, spec, _RESOLVED if status == _INACTIVE else status, at)
+
+    def _end_flapping(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, at: float) -> None:
+        rec["flapping"] = False
+        rec["changes"] = []
+        status = rec["status"]
+        self._emit(key, rec, spec, _RESOLVED if status == _INACTIVE else status, at)
+
+    def _needs_clock(self, rec: dict[str, Any], spec: RuleSpec) -> bool:
+        if rec.get("status", _INACTIVE) != _INACTIVE or rec.get("flapping"):
+            return True
+        changes = rec.get("changes")
+        return bool(changes) and changes[-1] + spec.flap_window_s > rec["t"]
+
+    def _track(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, now: float | None = None) -> None:
+        """Keep the live index right; shrink a resolved alert once its flap history has expired."""
+        if rec["status"] != _INACTIVE or rec["flapping"]:
+            self._live.add(key)
+            return
+        changes = rec["changes"]
+        t = rec["t"] if now is None else max(rec["t"], now)
+        if changes and changes[-1] + spec.flap_window_s > t:
+            self._live.add(key)
+            return
+        self._live.discard(key)
+        if "active" in rec:
+            # Only the transition counter must outlive the episode (ids stay unique); drop the rest.
+            self.alerts[key] = {"status": _INACTIVE, "n": rec["n"], "t": rec["t"], "notified": rec["notified"]}
+
+    # -- notifications ------------------------------------------------------------------------------
+    def _labels(self, key: AlertKey, spec: RuleSpec) -> dict[str, str]:
+        labels = {_label_name(k): str(v) for k, v in spec.labels.items()}
+        labels.update({_label_name(k): v for k, v in key[1]})
+        labels.update(alertname=spec.name, severity=spec.severity, domain=spec.domain)
+        return labels
+
+    def _annotations(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec) -> dict[str, str]:
+        fields: dict[str, Any] = dict(spec.params)
+        fields.update(key[1])
+        fields.update(
+            value=rec.get("value", 0.0), summary=rec.get("summary", ""), description=rec.get("description", ""),
+            alertname=spec.name, severity=spec.severity, domain=spec.domain,
+        )
+        summary = _render(spec.summary, fields, rec.get("summary", "") or spec.name)
+        description = _render(spec.description, fields, rec.get("description", ""))
+        out = {"summary": summary, "description": description}
+        if spec.runbook_url:
+            out["runbook_url"] = spec.runbook_url
+        return out
+
+    def _emit(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, status: str, at: float) -> None:
+        n = rec["n"]
+        rec["n"] = n + 1
+        previous = rec.get("notified")
+        rec["notified"] = status
+        # What Alertmanager must hear: it knows only firing and resolved, and only of alerts it was told
+        # fired. A flapping alert stays as last told; one that ends flapping not firing gets resolved.
+        am_action: str | None = None
+        if status == _FIRING:
+            am_action = _FIRING
+            rec["am_firing"] = True
+        elif status != _FLAPPING and rec["am_firing"]:
+            am_action = _RESOLVED
+            rec["am_firing"] = False
+        starts_at = rec["starts_at"] if rec["starts_at"] is not None else at
+        item = {
+            "id": f"{key[0]}|{format_entity(key[1])}|{n}",
+            "alertname": spec.name,
+            "status": status,
+            "previous": previous,
+            "am_action": am_action,
+            "severity": spec.severity,
+            "domain": spec.domain,
+            "entity": dict(key[1]),
+            "labels": self._labels(key, spec),
+            "annotations": self._annotations(key, rec, spec),
+            "starts_at": starts_at,
+            "ends_at": at if status == _RESOLVED else None,
+            "value": rec.get("value", 0.0),
+            "ts": at,
+        }
+        if self.generator_url:
+            item["generator_url"] = self.generator_url
+        seq = self.store.meta[_META_SEQ]
+        self.store.meta[_META_SEQ] = seq + 1
+        self.outbox[seq] = item
+
+    # -- reading ------------------------------------------------------------------------------------
+    def status(self, rule: str, entity: dict[str, str]) -> str:
+        """Current status of one alert: inactive | pending | firing (flapping is a flag, see ``get``)."""
+        rec = self.alerts.get(entity_key(rule, entity))
+        return rec["status"] if rec else _INACTIVE
+
+    def get(self, rule: str, entity: dict[str, str]) -> dict[str, Any] | None:
+        """A copy of one alert's stored record (None if it never fired or was shrunk after resolving)."""
+        rec = self.alerts.get(entity_key(rule, entity))
+        return dict(rec) if rec and "active" in rec else None
+
+    def firing(self) -> list[dict[str, Any]]:
+        """Alerts Alertmanager was told are firing, as API v2 postable alerts without ``endsAt``.
+
+        For the periodic re-send (Alertmanager resolves an alert that is not re-sent before its
+        ``endsAt``). A flapping alert stays in the state last notified.
+        """
+        out = []
+        for key in sorted(self._live):
+            rec = self.alerts.get(key)
+            spec = self.rules.get(key[0])
+            if rec is None or spec is None or not rec.get("am_firing"):
+                continue
+            alert: dict[str, Any] = {
+                "labels": self._labels(key, spec),
+                "annotations": self._annotations(key, rec, spec),
+                "startsAt": rfc3339(rec["starts_at"]),
+            }
+            if self.generator_url:
+                alert["generatorURL"] = self.generator_url
+            out.append(alert)
+        return out
+
+    # -- outbox -------------------------------------------------------------------------------------
+    def pop_outbox(self, max_n: int = 500, sink: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest ``max_n`` outbox items (not yet acknowledged by ``sink``, if given), oldest first.
+
+        Items stay in the outbox until acknowledged with ``ack_outbox``.
+        """
+        if sink is None:
+            seqs = heapq.nsmallest(max_n, self.outbox.keys())
+        else:
+            acks = self.acks.data
+            seqs = heapq.nsmallest(max_n, (s for s in self.outbox.keys() if sink not in acks.get(s, ())))
+        return [(s, self.outbox[s]) for s in seqs]
+
+    def ack_outbox(self, seqs: Iterable[int], sink: str | None = None) -> None:
+        """Delivered: drop the items (``sink`` None), or once every configured sink acknowledged them."""
+        for seq in seqs:
+            if seq not in self.outbox:
+                continue
+            if sink is not None:
+                done = set(self.acks.get(seq, ())) | {sink}
+                if not self.sinks <= done:
+                    self.acks[seq] = tuple(sorted(done))
+                    continue
+            del self.outbox[seq]
+            self.acks.pop(seq)
+
+    def outbox_size(self) -> int:
+        return len(self.outbox)

@@ -1,0 +1,205 @@
+"""The `cityops` command: worker, simulate, demo, topics, nab-detect, dashboards."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from cityops import __version__
+from cityops.errors import CityopsError, ConfigError
+
+CST = timezone(timedelta(hours=8))
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
+
+
+def _duration(text: str) -> float:
+    """'90s', '15m', '2h', '1d' or plain seconds → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip()
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h, 1d)") from None
+
+
+def _start(text: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO time: {text!r} (e.g. 2026-11-25T07:00:00+08:00)") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=CST)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from cityops.settings import load_settings
+
+    settings = load_settings()
+    _logging(args.log_level or settings.log_level)
+    import faust
+
+    from cityops.agents.app import create_app
+    from cityops.topics import ensure_topics, topic_specs
+
+    ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_partitions))
+    app, _runtime = create_app(settings)
+    worker = faust.Worker(app, loglevel=args.log_level or settings.log_level, quiet=True,
+                          redirect_stdouts=False, override_logging=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from cityops.simulate.run import run_simulation
+
+    _logging("WARNING")
+    return run_simulation(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cityops.demo import run_demo
+
+    _logging("WARNING")
+    return run_demo(args)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from cityops.topics import ensure_topics, topic_specs
+
+    created = ensure_topics(args.bootstrap, topic_specs(args.partitions))
+    print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
+    return 0
+
+
+def cmd_nab_detect(args: argparse.Namespace) -> int:
+    from cityops.alerts.nab import run
+
+    def progress(*a: object, **kw: object) -> None:
+        print(" ".join(str(x) for x in a), file=sys.stderr)
+
+    stats = run(Path(args.data_dir), Path(args.out_dir), sensitivity=args.sensitivity, progress=progress)
+    print(stats)
+    return 0
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from cityops import dashboards
+
+    boards = dashboards.load_dashboards(Path(args.dir))
+    bad = 0
+    for b in boards:
+        problems = dashboards.validate(b)
+        for p in problems:
+            print(f"{b.get('uid')}: {p}")
+        bad += len(problems)
+    if args.action == "validate":
+        print(f"{len(boards)} dashboards, {bad} problems")
+        return 1 if bad else 0
+    if bad:
+        print("not pushing: fix the problems above first", file=sys.stderr)
+        return 1
+    token = os.environ.get("CITYOPS_GRAFANA_TOKEN")
+    dashboards.push(boards, args.url, token, args.folder)
+    print(f"pushed {len(boards)} dashboards to {args.url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cityops",
+        description="Live KPIs and alerts over a city's event streams (Kafka → Faust → InfluxDB/Alertmanager).",
+        epilog="Configuration comes from CITYOPS_* environment variables; see README.md.",
+    )
+    p.add_argument("--version", action="version", version=f"cityops {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    w = sub.add_parser("worker", help="run all agents (needs CITYOPS_KAFKA_BOOTSTRAP, CITYOPS_INFLUX_URL, ...)",
+                       description="Consume every stream, write KPIs to InfluxDB, send alerts; serves "
+                                   "/metrics and /healthz on CITYOPS_WEB_PORT. SIGTERM flushes, then exits.")
+    w.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default CITYOPS_LOG_LEVEL or INFO)")
+    w.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("simulate", help="generate realistic Changzhou events to Kafka or a JSONL file",
+                       description="Deterministic simulator: transit one-card taps, road detectors, "
+                                   "health-card events and EPCIS meat-chain events.")
+    s.add_argument("--seed", type=int, default=1, help="random seed (same seed → same events; default 1)")
+    s.add_argument("--start", type=_start, default=None,
+                   help="event time of the first event, ISO 8601 (default: today 06:00 +08:00)")
+    s.add_argument("--duration", type=_duration, default=_duration("1h"), help="event-time span (default 1h)")
+    s.add_argument("--rate", type=float, default=None,
+                   help="mean events/s across streams (default: the city's realistic rate)")
+    s.add_argument("--speedup", type=float, default=0.0,
+                   help="replay speed vs real time (60 = a minute per second; 0 = as fast as possible)")
+    s.add_argument("--batch", type=int, default=1, help="events per Kafka message (JSON array; default 1)")
+    s.add_argument("--streams", default="traffic,health,food",
+                   help="comma list of traffic, health, road, food (default: traffic,health,food — road is "
+                        "part of traffic)")
+    s.add_argument("--to", choices=("kafka", "file"), default="kafka", help="destination (default kafka)")
+    s.add_argument("--bootstrap", default=os.environ.get("CITYOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                   help="Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP)")
+    s.add_argument("--out", default="events.jsonl", help="with --to file: JSONL path (topic + value per line)")
+    s.add_argument("--incidents", action="store_true", help="inject incidents and write the ground truth")
+    s.add_argument("--truth", default="incidents.json", help="where --incidents writes the ground truth")
+    s.add_argument("--quiet", action="store_true", help="no progress line")
+    s.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="run everything locally: broker, InfluxDB, worker, simulator, live KPIs",
+                       description="Starts the embedded Kafka-compatible broker (Tansu), a local influxd, "
+                                   "Alertmanager if installed, the worker and the simulator; shows live KPIs. "
+                                   "Ctrl-C stops all of it.")
+    d.add_argument("--dir", default=".cityops-demo", help="working directory for data and logs")
+    d.add_argument("--speedup", type=float, default=60.0, help="simulated minutes per real second ×60 (default 60)")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--duration", type=_duration, default=_duration("1d"), help="simulated span (default 1d)")
+    d.add_argument("--incidents", action="store_true", help="inject incidents (alerts appear)")
+    d.add_argument("--for", dest="run_for", type=_duration, default=None,
+                   help="stop by itself after this much wall time (default: until Ctrl-C)")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("topics", help="create the Kafka topics with their configs")
+    t.add_argument("--bootstrap", default=os.environ.get("CITYOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    t.add_argument("--partitions", type=int, default=6)
+    t.set_defaults(func=cmd_topics)
+
+    n = sub.add_parser("nab-detect", help="run the KPI anomaly detector over NAB data files",
+                       description="One fresh detector per file, no look-ahead; writes timestamp,anomaly_score "
+                                   "CSVs mirroring DATA_DIR. Score with ../shared/tools/nabscore.py.")
+    n.add_argument("data_dir")
+    n.add_argument("out_dir")
+    n.add_argument("--sensitivity", type=float, default=1.0)
+    n.set_defaults(func=cmd_nab_detect)
+
+    g = sub.add_parser("dashboards", help="validate dashboards/ or push them to Grafana (grafana-client)")
+    g.add_argument("action", choices=("validate", "push"))
+    g.add_argument("--dir", default="dashboards")
+    g.add_argument("--url", default=os.environ.get("CITYOPS_GRAFANA_URL", "http://127.0.0.1:3000"))
+    g.add_argument("--folder", default="cityops")
+    g.set_defaults(func=cmd_dashboards)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"cityops: {exc}", file=sys.stderr)
+        return 2
+    except CityopsError as exc:
+        print(f"cityops: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""The engine: from raw message bytes to exact KPI windows, alert conditions and dead letters.
+
+Transport-free and synchronous on purpose: the Faust agents hand it (topic, partition, offset, bytes) and
+call ``checkpoint()`` on a timer. Everything it decides is a function of the input order within each
+partition and of the restored state, so a replay after a crash reproduces the same result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from cityops.engine.context import Context, Decoded, Rejected, StreamKind
+from cityops.engine.state import StateStore
+from cityops.engine.windows import Kpi, WindowKey, Windows
+from cityops.streams.city_streams import QUALITY, QUALITY_INDEX
+
+log = logging.getLogger("cityops.engine")
+
+DEAD_LETTER_TOPIC = "cityops.dead-letter"
+
+
+@dataclass
+class Point:
+    """One InfluxDB point: a window's KPI fields (rewritten as the window fills)."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, Any]
+    ts: int  # epoch seconds (window start)
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, str], ...], int]:
+        return (self.measurement, tuple(sorted(self.tags.items())), self.ts)
+
+
+@dataclass
+class CheckpointResult:
+    points: list[Point] = field(default_factory=list)
+    closed: list[WindowKey] = field(default_factory=list)
+    bytes_written: int = 0
+
+
+class NullSignals:
+    """Signals sink used when no alert engine is configured."""
+
+    def signal(self, rule: str, entity: dict[str, str], ts: float, **kw: Any) -> None:
+        pass
+
+
+class Engine:
+    """Applies messages to durable state; ``checkpoint()`` commits and returns the points to write.
+
+    ``now`` is the wall clock (processing-time windows and metrics only; never used for event-time logic).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        streams: Iterable[StreamKind],
+        *,
+        allowed_lateness_s: float = 600.0,
+        dedup_horizon_s: float = 86400.0 * 1.05,
+        window_s: int = 60,
+        signals: Any = None,
+        rules: Iterable[Any] = (),
+        registry: Any = None,
+        settings: Any = None,
+        now: Callable[[], float] = time.time,
+        on_outcome: Callable[[str, str, int], None] | None = None,
+        extra_kpis: dict[str, Kpi] | None = None,
+    ) -> None:
+        self.store = store
+        self.streams: dict[str, StreamKind] = {s.topic: s for s in streams}
+        self.lateness = allowed_lateness_s
+        self.dedup_horizon = dedup_horizon_s
+        self.now = now
+        self.rules = list(rules)
+        self.registry = registry
+        self.on_outcome = on_outcome
+        kpis: dict[str, Kpi] = {QUALITY.measurement: QUALITY}
+        self.kpi_stream: dict[str, str | None] = {QUALITY.measurement: None}
+        for s in self.streams.values():
+            for name, kpi in getattr(s, "kpis", {}).items():
+                kpis[name] = kpi
+                self.kpi_stream[name] = s.topic
+        kpis.update(extra_kpis or {})
+        self.windows = Windows(store.table("windows"), kpis, window_s)
+        self.closed = store.table("closed_windows")  # final points not yet confirmed written
+        self.dedup = store.table("dedup")  # (topic, event_id) -> (digest, event ts)
+        self.dlq = store.table("dlq_outbox")  # seq -> dead-letter record
+        self.signals = signals if signals is not None else NullSignals()
+        self.ctx = Context(store=store, windows=self.windows, signals=self.signals, settings=settings)
+        meta = store.meta
+        meta.setdefault("watermark", {})
+        meta.setdefault("dlq_seq", 0)
+        meta.setdefault("dedup_floor", {})
+        self.watermark: dict[str, float] = meta["watermark"]
+        # Expiry index of the dedup table by event-time hour; rebuilt from the table, never persisted.
+        self._dedup_buckets: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for key, (_digest, ts) in self.dedup.items():
+            self._dedup_buckets[int(ts // 3600)].append(key)
+        self.pending_offsets: dict[tuple[str, int], int] = {}
+        self.counts: dict[tuple[str, str], int] = defaultdict(int)  # (stream, outcome) -> n, since start
+        # On recovery every stored window is rewritten: its last write may not have landed.
+        self._rewrite_all = True
+
+    # -- processing ---------------------------------------------------------------------------------
+    def seen(self, topic: str, partition: int, offset: int) -> bool:
+        """True when this record is covered by the restored state (a replay after a crash)."""
+        return offset <= self.store.offsets.get((topic, partition), -1)
+
+    def process(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
+        """Apply one Kafka record; records at or below the committed offset are skipped."""
+        if offset <= self.store.offsets.get((topic, partition), -1):
+            return
+        stream = self.streams[topic]
+        raw = raw if raw is not None else b""
+        results = stream.decode(raw)
+        now = self.now()
+        for res in results:
+            if isinstance(res, Rejected):
+                self._reject(topic, partition, offset, raw, res, now)
+            else:
+                self._accept(stream, topic, partition, offset, raw, res, now)
+        self.pending_offsets[(topic, partition)] = offset
+
+    def _count(self, topic: str, outcome: str, now: float, n: int = 1) -> None:
+        acc = self.windows.acc(QUALITY, (topic,), now)
+        acc[QUALITY_INDEX[outcome]] += n
+        self.counts[(topic, outcome)] += n
+        if self.on_outcome is not None:
+            self.on_outcome(topic, outcome, n)
+
+    def _reject(self, topic: str, partition: int, offset: int, raw: bytes, res: Rejected, now: float,
+                outcome: str = "invalid") -> None:
+        # A whole-message rejection counts once; an element of a batch counts as one event.
+        self._count(topic, outcome, now)
+        seq = self.store.meta["dlq_seq"] = self.store.meta["dlq_seq"] + 1
+        self.dlq[seq] = {
+            "stream": topic, "topic": topic, "partition": partition, "offset": offset,
+            "index": res.index, "reason": res.reason, "outcome": outcome, "raw": raw,
+            "element": None if res.fragment is None or res.index is None else _dumps(res.fragment),
+        }
+        wm = self.watermark.get(topic)
+        for rule in self.rules:
+            rule.on_quality(topic, outcome, wm if wm is not None else now, None, self.ctx)
+        log.info("dead-letter stream=%s at=%s[%d]@%d index=%s reason=%r", topic, topic, partition, offset,
+                 res.index, res.reason)
+
+    def _accept(self, stream: StreamKind, topic: str, partition: int, offset: int, raw: bytes,
+                ev: Decoded, now: float) -> None:
+        if self.registry is not None:
+            verdict = self.registry.check(topic, ev, raw)
+            if verdict is not None:
+                outcome, reason = verdict
+                self._reject(topic, partition, offset, raw, Rejected(reason, ev.index), now, outcome)
+                for rule in self.rules:
+                    rule.on_rejected_source(topic, ev.source, outcome, ev.ts, self.ctx)
+                return
+        key = (topic, ev.event_id)
+        seen = self.dedup.data.get(key)
+        if seen is not None:
+            if seen[0] != ev.digest:
+                self._count(topic, "tampered", now)
+                for rule in self.rules:
+                    rule.on_tampering(topic, ev.event_id, ev.source, ev.ts, self.ctx)
+                for rule in self.rules:
+                    rule.on_quality(topic, "duplicate", ev.ts, ev.source, self.ctx)
+            else:
+                self._count(topic, "duplicate", now)
+                for rule in self.rules:
+                    rule.on_quality(topic, "duplicate", ev.ts, ev.source, self.ctx)
+            return
+        wm = self.watermark.get(topic)
+        if wm is not None and ev.ts < wm - self.lateness:
+            self._count(topic, "late", now)
+            for rule in self.rules:
+                rule.on_quality(topic, "late", ev.ts, ev.source, self.ctx)
+            return
+        if wm is None or ev.ts > wm:
+            self.watermark[topic] = ev.ts
+        self.dedup[key] = (ev.digest, ev.ts)
+        self._dedup_buckets[int(ev.ts // 3600)].append(key)
+        stream.apply(ev, self.ctx)
+        self._count(topic, "accepted", now)
+        for rule in self.rules:
+            rule.on_quality(topic, "accepted", ev.ts, ev.source, self.ctx)
+            rule.on_event(topic, ev, self.ctx)
+
+    # -- time ---------------------------------------------------------------------------------------
+    @property
+    def engine_time(self) -> float | None:
+        """The newest event time seen on any stream (the clock of the alert lifecycle)."""
+        return max(self.watermark.values()) if self.watermark else None
+
+    def _expire_dedup(self) -> None:
+        now_ts = self.engine_time
+        if now_ts is None:
+            return
+        limit = int((now_ts - self.dedup_horizon) // 3600)
+        for bucket in [b for b in self._dedup_buckets if b < limit]:
+            for key in self._dedup_buckets.pop(bucket):
+                entry = self.dedup.data.get(key)
+                if entry is not None and int(entry[1] // 3600) == bucket:
+                    del self.dedup[key]
+
+    def _close_windows(self, now: float) -> list[WindowKey]:
+        width = self.windows.width_s
+        closed: list[WindowKey] = []
+        for key in list(self.windows.table.data):
+            measurement, _tags, start = key
+            stream = self.kpi_stream.get(measurement)
+            if stream is None:  # processing-time window: closes by the wall clock
+                done = start + width + 5 <= now
+            else:
+                wm = self.watermark.get(stream)
+                done = wm is not None and start + width + self.lateness <= wm
+            if done:
+                closed.append(key)
+        return closed
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def checkpoint(self) -> CheckpointResult:
+        """Close windows, advance rules, commit state + offsets atomically; return points to write.
+
+        The returned points reflect exactly the committed state, so InfluxDB never holds a count that a
+        crash could take back.
+        """
+        now = self.now()
+        result = CheckpointResult()
+        engine_ts = self.engine_time
+        if engine_ts is not None:
+            for rule in self.rules:
+                rule.on_tick(engine_ts, self.ctx)
+            advance = getattr(self.signals, "advance", None)
+            if advance is not None:
+                advance(engine_ts)
+        closed = self._close_windows(now)
+        for key in closed:
+            point = self.windows.point(key)
+            self.windows.table.pop(key)
+            if point is None:
+                continue
+            measurement, tags, fields, start = point
+            for rule in self.rules:
+                rule.on_window(measurement, tags, fields, float(start), self.ctx)
+            self.closed[key] = point
+        if engine_ts is not None and engine_ts is not None:
+            advance = getattr(self.signals, "advance", None)
+            if advance is not None:
+                advance(engine_ts)
+        self._expire_dedup()
+        if self._rewrite_all:
+            dirty = set(self.windows.table.data) | set(self.closed.data)
+            self._rewrite_all = False
+        else:
+            dirty = set(self.windows.table.dirty) | set(closed)
+        for key in dirty:
+            p = self.windows.point(key) if key in self.windows.table.data else self.closed.data.get(key)
+            if p is None:
+                continue
+            measurement, tags, fields, start = p
+            result.points.append(Point(measurement, tags, fields, start))
+        result.closed = closed
+        offsets, self.pending_offsets = self.pending_offsets, {}
+        result.bytes_written = self.store.commit(offsets)
+        return result
+
+    def confirm_written(self, keys: Iterable[tuple[str, dict[str, str], int]]) -> None:
+        """The sink wrote these window points: closed windows among them can be forgotten."""
+        for measurement, tags, ts in keys:
+            kpi = self.windows.kpis.get(measurement)
+            if kpi is None:
+                continue
+            key = (measurement, tuple(tags.get(t, "") for t in kpi.tags), ts)
+            if key in self.closed.data:
+                del self.closed[key]
+
+    # -- dead letters -------------------------------------------------------------------------------
+    def pending_dead_letters(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
+        """Committed dead-letter records not yet confirmed sent (oldest first)."""
+        return sorted(self.dlq.data.items())[:limit]
+
+    def confirm_dead_letters(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            self.dlq.pop(seq)
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return repr(value).encode()

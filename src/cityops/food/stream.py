@@ -1,0 +1,239 @@
+"""Food traceability stream: EPCIS 2.0 events on `food.trace-events` -> trace, inspection and cold-chain KPIs and alerts."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cityops.engine.context import Context, Decoded, Rejected
+from cityops.engine.windows import Fields, Kpi
+from cityops.food.epcis import (
+    EpcisValidator,
+    canonical_id,
+    cbv,
+    epc_ids,
+    event_identity,
+    event_time,
+    extract_events,
+    temperatures,
+)
+from cityops.food.lineage import Lineage
+
+__all__ = ["FOOD_KPIS", "FoodStream", "normalise"]
+
+RULE_CERT_REUSE = "FoodCertificateReuse"
+RULE_UNTRACED_SALE = "FoodUntracedSale"
+RULE_COLD_BREACH = "FoodColdChainBreach"
+
+
+# -- KPIs ------------------------------------------------------------------------------------------------------
+# Accumulators are plain lists (pickled into the windows table); module-level functions so Kpi stays picklable.
+
+
+def _new_count() -> list[Any]:
+    return [0]
+
+
+def _trace_fields(acc: list[Any]) -> Fields | None:
+    return {"events": acc[0]} if acc[0] else None
+
+
+def _new_chain() -> list[Any]:
+    return [{}]  # lot -> 1 if traced at (any of) its sale(s) in this window, else 0
+
+
+def _chain_fields(acc: list[Any]) -> Fields | None:
+    lots: dict[str, int] = acc[0]
+    if not lots:
+        return None
+    traced = sum(lots.values())
+    return {"lots_sold": len(lots), "lots_traced": traced, "trace_rate": traced / len(lots)}
+
+
+def _new_pair() -> list[Any]:
+    return [0, 0]
+
+
+def _inspection_fields(acc: list[Any]) -> Fields | None:
+    return {"inspections": acc[0], "non_conformant": acc[1]} if acc[0] else None
+
+
+def _cold_fields(acc: list[Any]) -> Fields | None:
+    return {"readings": acc[0], "out_of_range": acc[1]} if acc[0] else None
+
+
+FOOD_KPIS: dict[str, Kpi] = {
+    "food_trace": Kpi("food_trace", ("biz_step",), _new_count, _trace_fields,
+                      doc={"events": "accepted EPCIS events by CBV bizStep ('none' if absent, 'extension' if not CBV)"}),
+    "food_chain": Kpi("food_chain", (), _new_chain, _chain_fields,
+                      doc={"lots_sold": "distinct lots with a retail_selling event",
+                           "lots_traced": "of those, lots whose history (own, inputs', containers') held commissioning,"
+                                          " a conformant inspection and a receiving when the sale was processed",
+                           "trace_rate": "lots_traced / lots_sold"}),
+    "food_inspection": Kpi("food_inspection", ("location",), _new_pair, _inspection_fields,
+                           doc={"inspections": "inspecting events", "non_conformant": "with disposition non_conformant"}),
+    "food_cold_chain": Kpi("food_cold_chain", ("location",), _new_pair, _cold_fields,
+                           doc={"readings": "temperature sensor reports", "out_of_range": "outside the chilled range"}),
+}
+_K_TRACE = FOOD_KPIS["food_trace"]
+_K_CHAIN = FOOD_KPIS["food_chain"]
+_K_INSPECT = FOOD_KPIS["food_inspection"]
+_K_COLD = FOOD_KPIS["food_cold_chain"]
+
+
+# -- normalised event ------------------------------------------------------------------------------------------
+
+
+def _loc(ev: dict[str, Any], key: str) -> str | None:
+    v = ev.get(key)
+    if isinstance(v, dict) and isinstance(v.get("id"), str):
+        return canonical_id(v["id"])
+    return None
+
+
+def normalise(ev: dict[str, Any]) -> dict[str, Any]:
+    """The plain-data view ``apply`` works on: CBV terms, canonical identifiers by role, certificates, °C readings.
+
+    Keys: type, action, step, disp, loc (bizLocation), rp (readPoint), own, parent, children, inputs, outputs,
+    certs, temps.
+    """
+    certs = ev.get("certificationInfo")
+    if isinstance(certs, str):
+        certs = [certs]
+    out: dict[str, Any] = {
+        "type": ev.get("type"),
+        "action": ev.get("action"),
+        "step": cbv(ev.get("bizStep"), "BizStep"),
+        "disp": cbv(ev.get("disposition"), "Disp"),
+        "loc": _loc(ev, "bizLocation"),
+        "rp": _loc(ev, "readPoint"),
+        "certs": [c for c in certs if isinstance(c, str)] if isinstance(certs, list) else [],
+        "temps": temperatures(ev),
+    }
+    out.update(epc_ids(ev))
+    return out
+
+
+def _step_tag(step: str | None) -> str:
+    if step is None:
+        return "none"
+    return "extension" if ":" in step else step  # non-CBV URIs would make the tag unbounded
+
+
+class FoodStream:
+    """StreamKind for GS1 EPCIS 2.0 food-trace messages (documents, query documents or single events).
+
+    ``cold_min_c`` / ``cold_max_c``: chilled-meat range in °C (default 0–4, inclusive).
+    ``retention_s``: lineage history kept, in event time (default 7 days).
+    ``schema_path``: the official EPCIS JSON schema (default: the copy in streams/food.trace-events/).
+    ``legacy_cbv_urns``: rewrite EPCIS 1.x CBV URNs (urn:epcglobal:cbv:...) to web URIs before validation;
+    the 2.0 JSON schema forbids them, so by default such events are dead-lettered.
+    """
+
+    name = "food"
+    topic = "food.trace-events"
+
+    def __init__(self, *, cold_min_c: float = 0.0, cold_max_c: float = 4.0, retention_s: float = 7 * 86400.0,
+                 schema_path: Path | str | None = None, legacy_cbv_urns: bool = False) -> None:
+        if cold_min_c >= cold_max_c:
+            raise ValueError(f"cold_min_c ({cold_min_c}) must be below cold_max_c ({cold_max_c})")
+        self.cold_min_c = float(cold_min_c)
+        self.cold_max_c = float(cold_max_c)
+        self.retention_s = float(retention_s)
+        self.legacy_cbv_urns = legacy_cbv_urns
+        self.validator = EpcisValidator(schema_path)
+        self._lineage: Lineage | None = None
+
+    # -- decode --------------------------------------------------------------------------------------------
+    def decode(self, raw: bytes) -> list[Decoded | Rejected]:
+        """Every event of one message, accepted (Decoded) or dead-lettered (Rejected with the schema path)."""
+        if self.legacy_cbv_urns and b"urn:epcglobal:cbv:" in raw:
+            raw = (raw.replace(b"urn:epcglobal:cbv:bizstep:", b"https://ref.gs1.org/cbv/BizStep-")
+                   .replace(b"urn:epcglobal:cbv:disp:", b"https://ref.gs1.org/cbv/Disp-"))
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return [Rejected(f"malformed JSON: {exc}", None, raw[:200])]
+        ex = extract_events(msg, self.validator)
+        if ex.fatal is not None:
+            return [Rejected(ex.fatal, None, None)]
+        out: list[Decoded | Rejected] = [Rejected(reason, i, frag) for i, reason, frag in ex.rejected]
+        for i, ev, ctx in ex.events:
+            norm = normalise(ev)
+            out.append(Decoded(
+                event_id=event_identity(ev, ctx),
+                ts=event_time(ev["eventTime"]),
+                source=norm["rp"] or norm["loc"] or "unknown",
+                digest=hashlib.sha256(orjson.dumps(ev, option=orjson.OPT_SORT_KEYS)).digest()[:16],
+                event=norm,
+                index=i,
+            ))
+        if len(out) > 1 and ex.rejected:
+            out.sort(key=lambda r: r.index if r.index is not None else -1)
+        return out
+
+    # -- apply ---------------------------------------------------------------------------------------------
+    def lineage(self, ctx: Context) -> Lineage:
+        lin = self._lineage
+        if lin is None or lin.store is not ctx.store:
+            lin = self._lineage = Lineage(ctx.store, retention_s=self.retention_s)
+        return lin
+
+    def apply(self, ev: Decoded, ctx: Context) -> None:
+        e: dict[str, Any] = ev.event
+        ts = ev.ts
+        windows = ctx.windows
+        lin = self.lineage(ctx)
+        step = e["step"]
+        windows.acc(_K_TRACE, (_step_tag(step),), ts)[0] += 1
+        lin.record(e, ts)
+        location = e["loc"] or e["rp"] or "unknown"
+
+        if step == "inspecting":
+            acc = windows.acc(_K_INSPECT, (location,), ts)
+            acc[0] += 1
+            if e["disp"] == "non_conformant":
+                acc[1] += 1
+            for cert in e["certs"]:
+                n = lin.certificate(cert, location, ts)
+                if n > 1:
+                    ctx.signals.signal(RULE_CERT_REUSE, {"certificate": cert}, ts, active=True, value=float(n),
+                                       summary=f"quarantine certificate {cert} used on inspections at {n} locations")
+
+        temps = e["temps"]
+        if temps:
+            lo, hi = self.cold_min_c, self.cold_max_c
+            bad = [t for t in temps if t < lo or t > hi]
+            acc = windows.acc(_K_COLD, (location,), ts)
+            acc[0] += len(temps)
+            acc[1] += len(bad)
+            self._cold(ctx, location, ts, bad, temps)
+
+        if step == "retail_selling":
+            acc = windows.acc(_K_CHAIN, (), ts)
+            sold: dict[str, int] = acc[0]
+            for lot in e["own"]:
+                ok = lin.traced(lot)
+                sold[lot] = max(sold.get(lot, 0), int(ok))
+                if not ok and lin.mark_alerted(lot):
+                    ctx.signals.signal(RULE_UNTRACED_SALE, {"lot": lot}, ts, active=True,
+                                       summary=f"lot {lot} sold without slaughter, conformant inspection and"
+                                               " receiving in its history")
+
+    def _cold(self, ctx: Context, location: str, ts: float, bad: list[float], temps: list[float]) -> None:
+        table = ctx.store.table("food_cold")
+        was_out = table.data.get(location, False)
+        if bad:
+            worst = max(bad, key=lambda t: max(self.cold_min_c - t, t - self.cold_max_c))
+            if not was_out:
+                table[location] = True
+            ctx.signals.signal(RULE_COLD_BREACH, {"location": location}, ts, active=True, value=worst,
+                               summary=f"{worst:.1f} °C at {location}, outside "
+                                       f"{self.cold_min_c:g}–{self.cold_max_c:g} °C")
+        elif was_out:
+            del table[location]
+            ctx.signals.signal(RULE_COLD_BREACH, {"location": location}, ts, active=False, value=temps[-1],
+                               summary=f"back in range at {location}")

@@ -1,0 +1,47 @@
+"""The worker's own health as Prometheus metrics (prometheus-client; registry injectable for tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cityops import __version__
+
+
+class Metrics:
+    """All worker metrics on one registry. Counters end in _total, durations are in seconds."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter("cityops_events", "Events by stream and outcome "
+                              "(accepted|invalid|duplicate|tampered|late|untrusted|bad_signature)",
+                              ["stream", "outcome"], registry=r)
+        self.dead_letters = Counter("cityops_dead_letters", "Records sent to cityops.dead-letter",
+                                    ["stream", "reason"], registry=r)
+        self.messages = Counter("cityops_messages", "Kafka records consumed", ["topic"], registry=r)
+        self.sink_pending = Gauge("cityops_sink_pending_points", "Points waiting for the sink", ["sink"],
+                                  registry=r)
+        self.sink_writes = Counter("cityops_sink_writes", "Successful sink batch writes", ["sink"], registry=r)
+        self.sink_errors = Counter("cityops_sink_write_errors", "Failed sink writes by cause "
+                                   "(unavailable|throttled|rejected)", ["sink", "kind"], registry=r)
+        self.backpressure = Gauge("cityops_backpressure", "1 while consumption is paused for the sink",
+                                  ["stream"], registry=r)
+        self.checkpoint_duration = Histogram("cityops_checkpoint_duration_seconds",
+                                             "Time to commit state + offsets", registry=r,
+                                             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5))
+        self.checkpoint_age = Gauge("cityops_checkpoint_age_seconds", "Seconds since the last commit",
+                                    registry=r)
+        self.watermark_lag = Gauge("cityops_watermark_lag_seconds",
+                                   "Wall clock minus the newest event time of the stream", ["stream"], registry=r)
+        self.alerts_active = Gauge("cityops_alerts_active", "Firing alerts", ["alertname", "severity"],
+                                   registry=r)
+        self.alert_notifications = Counter("cityops_alert_notifications", "Alert deliveries by receiver",
+                                           ["receiver", "outcome"], registry=r)
+        self.build_info = Gauge("cityops_build_info", "Build information", ["version"], registry=r)
+        self.build_info.labels(version=__version__).set(1)
+
+    def on_outcome(self, stream: str, outcome: str, n: int) -> None:
+        self.events.labels(stream=stream, outcome=outcome).inc(n)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

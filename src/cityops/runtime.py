@@ -1,0 +1,277 @@
+"""The worker's moving parts around the engine: checkpoint cadence, sinks, outboxes and backpressure.
+
+Transport-agnostic: the Faust agents (cityops.agents.app) feed ``process()``; the benchmark and tests can
+drive it directly. Every output (InfluxDB points, dead letters, alert transitions) leaves only from
+committed state, so a crash can repeat a delivery (idempotent: same point key, same record id) but never
+invent or lose one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine
+from cityops.engine.state import StateStore
+from cityops.metrics import Metrics
+from cityops.settings import Settings
+from cityops.sinks.influx import InfluxSink, InfluxUnavailable
+from cityops.streams.city_streams import STREAM_CLASSES, Pseudonymizer
+
+log = logging.getLogger("cityops.runtime")
+
+ALERTS_TOPIC = "cityops.alerts"
+
+
+def build_streams(settings: Settings) -> list[Any]:
+    """All stream kinds the worker consumes, configured from settings."""
+    pseudo = Pseudonymizer(settings.pseudonym_key.get_secret_value().encode())
+    streams: list[Any] = [cls(topic, topic, pseudo) for topic, cls in STREAM_CLASSES.items()]
+    try:
+        from cityops.food.stream import FoodStream
+    except ImportError:  # pragma: no cover - food pipeline is part of the package
+        return streams
+    streams.append(FoodStream(cold_min_c=settings.cold_chain_min_c, cold_max_c=settings.cold_chain_max_c,
+                              retention_s=settings.food_retention_s))
+    return streams
+
+
+class Runtime:
+    """Engine + sinks + outbox dispatch. ``start()``/``stop()`` bracket its life; ``tick()`` commits."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.store = StateStore(Path(settings.data_dir) / "state").open()
+        self.alerts = None
+        rules: list[Any] = []
+        registry = None
+        try:
+            from cityops.alerts.wiring import build_alerting
+        except ImportError:
+            build_alerting = None  # type: ignore[assignment]
+        if build_alerting is not None:
+            self.alerts, rules, registry = build_alerting(settings, self.store)
+        self.engine = Engine(
+            self.store, build_streams(settings),
+            allowed_lateness_s=settings.allowed_lateness_s, dedup_horizon_s=settings.dedup_horizon_s,
+            window_s=settings.window_s, signals=self.alerts, rules=rules, registry=registry,
+            settings=settings, on_outcome=self.metrics.on_outcome, now=clock,
+        )
+        token = settings.influx_token.get_secret_value() if settings.influx_token else None
+        self.influx = InfluxSink(str(settings.influx_url), settings.influx_database, token=token,
+                                 org=settings.influx_org, batch_size=settings.influx_batch_size,
+                                 max_pending=settings.max_pending_points, metrics=self.metrics)
+        self.alertmanager: Any = None
+        if settings.alertmanager_url is not None:
+            from cityops.sinks.alertmanager import AlertmanagerSink
+            self.alertmanager = AlertmanagerSink(str(settings.alertmanager_url), registry=self.metrics.registry)
+        self.producer: Any = None
+        self._acks: list[Any] = []
+        self._wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._last_commit = clock()
+        self._last_resend = 0.0
+        self.ready = False
+        self.backpressure = False
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        delay = 0.5
+        while True:
+            try:
+                await self.influx.setup()
+                break
+            except InfluxUnavailable as exc:
+                log.warning("influxdb not ready, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                                         max_request_size=self.settings.max_message_bytes + (64 << 10),
+                                         linger_ms=5)
+        await self.producer.start()
+        self._dispatcher = asyncio.ensure_future(self._dispatch_loop())
+        self.ready = True
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        """Final commit and flush (SIGTERM path): what was consumed is committed and written if possible."""
+        self.tick()
+        log.info("stop: committed; delivering")
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.wait({self._dispatcher}, timeout=5.0)
+            log.info("stop: dispatcher stopped")
+        try:
+            await asyncio.wait_for(self.deliver(), timeout_s)
+        except (asyncio.TimeoutError, InfluxUnavailable) as exc:
+            log.warning("shutdown flush incomplete (state is committed; next start delivers): %r", exc)
+        self.tick()
+        log.info("stop: delivered; closing clients")
+        if self.producer is not None:
+            await asyncio.wait_for(self.producer.stop(), 10)
+        await self.influx.close()
+        if self.alertmanager is not None:
+            await self.alertmanager.close()
+        self.store.close()
+
+    # -- input --------------------------------------------------------------------------------------
+    def process(self, topic: str, partition: int, offset: int, value: bytes | None, ack: Any = None) -> None:
+        self.engine.process(topic, partition, offset, value)
+        if ack is not None:
+            self._acks.append(ack)
+
+    async def wait_writable(self, topic: str) -> None:
+        """Backpressure: hold the agent while the sink backlog is full."""
+        if not self.influx.full:
+            return
+        self.metrics.backpressure.labels(stream=topic).set(1)
+        self.backpressure = True
+        log.warning("backpressure stream=%s pending=%d: pausing consumption until InfluxDB catches up",
+                    topic, len(self.influx.pending))
+        while self.influx.full:
+            await asyncio.sleep(0.2)
+        self.backpressure = False
+        self.metrics.backpressure.labels(stream=topic).set(0)
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Commit state + offsets, then release acks and queue the committed points. Synchronous."""
+        t0 = time.perf_counter()
+        res = self.engine.checkpoint()
+        self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+        self._last_commit = self.clock()
+        acks, self._acks = self._acks, []
+        for ack in acks:
+            ack()
+        self.influx.add(res.points)
+        now = self.clock()
+        for stream, wm in self.engine.watermark.items():
+            self.metrics.watermark_lag.labels(stream=stream).set(max(0.0, now - wm))
+        self._wake.set()
+
+    def checkpoint_age(self) -> float:
+        return self.clock() - self._last_commit
+
+    async def _dispatch_loop(self) -> None:
+        delay = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.flush_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            self.metrics.checkpoint_age.set(self.checkpoint_age())
+            try:
+                await self.deliver()
+                delay = 0.0
+            except InfluxUnavailable as exc:
+                delay = min(max(delay * 2, 0.5), 30.0)
+                log.warning("influxdb write failed, retry in %.1fs, pending=%d: %s", delay,
+                            len(self.influx.pending), exc)
+                await asyncio.sleep(delay)
+            except Exception:  # keep delivering: a bug here must not stop consumption silently
+                log.exception("dispatch failed")
+                await asyncio.sleep(1.0)
+
+    async def deliver(self) -> None:
+        """Send committed outputs: dead letters, alert transitions, then KPI points."""
+        await self._deliver_dead_letters()
+        await self._deliver_alerts()
+        confirmed = await self.influx.flush()
+        self.engine.confirm_written(confirmed)
+
+    async def _deliver_dead_letters(self) -> None:
+        batch = self.engine.pending_dead_letters()
+        if not batch or self.producer is None:
+            return
+        futures = []
+        for seq, rec in batch:
+            headers = [
+                ("cityops-reason", rec["reason"].encode()),
+                ("cityops-stream", rec["stream"].encode()),
+                ("cityops-source-topic", rec["topic"].encode()),
+                ("cityops-source-partition", str(rec["partition"]).encode()),
+                ("cityops-source-offset", str(rec["offset"]).encode()),
+                ("cityops-outcome", rec["outcome"].encode()),
+                ("cityops-dlq-id", f"{rec['topic']}:{rec['partition']}:{rec['offset']}:{rec['index']}".encode()),
+            ]
+            if rec["index"] is not None:
+                headers.append(("cityops-batch-index", str(rec["index"]).encode()))
+            # The value is the original message bytes, untouched, so it can be replayed after a fix.
+            futures.append((seq, rec, await self.producer.send(DEAD_LETTER_TOPIC, value=rec["raw"],
+                                                                headers=headers)))
+        done = []
+        for seq, rec, fut in futures:
+            await fut
+            done.append(seq)
+            self.metrics.dead_letters.labels(stream=rec["stream"], reason=_reason_kind(rec["reason"])).inc()
+        self.engine.confirm_dead_letters(done)
+
+    async def _deliver_alerts(self) -> None:
+        if self.alerts is None:
+            return
+        outbox = self.alerts.pop_outbox(500)
+        if outbox:
+            sent = []
+            for seq, tr in outbox:
+                delivered = set(tr.get("delivered", ()))
+                if "kafka" not in delivered and self.producer is not None:
+                    fut = await self.producer.send(ALERTS_TOPIC, key=tr["id"].encode(), value=orjson.dumps(
+                        {k: v for k, v in tr.items() if k != "delivered"}))
+                    await fut
+                    delivered.add("kafka")
+                if "influx" not in delivered:
+                    self.influx.add([alert_point(tr)])
+                    delivered.add("influx")
+                if "alertmanager" not in delivered and self.alertmanager is not None:
+                    if tr["status"] in ("firing", "resolved"):
+                        ok = await self.alertmanager.post([tr])
+                        if not ok:
+                            self.alerts.update_outbox(seq, delivered)
+                            continue
+                    delivered.add("alertmanager")
+                sent.append(seq)
+            self.alerts.ack_outbox(sent)
+        now = self.clock()
+        if self.alertmanager is not None and now - self._last_resend >= self.settings.alert_resend_s:
+            firing = self.alerts.firing()
+            if not firing or await self.alertmanager.post(firing):
+                self._last_resend = now
+        counts: dict[tuple[str, str], int] = {}
+        for a in self.alerts.firing():
+            k = (a["labels"]["alertname"], a["labels"].get("severity", ""))
+            counts[k] = counts.get(k, 0) + 1
+        self.metrics.alerts_active.clear()
+        for (name, sev), n in counts.items():
+            self.metrics.alerts_active.labels(alertname=name, severity=sev).set(n)
+
+
+def alert_point(tr: dict[str, Any]) -> Any:
+    """The `alerts` measurement point of one transition (Grafana annotations and tables)."""
+    from cityops.engine.pipeline import Point
+
+    labels = tr["labels"]
+    entity = ",".join(f"{k}={v}" for k, v in sorted(labels.items())
+                      if k not in ("alertname", "severity", "domain"))
+    # entity is a tag so two alerts of one rule in the same second stay two points.
+    return Point("alerts", {"alertname": labels["alertname"], "severity": labels.get("severity", ""),
+                            "domain": labels.get("domain", ""), "status": tr["status"], "entity": entity},
+                 {"summary": tr.get("annotations", {}).get("summary", ""),
+                  "value": float(tr.get("value") or 0.0), "id": tr["id"]},
+                 int(tr["ts"]))
+
+
+def _reason_kind(reason: str) -> str:
+    """A low-cardinality label for a dead-letter reason (the full text is in the record's header)."""
+    head = reason.split(":", 1)[0].strip().lower()
+    return head if len(head) <= 40 else "other"

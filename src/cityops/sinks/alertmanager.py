@@ -1,0 +1,241 @@
+"""Alertmanager output: alert transitions and re-sends posted to its API v2 (``POST /api/v2/alerts``).
+
+Failures are sorted by cause, like the other sinks: unreachable or 5xx → back off and retry, keeping the
+alerts (``post`` returns False after its attempts, the dispatcher keeps the outbox items and tries again
+later); 4xx → Alertmanager will never take those alerts: counted as ``rejected``, logged, dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from cityops.alerts.lifecycle import rfc3339
+from cityops.errors import CityopsError
+
+__all__ = ["AlertmanagerError", "AlertmanagerSink", "to_postable"]
+
+log = logging.getLogger(__name__)
+
+_METRICS: "weakref.WeakKeyDictionary[CollectorRegistry, Counter]" = weakref.WeakKeyDictionary()
+
+
+class AlertmanagerError(CityopsError):
+    """Alertmanager answered a query with an error (reading only; posting never raises for the server)."""
+
+
+def _counter(registry: CollectorRegistry) -> Counter:
+    # One Counter per registry: sinks may be created repeatedly (tests, restarts) without a
+    # "Duplicated timeseries" error.
+    counter = _METRICS.get(registry)
+    if counter is None:
+        counter = Counter(
+            "cityops_alert_notifications",
+            "Alerts handed to a notification receiver, by outcome "
+            "(sent | retry = attempt failed, will retry | unavailable = gave up for now, kept | rejected = dropped)",
+            ["receiver", "outcome"],
+            registry=registry,
+        )
+        _METRICS[registry] = counter
+    return counter
+
+
+def to_postable(item: dict[str, Any], now: float, resend_s: float = 60.0) -> dict[str, Any] | None:
+    """One Alertmanager v2 postable alert from an outbox transition or a ``firing()`` entry; None = skip.
+
+    Firing: ``endsAt`` = now + 4 × ``resend_s`` (Alertmanager resolves it by itself if we stop re-sending,
+    e.g. when this worker dies). Resolved: ``endsAt`` = the resolve time (never later than ``now``, so it
+    resolves at once even if event time runs ahead of the wall clock). Pending, flapping and cancelled
+    pending alerts are not Alertmanager's business. All times RFC 3339 UTC; ``now`` in epoch seconds.
+    """
+    if "status" in item:
+        action = item.get("am_action", item["status"] if item["status"] in ("firing", "resolved") else None)
+        if action is None:
+            return None
+        starts_at = float(item["starts_at"])
+        alert: dict[str, Any] = {"labels": dict(item["labels"]), "annotations": dict(item.get("annotations") or {})}
+        if action == "firing":
+            ends_at = max(now, starts_at) + 4 * resend_s
+        else:
+            ends = item.get("ends_at")
+            ends_at = min(float(ends) if ends is not None else now, now)
+        # Alertmanager rejects endsAt before startsAt.
+        ends_at = max(ends_at, starts_at)
+        alert["startsAt"] = rfc3339(starts_at)
+        alert["endsAt"] = rfc3339(ends_at)
+        if item.get("generator_url"):
+            alert["generatorURL"] = item["generator_url"]
+        return alert
+    # Already in Alertmanager's format (AlertEngine.firing()): a re-send of a firing alert.
+    alert = dict(item)
+    if "endsAt" not in alert:
+        alert["endsAt"] = rfc3339(now + 4 * resend_s)
+    return alert
+
+
+class AlertmanagerSink:
+    """Posts alerts to one Alertmanager (``url`` = its base URL, e.g. ``http://127.0.0.1:9093``).
+
+    ``resend_s``: how often the caller re-sends firing alerts (default 60 s; sets ``endsAt``).
+    ``timeout_s``: per request (default 10 s). ``attempts``: tries per ``post`` call (default 6),
+    waiting ``backoff_s`` × 2^n between them, at most ``backoff_cap_s`` (defaults 0.5 s and 30 s).
+    ``registry``: where ``cityops_alert_notifications_total{receiver,outcome}`` lives (default: global).
+    Lifecycle: ``await start()`` (or first use) … ``await close()``; also an async context manager.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        receiver: str = "alertmanager",
+        resend_s: float = 60.0,
+        timeout_s: float = 10.0,
+        attempts: int = 6,
+        backoff_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        registry: CollectorRegistry | None = None,
+        now: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        self.url = url.rstrip("/")
+        self.receiver = receiver
+        self.resend_s = resend_s
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.backoff_cap_s = backoff_cap_s
+        self.now = now
+        self.sleep = sleep
+        self._session = session
+        self._own_session = session is None
+        self._notifications = _counter(registry if registry is not None else REGISTRY)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> "AlertmanagerSink":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        return self._session
+
+    def _count(self, outcome: str, n: int) -> None:
+        if n:
+            self._notifications.labels(self.receiver, outcome).inc(n)
+
+    # -- output -------------------------------------------------------------------------------------
+    async def post(self, alerts: Sequence[dict[str, Any]]) -> bool:
+        """Send outbox transitions and/or ``firing()`` entries; True = done (sent, skipped or rejected).
+
+        False = Alertmanager stayed unreachable (or 5xx) for all attempts: keep the items, call again later.
+        """
+        now = self.now()
+        body = [a for a in (to_postable(item, now, self.resend_s) for item in alerts) if a is not None]
+        if not body:
+            return True
+        status, text = await self._post_with_retry(body)
+        if status is None:
+            self._count("unavailable", len(body))
+            return False
+        if status < 300:
+            self._count("sent", len(body))
+            return True
+        # 4xx. Alertmanager stores the valid alerts of a batch even when it answers 400 for the others;
+        # re-post one by one (idempotent: same labels) to count and log exactly the rejected ones.
+        if len(body) == 1:
+            self._reject(body[0], status, text)
+            return True
+        ok = True
+        for alert in body:
+            st, txt = await self._post_with_retry([alert])
+            if st is None:
+                self._count("unavailable", 1)
+                ok = False
+            elif st < 300:
+                self._count("sent", 1)
+            else:
+                self._reject(alert, st, txt)
+        return ok
+
+    def _reject(self, alert: dict[str, Any], status: int, text: str) -> None:
+        self._count("rejected", 1)
+        log.error(
+            "alertmanager rejected alert url=%s status=%d alertname=%s labels=%s reason=%s",
+            self.url, status, alert.get("labels", {}).get("alertname"), alert.get("labels"), text.strip()[:300],
+        )
+
+    async def _post_with_retry(self, body: list[dict[str, Any]]) -> tuple[int | None, str]:
+        """(HTTP status, body text) of the first non-retryable answer; (None, reason) when out of attempts."""
+        reason = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                self._count("retry", len(body))
+                await self.sleep(min(self.backoff_cap_s, self.backoff_s * 2 ** (attempt - 1)))
+            try:
+                session = await self._client()
+                async with session.post(f"{self.url}/api/v2/alerts", json=body) as resp:
+                    text = await resp.text()
+                    if resp.status < 500:
+                        return resp.status, text
+                    reason = f"HTTP {resp.status}: {text.strip()[:200]}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "alertmanager post failed url=%s attempt=%d/%d alerts=%d reason=%s",
+                self.url, attempt + 1, self.attempts, len(body), reason,
+            )
+        return None, reason
+
+    # -- reading ------------------------------------------------------------------------------------
+    async def get_alerts(
+        self,
+        *,
+        active: bool | None = None,
+        silenced: bool | None = None,
+        inhibited: bool | None = None,
+        unprocessed: bool | None = None,
+        filter: Sequence[str] = (),
+        receiver: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """``GET /api/v2/alerts`` (resolved alerts are not listed); ``filter`` are matchers like ``card="p-1"``."""
+        params: list[tuple[str, str]] = []
+        for name, flag in (("active", active), ("silenced", silenced), ("inhibited", inhibited),
+                           ("unprocessed", unprocessed)):
+            if flag is not None:
+                params.append((name, "true" if flag else "false"))
+        params.extend(("filter", f) for f in filter)
+        if receiver is not None:
+            params.append(("receiver", receiver))
+        session = await self._client()
+        try:
+            async with session.get(f"{self.url}/api/v2/alerts", params=params) as resp:
+                if resp.status != 200:
+                    raise AlertmanagerError(f"GET {self.url}/api/v2/alerts: HTTP {resp.status}: {await resp.text()}")
+                data = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise AlertmanagerError(f"GET {self.url}/api/v2/alerts: {type(exc).__name__}: {exc}") from exc
+        return list(data)

@@ -1,0 +1,233 @@
+"""InfluxDB sink: window points as line protocol, batched, retried, never dropped while InfluxDB is down.
+
+Points are keyed by (measurement, tags, timestamp): a newer version of a window replaces the queued one,
+so the backlog is bounded by the number of open windows, not by the event rate. When it still grows past
+``max_pending`` (InfluxDB down for a long time) the engine stops consuming — backpressure, not memory.
+
+Failures are sorted by cause (like quix-streams' InfluxDB 3 sink): unavailable or throttled → back off and
+retry with the data kept; rejected (HTTP 400: the data itself is wrong) → counted and handed back to the
+caller for the dead-letter topic; anything else → raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from influxdb_client import Point as InfluxPoint
+from influxdb_client import WritePrecision
+
+from cityops.engine.pipeline import Point
+from cityops.errors import CityopsError
+
+log = logging.getLogger("cityops.sinks.influx")
+
+PointKey = tuple[str, tuple[tuple[str, str], ...], int]
+
+
+class InfluxUnavailable(CityopsError):
+    """InfluxDB did not answer, or answered 5xx / 429: retry later, keep the data."""
+
+
+@dataclass
+class SinkStats:
+    writes: int = 0
+    points: int = 0
+    errors_unavailable: int = 0
+    errors_throttled: int = 0
+    rejected: int = 0
+
+
+def to_line(point: Point) -> str:
+    """Serialize one point with influxdb-client's own line-protocol encoder (escaping, int vs float)."""
+    p = InfluxPoint(point.measurement)
+    for k, v in sorted(point.tags.items()):
+        if v != "":
+            p.tag(k, v)
+    for k, v in point.fields.items():
+        p.field(k, v)
+    p.time(point.ts, WritePrecision.S)
+    return p.to_line_protocol()
+
+
+class InfluxSink:
+    """Batching writer with a keyed backlog. Lifecycle: ``setup()``, ``add()``, ``flush()``, ``close()``."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        token: str | None = None,
+        org: str | None = None,
+        batch_size: int = 5000,
+        max_pending: int = 200_000,
+        timeout_s: float = 10.0,
+        on_rejected: Callable[[list[str], str], None] | None = None,
+        metrics: Any = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.database = database
+        self.token = token
+        self.org = org
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.on_rejected = on_rejected
+        self.metrics = metrics
+        self.pending: dict[PointKey, tuple[str, tuple[str, dict[str, str], int]]] = {}
+        self.stats = SinkStats()
+        self._session: aiohttp.ClientSession | None = None
+        self.backoff_s = 0.0
+        self.healthy = False
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"} if self.token else {}
+
+    async def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
+        return self._session
+
+    async def setup(self) -> None:
+        """Create the database if missing (v1 API). Raises InfluxUnavailable if InfluxDB is down."""
+        if self.org:  # 2.x bucket: created by the operator, as 2.x buckets carry retention and org
+            return
+        sess = await self._sess()
+        try:
+            async with sess.post(f"{self.url}/query", data={"q": f'CREATE DATABASE "{self.database}"'}) as r:
+                body = await r.text()
+                if r.status >= 500 or r.status == 429:
+                    raise InfluxUnavailable(f"InfluxDB {self.url} answered {r.status}: {body[:200]}")
+                if r.status >= 400:
+                    raise CityopsError(
+                        f"InfluxDB {self.url} refused CREATE DATABASE ({r.status}: {body[:200]}); "
+                        "check CITYOPS_INFLUX_URL / CITYOPS_INFLUX_TOKEN")
+        except aiohttp.ClientError as exc:
+            raise InfluxUnavailable(f"InfluxDB {self.url} unreachable: {exc}") from exc
+        self.healthy = True
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- data ---------------------------------------------------------------------------------------
+    def add(self, points: Iterable[Point]) -> None:
+        for p in points:
+            self.pending[p.key] = (to_line(p), (p.measurement, p.tags, p.ts))
+        self._gauge()
+
+    @property
+    def full(self) -> bool:
+        return len(self.pending) >= self.max_pending
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.sink_pending.labels(sink="influxdb").set(len(self.pending))
+
+    async def flush(self) -> list[tuple[str, dict[str, str], int]]:
+        """Write everything pending, batch by batch; returns the points confirmed written.
+
+        On an outage it stops at the first failing batch (keeping it and the rest) and raises
+        InfluxUnavailable; the caller backs off and calls again.
+        """
+        confirmed: list[tuple[str, dict[str, str], int]] = []
+        while self.pending:
+            keys = list(self.pending)[: self.batch_size]
+            batch = [self.pending[k] for k in keys]
+            body = "\n".join(line for line, _ in batch).encode()
+            try:
+                await self._write(body)
+            except _Rejected:
+                # The data itself is wrong somewhere in the batch: write line by line, so the good
+                # lines land and only the bad ones are counted and handed back for dead-lettering.
+                for k, entry in zip(keys, batch):
+                    try:
+                        await self._write(entry[0].encode())
+                    except _Rejected as exc:
+                        self.stats.rejected += 1
+                        self._err("rejected")
+                        log.error("influx rejected point reason=%r line=%r", str(exc), entry[0][:300])
+                        if self.on_rejected is not None:
+                            self.on_rejected([entry[0]], str(exc))
+                    if self.pending.get(k) is entry:
+                        del self.pending[k]
+                continue
+            # Only forget what was not replaced by a newer version while we were writing.
+            for k, entry in zip(keys, batch):
+                if self.pending.get(k) is entry:
+                    del self.pending[k]
+                    confirmed.append(entry[1])
+            self.stats.writes += 1
+            self.stats.points += len(batch)
+            if self.metrics is not None:
+                self.metrics.sink_writes.labels(sink="influxdb").inc()
+        self._gauge()
+        self.healthy = True
+        return confirmed
+
+    def _err(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.sink_errors.labels(sink="influxdb", kind=kind).inc()
+
+    async def _write(self, body: bytes) -> None:
+        sess = await self._sess()
+        if self.org:
+            url = f"{self.url}/api/v2/write"
+            params = {"org": self.org, "bucket": self.database, "precision": "s"}
+        else:
+            url = f"{self.url}/write"
+            params = {"db": self.database, "precision": "s"}
+        try:
+            async with sess.post(url, params=params, data=body) as r:
+                if r.status in (200, 204):
+                    return
+                text = await r.text()
+                if r.status == 429:
+                    self.stats.errors_throttled += 1
+                    self._err("throttled")
+                    raise InfluxUnavailable(f"throttled (429): {text[:200]}")
+                if r.status >= 500:
+                    self.stats.errors_unavailable += 1
+                    self._err("unavailable")
+                    raise InfluxUnavailable(f"HTTP {r.status}: {text[:200]}")
+                if r.status == 404 and "database not found" in text:
+                    await self.setup()
+                    raise InfluxUnavailable("database was missing; created it")
+                if r.status in (401, 403):
+                    raise CityopsError(f"InfluxDB refused the write ({r.status}): check CITYOPS_INFLUX_TOKEN")
+                raise _Rejected(f"HTTP {r.status}: {text[:300]}")
+        except aiohttp.ClientError as exc:
+            self.stats.errors_unavailable += 1
+            self._err("unavailable")
+            self.healthy = False
+            raise InfluxUnavailable(f"unreachable: {exc}") from exc
+        except asyncio.TimeoutError as exc:
+            self.stats.errors_unavailable += 1
+            self._err("unavailable")
+            self.healthy = False
+            raise InfluxUnavailable("timed out") from exc
+
+
+class _Rejected(CityopsError):
+    pass
+
+
+async def query(url: str, database: str, q: str, token: str | None = None) -> list[dict[str, Any]]:
+    """Run InfluxQL on the v1 /query endpoint; returns the series of the first statement."""
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as sess:
+        async with sess.get(f"{url.rstrip('/')}/query", params={"db": database, "q": q, "epoch": "s"}) as r:
+            r.raise_for_status()
+            data = await r.json()
+    result = data["results"][0]
+    if "error" in result:
+        raise CityopsError(f"InfluxQL error: {result['error']}")
+    return result.get("series", [])

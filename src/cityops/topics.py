@@ -1,0 +1,69 @@
+"""The Kafka topics cityops reads and writes, created with explicit configs (deploy/kafka/topics.yml mirrors)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("cityops.topics")
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(partitions: int = 6) -> list[TopicSpec]:
+    """Every topic with its partitions and configs (``partitions`` sets the high-volume input topics)."""
+    big = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete", "max.message.bytes": str(8 << 20)}
+    return [
+        TopicSpec("traffic.card-taps", partitions, big),
+        TopicSpec("traffic.road-detectors", max(1, partitions // 2), big),
+        TopicSpec("health.card-events", max(1, partitions // 2), big),
+        TopicSpec("food.trace-events", max(1, partitions // 2), big),
+        TopicSpec("cityops.dead-letter", 3, {"retention.ms": str(14 * DAY_MS), "cleanup.policy": "delete",
+                                             "max.message.bytes": str(8 << 20)}),
+        TopicSpec("cityops.alerts", 1, {"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"}),
+    ]
+
+
+def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0) -> list[str]:
+    """Create the missing topics (kafka-python admin) with their explicit configs; returns those created.
+
+    Explicit configs matter: some Kafka-API brokers report only the settings a topic was created with.
+    """
+    import time
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    specs = specs if specs is not None else topic_specs()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityops-admin",
+                                     request_timeout_ms=10_000)
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        todo = [s for s in specs if s.name not in existing]
+        created = []
+        for s in todo:
+            try:
+                admin.create_topics([NewTopic(s.name, s.partitions, 1, topic_configs=s.configs)])
+                created.append(s.name)
+            except TopicAlreadyExistsError:
+                pass
+        if created:
+            log.info("created topics %s", ",".join(created))
+        return created
+    finally:
+        admin.close()

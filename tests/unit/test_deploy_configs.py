@@ -1,0 +1,513 @@
+"""Deploy files checked with their own tools (promtool, amtool) and cityops.dashboards."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+import threading
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cityops import dashboards as dash
+from cityops.localstack_configs import INFLUX_CONFIG_TEMPLATE, render_influx_config
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+PROM_DIR = DEPLOY / "prometheus"
+RULES = PROM_DIR / "rules" / "cityops-platform.rules.yml"
+RULE_TESTS = PROM_DIR / "rules" / "cityops-platform.tests.yml"
+AM_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
+DASHBOARD_DIR = REPO / "dashboards"
+COMPOSE = REPO / "docker-compose.yml"
+
+
+def _tool(name: str) -> str:
+    """Path of a required binary; a missing one fails the test (it must not skip in CI)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: apt-get install prometheus prometheus-alertmanager")
+    return path
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------- Prometheus
+
+
+def test_promtool_check_config() -> None:
+    _run(_tool("promtool"), "check", "config", "prometheus.yml", cwd=PROM_DIR)
+
+
+def test_promtool_check_rules() -> None:
+    _run(_tool("promtool"), "check", "rules", str(RULES))
+
+
+def test_promtool_test_rules() -> None:
+    out = _run(_tool("promtool"), "test", "rules", RULE_TESTS.name, cwd=RULE_TESTS.parent)
+    assert "SUCCESS" in out.stdout + out.stderr
+
+
+def test_platform_rules_have_labels_and_runbooks() -> None:
+    rules = [r for g in _yaml(RULES)["groups"] for r in g["rules"]]
+    names = {r["alert"] for r in rules}
+    assert names == {
+        "CityopsWorkerDown",
+        "CityopsDeadLettersHigh",
+        "CityopsSinkBacklog",
+        "CityopsCheckpointStale",
+        "CityopsStreamStale",
+    }
+    tested = set(re.findall(r"alertname:\s*(\w+)", RULE_TESTS.read_text()))
+    assert names <= tested, f"rules without a promtool test: {names - tested}"
+    for rule in rules:
+        assert rule["labels"]["domain"] == "platform"
+        assert rule["labels"]["severity"] in {"info", "warning", "critical"}
+        ann = rule["annotations"]
+        assert ann["summary"] and ann["description"]
+        assert ann["runbook_url"] == f"agents/platform.md#{rule['alert'].lower()}"
+
+
+def test_prometheus_scrapes_worker_and_itself() -> None:
+    cfg = _yaml(PROM_DIR / "prometheus.yml")
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert {"prometheus", "cityops-worker"} <= set(jobs)
+    assert jobs["cityops-worker"].get("metrics_path", "/metrics") == "/metrics"
+    assert cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+
+
+# ----------------------------------------------------------------- Alertmanager
+
+
+def test_amtool_check_config() -> None:
+    out = _run(_tool("amtool"), "check-config", str(AM_CONFIG))
+    assert "SUCCESS" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("labels", "receivers"),
+    [
+        ("alertname=HospitalWaitHigh severity=critical domain=health", "pager,ops-webhook"),
+        ("alertname=CardCloned severity=critical domain=security", "pager,security-team"),
+        ("alertname=UntrustedSource severity=warning domain=security", "security-team"),
+        ("alertname=RoadSpeedLow severity=warning domain=traffic", "ops-webhook"),
+        ("alertname=CityopsStreamStale severity=warning domain=platform", "ops-webhook"),
+        ("alertname=TraceRateInfo severity=info domain=food", "ops-webhook"),
+        ("alertname=Unlabelled", "ops-webhook"),
+    ],
+)
+def test_alertmanager_routes(labels: str, receivers: str) -> None:
+    out = _run(
+        _tool("amtool"), "config", "routes", "test", f"--config.file={AM_CONFIG}", *labels.split()
+    )
+    assert out.stdout.strip() == receivers
+
+
+def test_alertmanager_groups_and_inhibits() -> None:
+    cfg = _yaml(AM_CONFIG)
+    assert cfg["route"]["group_by"] == ["alertname", "domain"]
+    crit = cfg["inhibit_rules"][0]
+    assert crit["source_matchers"] == ['severity="critical"']
+    assert crit["target_matchers"] == ['severity="warning"']
+    assert {"alertname", "card", "line", "hospital", "location", "source", "stream"} <= set(crit["equal"])
+    for receiver in cfg["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            assert hook["url"].startswith("http://oncall-gateway:9095/")
+
+
+# ----------------------------------------------------------------- Grafana provisioning
+
+
+def test_provisioned_datasources_match_module() -> None:
+    cfg = _yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "cityops.yml")
+    provisioned = {d["uid"]: d["type"] for d in cfg["datasources"]}
+    assert provisioned == dash.PROVISIONED_DATASOURCES
+    influx = next(d for d in cfg["datasources"] if d["uid"] == "cityops-influx")
+    assert influx["url"] == "http://influxdb:8086"
+    assert influx["jsonData"]["dbName"] == "cityops"
+    assert influx["jsonData"]["version"] == "InfluxQL"
+
+
+def test_dashboard_provider_points_at_mounted_dir() -> None:
+    cfg = _yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "cityops.yml")
+    (provider,) = cfg["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# ----------------------------------------------------------------- dashboards
+
+
+@pytest.fixture(scope="module")
+def dashboards() -> list[dict[str, Any]]:
+    return dash.load_dashboards(DASHBOARD_DIR)
+
+
+def test_expected_dashboards_exist(dashboards: list[dict[str, Any]]) -> None:
+    assert {d["uid"] for d in dashboards} == {
+        "cityops-overview",
+        "cityops-traffic",
+        "cityops-health",
+        "cityops-food",
+        "cityops-alerts",
+        "cityops-platform",
+    }
+    for path in DASHBOARD_DIR.glob("*.json"):
+        assert json.loads(path.read_text())["uid"] == path.stem, "file name must be the uid"
+
+
+def test_every_dashboard_validates(dashboards: list[dict[str, Any]]) -> None:
+    assert dash.validate_all(dashboards) == []
+    seen: set[str] = set()
+    for d in dashboards:
+        assert dash.validate(d, seen_uids=seen) == [], d["uid"]
+
+
+def test_traffic_has_mode_and_line_variables(dashboards: list[dict[str, Any]]) -> None:
+    traffic = next(d for d in dashboards if d["uid"] == "cityops-traffic")
+    variables = {v["name"]: v for v in traffic["templating"]["list"]}
+    assert variables["mode"]["query"].startswith('SHOW TAG VALUES FROM "traffic_ridership"')
+    assert 'WITH KEY = "line"' in variables["line"]["query"]
+
+
+def test_alerts_dashboard_has_influx_annotations(dashboards: list[dict[str, Any]]) -> None:
+    alerts = next(d for d in dashboards if d["uid"] == "cityops-alerts")
+    influx = [a for a in alerts["annotations"]["list"] if a.get("datasource", {}).get("uid") == "cityops-influx"]
+    assert influx and all('FROM "alerts"' in a["target"]["query"] for a in influx)
+
+
+def _minimal_dashboard() -> dict[str, Any]:
+    return {
+        "id": None,
+        "uid": "t-dash",
+        "title": "T",
+        "schemaVersion": dash.SCHEMA_VERSION,
+        "panels": [
+            {
+                "id": 1,
+                "type": "timeseries",
+                "title": "speed",
+                "datasource": {"type": "influxdb", "uid": "cityops-influx"},
+                "gridPos": {"x": 0, "y": 0, "w": 12, "h": 8},
+                "targets": [
+                    {
+                        "refId": "A",
+                        "rawQuery": True,
+                        "query": 'SELECT mean("speed_kmh") FROM "traffic_road" WHERE $timeFilter '
+                        'GROUP BY time($__interval), "segment" fill(none)',
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def test_validate_accepts_minimal_dashboard() -> None:
+    assert dash.validate(_minimal_dashboard()) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d.pop("uid"), "missing uid"),
+        (lambda d: d.pop("title"), "missing title"),
+        (lambda d: d["panels"][0].update(datasource={"type": "influxdb", "uid": "nope"}), "not provisioned"),
+        (lambda d: d["panels"].append(copy.deepcopy(d["panels"][0]) | {"gridPos": {"x": 12, "y": 0, "w": 12, "h": 8}}), "duplicate panel id"),
+        (lambda d: d["panels"][0]["gridPos"].update(x=20), "x+w"),
+        (lambda d: d["panels"][0]["targets"][0].update(query='SELECT mean("speed") FROM "traffic_road" WHERE $timeFilter'), "'speed' is neither"),
+        (lambda d: d["panels"][0]["targets"][0].update(query='SELECT mean("x") FROM "roads" WHERE $timeFilter'), "unknown measurement 'roads'"),
+        (lambda d: d["panels"][0]["targets"][0].update(query='SELECT mean("flow") FROM "traffic_road" GROUP BY time(1m)'), "$timeFilter"),
+        (lambda d: d["panels"][0]["targets"][0].update(query='SELECT mean("flow") FROM "traffic_road" WHERE $timeFilter GROUP BY "lane"'), "not a tag"),
+        (lambda d: d["panels"][0]["targets"][0].update(rawQuery=False), "rawQuery"),
+        (lambda d: d["panels"][0]["targets"][0].update(query="DROP DATABASE cityops"), "not a SELECT"),
+    ],
+)
+def test_validate_reports_problems(mutate: Any, expected: str) -> None:
+    d = _minimal_dashboard()
+    mutate(d)
+    problems = dash.validate(d)
+    assert any(expected in p for p in problems), problems
+
+
+def test_validate_all_reports_duplicate_uid() -> None:
+    d = _minimal_dashboard()
+    problems = dash.validate_all([d, copy.deepcopy(d)])
+    assert any("duplicate uid" in p for p in problems)
+
+
+# ----------------------------------------------------------------- panel_queries
+
+START = datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc)
+END = datetime(2024, 5, 1, 9, 30, tzinfo=timezone.utc)
+
+
+def test_render_query_macros() -> None:
+    q = dash.render_query(
+        'SELECT sum("taps_in") FROM "traffic_ridership" WHERE "mode" =~ /^$mode$/ AND "line" = \'${line}\' '
+        "AND $timeFilter GROUP BY time($__interval) -- $__interval_ms [[mode]] $__from $__to $unknown",
+        start=START,
+        end=END,
+        interval="5m",
+        variables={"mode": ".*", "line": "L1"},
+    )
+    assert "time >= '2024-05-01T08:00:00Z' AND time <= '2024-05-01T09:30:00Z'" in q
+    assert "GROUP BY time(5m)" in q
+    assert "/^.*$/" in q and "'L1'" in q
+    assert "300000" in q and "[[" not in q
+    assert str(int(START.timestamp() * 1000)) in q and str(int(END.timestamp() * 1000)) in q
+    assert "$unknown" in q
+
+
+def test_render_query_naive_datetime_is_utc_and_bad_interval_fails() -> None:
+    q = dash.render_query("$timeFilter", start=datetime(2024, 1, 1), end="2024-01-01T01:00:00Z")
+    assert q == "time >= '2024-01-01T00:00:00Z' AND time <= '2024-01-01T01:00:00Z'"
+    with pytest.raises(ValueError, match="interval"):
+        dash.render_query("x", start=START, end=END, interval="one minute")
+
+
+def test_panel_queries_render_every_influx_query(dashboards: list[dict[str, Any]]) -> None:
+    for d in dashboards:
+        queries = dash.panel_queries(d, start=START, end=END)
+        for title, q in queries:
+            # No macro or variable left ("$/" is a regex anchor, not a variable).
+            assert not re.search(r"\$\w|\$\{|\[\[", q), (d["uid"], title, q)
+            assert "time >= '2024-05-01T08:00:00Z' AND time <= '2024-05-01T09:30:00Z'" in q or q.startswith("SHOW")
+        if d["uid"] == "cityops-platform":
+            titles = [t for t, _ in queries]
+            assert titles == ["Stream quality (InfluxDB)"]  # the rest are Prometheus panels
+    traffic = next(d for d in dashboards if d["uid"] == "cityops-traffic")
+    rendered = dict(dash.panel_queries(traffic, start=START, end=END, interval="1m"))
+    assert rendered["Taps in by line"] == (
+        'SELECT sum("taps_in") FROM "traffic_ridership" WHERE "mode" =~ /^.*$/ AND "line" =~ /^.*$/ '
+        "AND time >= '2024-05-01T08:00:00Z' AND time <= '2024-05-01T09:30:00Z' "
+        'GROUP BY time(1m), "line" fill(none)'
+    )
+    assert rendered["variable: line"] == (
+        'SHOW TAG VALUES FROM "traffic_ridership" WITH KEY = "line" WHERE "mode" =~ /^.*$/'
+    )
+
+
+def test_single_value_variable_renders_first_value() -> None:
+    d = _minimal_dashboard()
+    d["panels"][0]["targets"][0]["query"] = (
+        'SELECT mean("speed_kmh") FROM "traffic_road" WHERE "segment" = \'$seg\' AND $timeFilter'
+    )
+    d["templating"] = {
+        "list": [{"name": "seg", "type": "custom", "query": "S1,S2", "multi": False, "includeAll": False,
+                  "options": [{"text": "S1", "value": "S1"}, {"text": "S2", "value": "S2"}]}]
+    }
+    [(title, q)] = dash.panel_queries(d, start=START, end=END)
+    assert title == "speed" and "\"segment\" = 'S1'" in q
+
+
+# ----------------------------------------------------------------- push (fake Grafana)
+
+
+class _FakeGrafana(BaseHTTPRequestHandler):
+    received: list[tuple[str, str, dict[str, Any], str | None]] = []
+    folders: list[dict[str, Any]] = []
+
+    def log_message(self, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def _reply(self, body: Any, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.received.append(("GET", self.path, {}, self.headers.get("Authorization")))
+        if self.path.startswith("/api/folders"):
+            self._reply(self.folders)
+        else:
+            self._reply({"message": "not found"}, 404)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        self.received.append(("POST", self.path, body, self.headers.get("Authorization")))
+        if self.path == "/api/folders":
+            folder = {"id": 7, "uid": body.get("uid"), "title": body["title"]}
+            self.folders.append(folder)
+            self._reply(folder)
+        elif self.path == "/api/dashboards/db":
+            uid = body["dashboard"]["uid"]
+            self._reply({"id": 1, "uid": uid, "url": f"/d/{uid}", "status": "success", "version": 1})
+        else:
+            self._reply({"message": "not found"}, 404)
+
+
+@pytest.fixture
+def fake_grafana() -> Any:
+    _FakeGrafana.received = []
+    _FakeGrafana.folders = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeGrafana)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_push_creates_folder_and_overwrites_dashboards(
+    fake_grafana: str, dashboards: list[dict[str, Any]]
+) -> None:
+    results = dash.push(dashboards, fake_grafana, "glsa_test_token", "CityOps")
+    assert [r["uid"] for r in results] == [d["uid"] for d in dashboards]
+    posts = [r for r in _FakeGrafana.received if r[0] == "POST"]
+    assert posts[0][1] == "/api/folders" and posts[0][2] == {"title": "CityOps", "uid": "cityops"}
+    pushed = [r for r in posts if r[1] == "/api/dashboards/db"]
+    assert len(pushed) == len(dashboards)
+    for (_, _, body, auth), original in zip(pushed, dashboards, strict=True):
+        assert auth == "Bearer glsa_test_token"
+        assert body["overwrite"] is True
+        assert body["folderUid"] == "cityops"
+        assert body["dashboard"]["uid"] == original["uid"]
+        assert body["dashboard"]["id"] is None
+        assert body["dashboard"]["panels"] == original["panels"]
+
+
+def test_push_reuses_existing_folder_with_basic_auth(fake_grafana: str) -> None:
+    _FakeGrafana.folders = [{"id": 3, "uid": "ops", "title": "CityOps"}]
+    dash.push([_minimal_dashboard()], fake_grafana, ("admin", "secret"), "CityOps")
+    paths = [(m, p) for m, p, _, _ in _FakeGrafana.received]
+    assert ("POST", "/api/folders") not in paths
+    body, auth = next((b, a) for m, p, b, a in _FakeGrafana.received if p == "/api/dashboards/db")
+    assert body["folderUid"] == "ops"
+    assert auth is not None and auth.startswith("Basic ")
+
+
+# ----------------------------------------------------------------- compose, Dockerfile, Kafka, InfluxDB
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _yaml(COMPOSE)
+
+
+def test_compose_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {
+        "kafka",
+        "influxdb",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "cityops-worker",
+        "cityops-simulator",
+    }
+    assert "zookeeper" not in COMPOSE.read_text()
+    assert compose["services"]["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_compose_images_pinned_in_one_place(compose: dict[str, Any]) -> None:
+    pinned = compose["x-versions"]
+    for name, image in pinned.items():
+        assert ":" in image and not image.endswith(":latest"), f"{name} image {image} is not pinned"
+    assert pinned["influxdb"].startswith("influxdb:1.8")
+    assert pinned["kafka"].startswith("apache/kafka:")
+    for name, svc in compose["services"].items():
+        assert svc["image"] in pinned.values(), f"{name}: image not taken from x-versions"
+    # Each image tag is written once in the file (the anchors), never repeated inline.
+    text = COMPOSE.read_text()
+    for image in pinned.values():
+        assert text.count(image) == 1, image
+
+
+def test_compose_healthchecks_and_ordering(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        hc = svc.get("healthcheck")
+        has_check = bool(hc) and not hc.get("disable") and hc.get("test")
+        deps = svc.get("depends_on") or {}
+        assert has_check or deps, f"{name}: neither healthcheck nor depends_on"
+        assert isinstance(deps, dict), f"{name}: depends_on must use conditions"
+        for dep, cond in deps.items():
+            assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}"
+            hc_dep = services[dep].get("healthcheck") or {}
+            assert hc_dep.get("test") and not hc_dep.get("disable"), f"{dep} has no healthcheck to wait on"
+
+
+def test_compose_worker_and_grafana(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker, sim = services["cityops-worker"], services["cityops-simulator"]
+    assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert worker["command"] == ["worker"] and sim["command"] == ["simulate", "--to", "kafka"]
+    assert all(k.startswith("CITYOPS_") for k in worker["environment"])
+    mounts = services["grafana"]["volumes"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+    assert "./dashboards:/var/lib/grafana/dashboards:ro" in mounts
+    assert "./deploy/prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    assert "./deploy/alertmanager:/etc/alertmanager:ro" in services["alertmanager"]["volumes"]
+
+
+def test_dockerfile() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11[\w.-]*slim", text, re.M)
+    assert "pip install ." in text
+    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    assert "HEALTHCHECK" in text and "/healthz" in text
+
+
+def test_kafka_topics() -> None:
+    topics = {t["name"]: t for t in _yaml(DEPLOY / "kafka" / "topics.yml")["topics"]}
+    assert {n: t["partitions"] for n, t in topics.items()} == {
+        "traffic.card-taps": 6,
+        "traffic.road-detectors": 3,
+        "health.card-events": 3,
+        "food.trace-events": 3,
+        "cityops.dead-letter": 3,
+        "cityops.alerts": 1,
+    }
+    day_ms = 86_400_000
+    assert int(topics["cityops.dead-letter"]["configs"]["retention.ms"]) == 14 * day_ms
+    assert int(topics["cityops.alerts"]["configs"]["retention.ms"]) == 30 * day_ms
+    assert topics["cityops.alerts"]["configs"]["cleanup.policy"] == "delete"
+
+
+def test_influx_config_file_is_the_module_template() -> None:
+    assert (DEPLOY / "influxdb" / "influxdb.conf").read_text() == INFLUX_CONFIG_TEMPLATE
+    for placeholder in ("{data_dir}", "{http_bind}", "{bind_address}"):
+        assert placeholder in INFLUX_CONFIG_TEMPLATE
+
+
+def test_render_influx_config(tmp_path: Path) -> None:
+    text = render_influx_config(tmp_path / "influx", 18086, 18088)
+    assert 'bind-address = "127.0.0.1:18086"' in text
+    assert 'bind-address = "127.0.0.1:18088"' in text
+    assert f'dir = "{(tmp_path / "influx").as_posix()}/meta"' in text
+    assert "{" not in text and "}" not in text
+    with pytest.raises(ValueError, match="two free ports"):
+        render_influx_config(tmp_path, 18086, 18086)
+    with pytest.raises(ValueError, match="http_port"):
+        render_influx_config(tmp_path, 0, 18088)
+
+
+def test_influxd_accepts_rendered_config(tmp_path: Path) -> None:
+    influxd = shutil.which("influxd")
+    if influxd is None:
+        pytest.fail("influxd is not installed: apt-get install influxdb")
+    conf = tmp_path / "influxdb.conf"
+    conf.write_text(render_influx_config(tmp_path / "data", 18086, 18088))
+    out = _run(influxd, "config", "-config", str(conf))
+    assert 'bind-address = "127.0.0.1:18086"' in out.stdout
+    assert f'dir = "{(tmp_path / "data").as_posix()}/wal"' in out.stdout
