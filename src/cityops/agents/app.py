@@ -65,7 +65,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         metrics.checkpoint_age.set(runtime.checkpoint_age())
-        return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

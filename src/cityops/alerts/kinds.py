@@ -23,6 +23,7 @@ needed by ``source_silent`` and used by ``impossible_travel`` for taps without c
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -148,11 +149,13 @@ class RuleKind:
                 value = params[key]
                 if not _type_ok(value, typ):
                     raise self.error(key, f"expected {_type_name(typ)}, got {value!r}")
-                out[key] = float(value) if typ is float else value
+                types = typ if isinstance(typ, tuple) else (typ,)
+                numeric = float in types and isinstance(value, int) and not isinstance(value, bool)
+                out[key] = float(value) if numeric else value
             elif default is REQUIRED:
                 raise self.error(key, "required")
             else:
-                out[key] = default
+                out[key] = copy.deepcopy(default)  # a list/dict default is never shared between rules
         return out
 
     def error(self, param: str, message: str) -> ValueError:

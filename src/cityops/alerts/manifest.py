@@ -220,13 +220,13 @@ def load_manifest(
         where = f"{name}: rules[{i}]"
         if not isinstance(rule, dict):
             raise ManifestError(f"{where}: must be a mapping")
-        for key in rule:
-            if key not in _RULE_KEYS:
-                raise ManifestError(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(_RULE_KEYS))})")
         alert = rule.get("alert")
         if not isinstance(alert, str) or not _ALERT_NAME.match(alert):
             raise ManifestError(f"{where}.alert: required, an identifier like CardImpossibleTravel, got {alert!r}")
         where = f"{name}: rules[{i}] ({alert})"
+        for key in rule:
+            if key not in _RULE_KEYS:
+                raise ManifestError(f"{where}.{key}: unknown key (allowed: {', '.join(sorted(_RULE_KEYS))})")
         if alert in seen:
             raise ManifestError(f"{where}.alert: duplicate alertname {alert!r} in this manifest")
         seen.add(alert)

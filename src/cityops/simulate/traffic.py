@@ -37,6 +37,13 @@ _DAY_MIN = 1440
 _SECMS: list[str] = [f"{s:02d}.{ms:03d}+08:00" for s in range(60) for ms in range(1000)]
 _M11 = 10**11
 _PERM_A = 25_214_903_917  # odd and not a multiple of 5, so i -> i*A mod 10**11 is a bijection
+# 19-digit card numbers: an 8-digit issuer/pool prefix + an 11-digit permuted serial. Incident cards
+# use their own prefixes so they can never collide with a normal card.
+_CARD_BASE = 21305190 * _M11
+_PARK_CARD_BASE = 21305191 * _M11
+_X_CARD_BASE = 21305199 * _M11
+_HEALTH_CARD_BASE = 32040019 * _M11
+_X_HEALTH_CARD_BASE = 32040099 * _M11
 
 
 @dataclass(frozen=True)
@@ -389,7 +396,7 @@ class _Sim:
     def _card(self) -> str:
         c = self.cc
         self.cc = c + 1
-        return f"21305190{((c % self.n_cards) * _PERM_A + self.card_off) % _M11:011d}"
+        return str(_CARD_BASE + ((c % self.n_cards) * _PERM_A + self.card_off) % _M11)
 
     def _xid(self, src: str) -> str:
         self.xseq += 1
@@ -404,7 +411,8 @@ class _Sim:
         seq = self.seq
         tag = self.run_tag
         pf, mb, sm = self.pf, self.mb, _SECMS
-        if rnd.random() < 0.004:  # a declined first tap (low balance); the rider retries
+        t0 = self.t0  # during the pre-roll only events inside the window are built
+        if rnd.random() < 0.004 and t >= t0:  # a declined first tap (low balance); rider retries
             self._put(t, (t, (TOPIC_TAPS, {
                 "event_id": f"{src_i}:{tag}:{seq}", "ts": pf[t // 60000 - mb] + sm[t % 60000],
                 "source": src_i, "card_id": card, "mode": "metro", "line": line_i, "station": st_i,
@@ -412,15 +420,19 @@ class _Sim:
                 "lon": lo_i})))
             seq += 1
             t += 20_000 + int(rnd.random() * 60_000)
-        item = (t, (TOPIC_TAPS, {
-            "event_id": f"{src_i}:{tag}:{seq}", "ts": pf[t // 60000 - mb] + sm[t % 60000],
-            "source": src_i, "card_id": card, "mode": "metro", "line": line_i, "station": st_i,
-            "direction": "in", "fare_cny": 0.0, "result": "ok", "lat": la_i, "lon": lo_i}))
-        if t // 60000 == self.m:
-            self.cur.append(item)
-        else:
-            self._put(t, item)
+        if t >= t0:
+            item = (t, (TOPIC_TAPS, {
+                "event_id": f"{src_i}:{tag}:{seq}", "ts": pf[t // 60000 - mb] + sm[t % 60000],
+                "source": src_i, "card_id": card, "mode": "metro", "line": line_i, "station": st_i,
+                "direction": "in", "fare_cny": 0.0, "result": "ok", "lat": la_i, "lon": lo_i}))
+            if t // 60000 == self.m:
+                self.cur.append(item)
+            else:
+                self._put(t, item)
         t2 = t + ride + 60_000 + int(rnd.random() * 420_000) + int(rnd.random() * 120_000)
+        if t2 < t0:
+            self.seq = seq + 2
+            return
         mi = t2 // 60000
         item = (t2, (TOPIC_TAPS, {
             "event_id": f"{src_o}:{tag}:{seq + 1}", "ts": pf[mi - mb] + sm[t2 % 60000],
@@ -466,7 +478,7 @@ class _Sim:
             r = rr()
             cur.append((t, (TOPIC_TAPS, {
                 "event_id": f"{src}:{tag}:{seq}", "ts": pf[t // 60000 - mb] + sm[t % 60000],
-                "source": src, "card_id": f"21305190{((cc % ncards) * _PERM_A + off) % _M11:011d}",
+                "source": src, "card_id": str(_CARD_BASE + ((cc % ncards) * _PERM_A + off) % _M11),
                 "mode": "bus", "line": route, "station": stop, "direction": "in", "fare_cny": fare,
                 "result": "ok" if r > 0.005 else ("declined" if r > 0.001 else "error"),
                 "lat": la, "lon": lo})))
@@ -478,7 +490,7 @@ class _Sim:
         rnd = self.rngs["bike"]
         rr = rnd.random
         n = _poisson(rnd, BIKE_PER_MIN[mod] * self.k * (b - a) / _MIN)
-        span, tag = b - a, self.run_tag
+        span, tag, t0 = b - a, self.run_tag, self.t0
         pf, mb, sm = self.pf, self.mb, _SECMS
         for _ in range(n):
             t = a + int(rr() * span)
@@ -489,19 +501,21 @@ class _Sim:
             dur = 360_000 + int(rr() * rr() * 3_000_000)
             card = self._card()
             seq = self.seq
-            self.cur.append((t, (TOPIC_TAPS, {
-                "event_id": f"{so}:{tag}:{seq}", "ts": pf[t // 60000 - mb] + sm[t % 60000],
-                "source": so, "card_id": card,
-                "mode": "bike", "line": area, "station": no, "direction": "in", "fare_cny": 0.0,
-                "result": "ok", "lat": lao, "lon": loo})))
+            self.seq = seq + 2
             t2 = t + dur
+            if t2 < t0:
+                continue
+            if t >= t0:
+                self.cur.append((t, (TOPIC_TAPS, {
+                    "event_id": f"{so}:{tag}:{seq}", "ts": pf[t // 60000 - mb] + sm[t % 60000],
+                    "source": so, "card_id": card, "mode": "bike", "line": area, "station": no,
+                    "direction": "in", "fare_cny": 0.0, "result": "ok", "lat": lao, "lon": loo})))
             self._put(t2, (t2, (TOPIC_TAPS, {
                 "event_id": f"{sd}:{tag}:{seq + 1}", "ts": pf[t2 // 60000 - mb] + sm[t2 % 60000],
                 "source": sd, "card_id": card,
                 "mode": "bike", "line": area, "station": nd, "direction": "out",
                 "fare_cny": 0.0 if dur <= 3_600_000 else 1.0, "result": "ok", "lat": lad,
                 "lon": lod})))
-            self.seq = seq + 2
 
     def _coach_event(self, t: int, gate: str, station: str, route: str, fare: float, card: str,
                      event_id: str, key: bytes | None) -> dict[str, Any]:
@@ -536,20 +550,24 @@ class _Sim:
             src = C.parking_gate_id(p + 1)
             c = self.pc
             self.pc = c + 1
-            card = f"21305191{((c % self.n_park) * _PERM_A + self.card_off) % _M11:011d}"
+            card = str(_PARK_CARD_BASE + ((c % self.n_park) * _PERM_A + self.card_off) % _M11)
             stay = 600_000 + int(rr() * rr() * 8 * 3_600_000)
             hours = stay / 3_600_000
             fare = 0.0 if hours <= 0.5 else float(min(30, math.ceil(hours) * C.PARKING_RATE_CNY_PER_H))
             seq = self.seq
-            self.cur.append((t, (TOPIC_TAPS, {
-                "event_id": f"{src}:{tag}:{seq}", "ts": ts(t), "source": src, "card_id": card,
-                "mode": "parking", "line": lot, "direction": "in", "fare_cny": 0.0, "result": "ok"})))
+            self.seq = seq + 2
             t2 = t + stay
+            if t2 < self.t0:
+                continue
+            if t >= self.t0:
+                self.cur.append((t, (TOPIC_TAPS, {
+                    "event_id": f"{src}:{tag}:{seq}", "ts": ts(t), "source": src, "card_id": card,
+                    "mode": "parking", "line": lot, "direction": "in", "fare_cny": 0.0,
+                    "result": "ok"})))
             self._put(t2, (t2, (TOPIC_TAPS, {
                 "event_id": f"{src}:{tag}:{seq + 1}", "ts": ts(t2), "source": src, "card_id": card,
                 "mode": "parking", "line": lot, "direction": "out", "fare_cny": fare,
                 "result": "ok"})))
-            self.seq = seq + 2
 
     # -- road detectors --------------------------------------------------------------------------------
     def _road_minute(self, a: int, b: int, mod: int) -> None:
@@ -593,22 +611,25 @@ class _Sim:
     # -- health ----------------------------------------------------------------------------------------
     def _wait(self, t: int, hi: int, share: float, rr: Any) -> int:
         mod = (t // _MIN + C.UTC_OFFSET_MIN) % _DAY_MIN
-        w = _WAIT_BASE[mod] * _HOSP[hi][2] * share * (0.6 + 0.8 * rr())
-        slow = self.slow
-        if slow is not None and hi == slow[2] and slow[0] <= t < slow[1]:
-            w *= 5.0
-        return int(w)
+        return int(_WAIT_BASE[mod] * _HOSP[hi][2] * share * (0.6 + 0.8 * rr()))
 
     def _hcard(self) -> str:
         c = self.hc
         self.hc = c + 1
-        return f"32040019{((c % self.n_health) * _PERM_A + self.card_off) % _M11:011d}"
+        return str(_HEALTH_CARD_BASE + ((c % self.n_health) * _PERM_A + self.card_off) % _M11)
 
     def _hevent(self, t: int, src: str, card: str, hi: int, dept: str, kind: str, channel: str,
                 wait: int, amount: float, result: str, event_id: str | None = None) -> None:
         if event_id is None:
             event_id = f"{src}:{self.run_tag}:{self.seq}"
             self.seq += 1
+        if t < self.t0:  # pre-roll
+            return
+        slow = self.slow
+        if slow is not None and hi == slow[2] and slow[0] <= t < slow[1]:
+            # The anomaly is in the reported waits of steps *happening* in the window, so it is
+            # visible from its start (shifting ts by the longer wait would delay it by hours).
+            wait *= 5
         self._put(t, (t, (TOPIC_HEALTH, {
             "event_id": event_id, "ts": self._ts(t), "source": src, "card_id": card,
             "hospital": _HOSP[hi][0], "department": dept, "kind": kind, "channel": channel,
@@ -737,7 +758,7 @@ class _Sim:
 
     def _xcard(self, health: bool = False) -> str:
         self.xseq += 1
-        return f"{'32040099' if health else '21305199'}{self.xseq:011d}"
+        return str((_X_HEALTH_CARD_BASE if health else _X_CARD_BASE) + self.xseq)
 
     def _tap(self, t: int, st: tuple[str, str], direction: str, card: str, fare: float = 0.0,
              result: str = "ok", source: str | None = None) -> dict[str, Any]:
@@ -861,6 +882,20 @@ class _Sim:
         if self.health:
             gens.append(self._health_minute)
         m = self.t0 // _MIN
+        # Pre-roll: start multi-event activities (trips, stays, visits) before the window so it
+        # opens in steady state (tap-outs of trips already under way, patients already queuing).
+        # Only events inside the window are built.
+        pre: list[tuple[Any, int]] = []
+        if self.taps:
+            pre += [(self._metro_minute, 120), (self._bike_minute, 60), (self._park_minute, 540)]
+        if self.health:
+            pre.append((self._health_minute, 240))
+        for pm in range(m - max((p for _g, p in pre), default=0), m):
+            self.m, self.cur = pm, []
+            pmod = (pm + C.UTC_OFFSET_MIN) % _DAY_MIN
+            for g, p in pre:
+                if pm >= m - p:
+                    g(pm * _MIN, (pm + 1) * _MIN, pmod)
         le = self.last_emit
         monitored = bool(self._monitored)
         while m * _MIN < self.t1:
@@ -877,12 +912,11 @@ class _Sim:
                                                    and sil[0] <= it[0] < sil[1])]
             cur.sort(key=key)
             if monitored:
-                for t, pr in cur:
-                    le[pr[1]["source"]] = t
+                # cur is sorted, so the last write per source is its latest event time
+                le.update({pr[1]["source"]: t for t, pr in cur})
                 if self._keepalive(a, b, mod):
                     cur.sort(key=key)
-                    for t, pr in cur:
-                        le[pr[1]["source"]] = t
+                    le.update({pr[1]["source"]: t for t, pr in cur})
             if a > m * _MIN or b < (m + 1) * _MIN:  # partial first/last minute of the window
                 cur = [it for it in cur if a <= it[0] < b]
             yield from map(second, cur)

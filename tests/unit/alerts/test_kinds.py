@@ -586,3 +586,21 @@ def test_invalid_share_evaluates_on_bucket_rollover_without_ticks() -> None:
     rule.on_quality("traffic.card-taps", "accepted", at(9, 2), "gate-1", ctx)
     (s,) = rec.fired()
     assert s.entity == {"stream": "traffic.card-taps"} and s.value == pytest.approx(0.2) and s.ts == at(9, 2)
+
+
+def test_kpi_anomaly_open_alert_of_a_vanished_series_recovers() -> None:
+    rule = make("kpi_anomaly", min_history=30, stale_s=1800)
+    ctx, rec = make_ctx()
+    rnd = random.Random(5)
+    for i in range(120):
+        rule.on_window("metro_line", {"line": "9"}, {"taps_in": 100 + rnd.gauss(0, 2)}, DAY0 + i * 60, ctx)
+    rule.on_window("metro_line", {"line": "9"}, {"taps_in": 1000.0}, DAY0 + 120 * 60, ctx)
+    spike = rec.fired()[-1]
+    assert spike.entity == {"line": "9", "direction": "high"} and spike.ts == DAY0 + 120 * 60
+    rec.clear()
+    rule.on_tick(DAY0 + 121 * 60, ctx)
+    assert not rec.calls  # still open, not stale yet
+    rule.on_tick(DAY0 + 120 * 60 + 1800 + 400, ctx)  # no window for 30+ min: the series is gone
+    rule.on_tick(DAY0 + 120 * 60 + 1800 + 400 + 600, ctx)
+    assert [c.active for c in rec.calls] == [False, False]
+    assert not any(k[0] == "__open__" for k in rule.table(ctx).keys())

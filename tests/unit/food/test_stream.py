@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime
 from itertools import count
 from typing import Any
@@ -11,7 +10,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from cityops.engine.context import Context, Decoded, Rejected
+from cityops.engine.context import Context, Rejected
 from cityops.engine.state import StateStore
 from cityops.engine.windows import Windows
 from cityops.food.epcis import canonical_id

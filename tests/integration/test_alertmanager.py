@@ -1,0 +1,171 @@
+"""AlertmanagerSink against a real Alertmanager: post firing, resolve, survive an unreachable server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cityops.alerts.lifecycle import AlertEngine
+from cityops.alerts.manifest import load_manifests
+from cityops.engine.state import StateStore
+from cityops.localproc import LocalProcessError, ManagedProcess, free_port
+from cityops.localstack import start_alertmanager
+from cityops.sinks.alertmanager import AlertmanagerSink, to_postable
+
+AGENTS = Path(__file__).resolve().parents[2] / "agents"
+
+
+def _sent(registry: CollectorRegistry, outcome: str) -> float:
+    value = registry.get_sample_value(
+        "cityops_alert_notifications_total", {"receiver": "alertmanager", "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def _card() -> dict[str, str]:
+    # A fresh pseudonym per test: tests share one Alertmanager and must not see each other's alerts.
+    return {"card": "p-" + uuid.uuid4().hex[:20]}
+
+
+def _engine() -> AlertEngine:
+    return AlertEngine(StateStore(None).open(), load_manifests(AGENTS))
+
+
+def _outbox(engine: AlertEngine) -> list[dict[str, Any]]:
+    items = engine.pop_outbox(1000)
+    engine.ack_outbox([s for s, _ in items])
+    return [i for _, i in items]
+
+
+async def _wait_for(sink: AlertmanagerSink, pred: Any, timeout_s: float = 10.0, **query: Any) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    alerts: list[dict] = []
+    while time.monotonic() < deadline:
+        alerts = await sink.get_alerts(**query)
+        if pred(alerts):
+            return alerts
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout_s}s; last answer: {alerts}")
+
+
+def test_binary_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LocalProcessError, match="apt-get install prometheus-alertmanager"):
+        start_alertmanager(tmp_path)
+
+
+async def test_firing_then_resolved(alertmanager: ManagedProcess) -> None:
+    registry = CollectorRegistry()
+    engine = _engine()
+    card = _card()
+    now = time.time()
+    engine.signal("CardImpossibleTravel", card, now - 60, active=True, value=812.4,
+                  summary="card travelled 27.1 km in 120 s (812 km/h)")
+    async with AlertmanagerSink(alertmanager.url, registry=registry) as sink:
+        items = _outbox(engine)
+        assert [i["status"] for i in items] == ["firing"]
+        assert await sink.post(items) is True
+        assert _sent(registry, "sent") == 1
+
+        matcher = [f'card="{card["card"]}"']
+        alerts = await _wait_for(sink, lambda a: len(a) == 1, filter=matcher)
+        (got,) = alerts
+        assert got["labels"] == {
+            "alertname": "CardImpossibleTravel", "severity": "critical", "domain": "security", "team": "transit",
+            "card": card["card"],
+        }
+        assert got["annotations"]["summary"] == f"Card {card['card']} travelled 812 km/h between readers"
+        assert got["annotations"]["runbook_url"].endswith("/agents/traffic-security.md#cardimpossibletravel")
+        assert got["status"]["state"] in ("active", "unprocessed")
+        assert got["startsAt"].startswith(time.strftime("%Y-%m-%dT", time.gmtime(now - 60)))
+
+        # Periodic re-send of what is firing: same alert, still one.
+        assert await sink.post(engine.firing()) is True
+        assert len(await sink.get_alerts(filter=matcher)) == 1
+
+        engine.advance(now - 60 + 1800)  # 30 min without another impossible journey: resolved
+        items = _outbox(engine)
+        assert [(i["status"], i["am_action"]) for i in items] == [("resolved", "resolved")]
+        assert await sink.post(items) is True
+        await _wait_for(sink, lambda a: a == [], filter=matcher)
+        assert engine.firing() == []
+        assert _sent(registry, "sent") == 3
+
+
+async def test_pending_and_flapping_are_not_posted(alertmanager: ManagedProcess) -> None:
+    registry = CollectorRegistry()
+    engine = _engine()
+    now = time.time()
+    loc = {"location": "cold-store-" + uuid.uuid4().hex[:8]}
+    engine.signal("FoodColdChainBreach", loc, now, active=True, value=9.5)  # for: 30m → pending
+    async with AlertmanagerSink(alertmanager.url, registry=registry) as sink:
+        items = _outbox(engine)
+        assert [i["status"] for i in items] == ["pending"]
+        assert await sink.post(items) is True
+        assert _sent(registry, "sent") == 0
+        assert await sink.get_alerts(filter=[f'location="{loc["location"]}"']) == []
+
+
+async def test_unreachable_then_started_alert_arrives_after_retry(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    port = free_port()
+    engine = _engine()
+    card = _card()
+    engine.signal("CardImpossibleTravel", card, time.time(), active=True, value=500.0)
+    items = _outbox(engine)
+
+    # Nothing listens: a short attempt gives up without dropping anything (the dispatcher keeps the item).
+    async with AlertmanagerSink(f"http://127.0.0.1:{port}", registry=registry, attempts=2,
+                                backoff_s=0.05) as down:
+        assert await down.post(items) is False
+    assert _sent(registry, "unavailable") == 1 and _sent(registry, "retry") == 1
+
+    async with AlertmanagerSink(f"http://127.0.0.1:{port}", registry=registry, attempts=40,
+                                backoff_s=0.1, backoff_cap_s=0.5) as sink:
+        posting = asyncio.create_task(sink.post(items))
+        await asyncio.sleep(0.5)
+        assert not posting.done()  # still retrying
+        am = await asyncio.to_thread(start_alertmanager, tmp_path / "late-am", port)
+        try:
+            assert await asyncio.wait_for(posting, 60) is True
+            alerts = await _wait_for(sink, lambda a: len(a) == 1, filter=[f'card="{card["card"]}"'])
+            assert alerts[0]["labels"]["alertname"] == "CardImpossibleTravel"
+        finally:
+            am.stop()
+    assert _sent(registry, "sent") == 1
+    assert _sent(registry, "retry") >= 2
+
+
+async def test_rejected_alert_is_counted_not_retried(alertmanager: ManagedProcess) -> None:
+    registry = CollectorRegistry()
+    good = {"labels": {"alertname": "CityopsSinkTest", "case": uuid.uuid4().hex},
+            "startsAt": "2024-01-01T00:00:00.000Z"}
+    bad = {"labels": {"alertname": "CityopsSinkTest", "bad-name": "x"}, "startsAt": "2024-01-01T00:00:00.000Z"}
+    async with AlertmanagerSink(alertmanager.url, registry=registry, attempts=3, backoff_s=0.01) as sink:
+        assert await sink.post([good, bad]) is True
+        assert _sent(registry, "rejected") == 1
+        assert _sent(registry, "sent") == 1
+        assert _sent(registry, "retry") == 0
+        await _wait_for(sink, lambda a: len(a) == 1, filter=[f'case="{good["labels"]["case"]}"'])
+
+
+def test_to_postable_formats() -> None:
+    now = 1_700_000_000.0
+    firing = {"status": "firing", "am_action": "firing", "labels": {"alertname": "A"}, "annotations": {},
+              "starts_at": now - 30, "ends_at": None}
+    assert to_postable(firing, now, resend_s=60) == {
+        "labels": {"alertname": "A"}, "annotations": {},
+        "startsAt": "2023-11-14T22:12:50.000Z", "endsAt": "2023-11-14T22:17:20.000Z",
+    }
+    resolved = {**firing, "status": "resolved", "am_action": "resolved", "ends_at": now + 999}
+    assert to_postable(resolved, now)["endsAt"] == "2023-11-14T22:13:20.000Z"  # never in the future
+    assert to_postable({**firing, "status": "pending", "am_action": None}, now) is None
+    assert to_postable({**firing, "status": "resolved", "am_action": None}, now) is None
+    resend = to_postable({"labels": {"alertname": "A"}, "startsAt": "2023-11-14T22:12:50.000Z"}, now, 60)
+    assert resend is not None and resend["endsAt"] == "2023-11-14T22:17:20.000Z"
