@@ -113,11 +113,12 @@ def _render(template: str, fields: dict[str, Any], fallback: str) -> str:
 class AlertEngine:
     """Implements ``Signals``: one durable alert per (rule, entity), notifications via the outbox.
 
-    ``store``: the engine's StateStore; tables ``alerts`` (state), ``alert_outbox`` (seq → transition),
-    ``alert_outbox_acks`` (per-sink acknowledgements) and ``store.meta["alert_seq"]`` (next seq).
+    ``store``: the engine's StateStore; tables ``alerts`` (state) and ``alert_outbox`` (seq → transition),
+    ``store.meta["alert_seq"]`` (next seq) and ``store.meta["alert_continuous_rules"]``.
     ``rules``: alertname → RuleSpec (from ``cityops.alerts.manifest.load_manifests``).
     ``sinks``: names of the outputs that must each acknowledge an outbox item before it is dropped
-    (``ack_outbox(seqs, sink=...)``); empty = the first ``ack_outbox`` drops it.
+    (``ack_outbox(seqs, sink=...)``; partial delivery also via ``update_outbox``); empty = the first
+    ``ack_outbox`` drops it.
     ``generator_url``: optional back-link put into Alertmanager's ``generatorURL``.
     ``one_shot``: names of the rules whose kind reports occurrences only (``RuleKind.one_shot``); None =
     infer it: a rule with ``for_s > 0`` is continuous, any other becomes so when it first reports
@@ -140,7 +141,6 @@ class AlertEngine:
         self.generator_url = generator_url
         self.alerts: Table[AlertKey, dict[str, Any]] = store.table("alerts")
         self.outbox: Table[int, dict[str, Any]] = store.table("alert_outbox")
-        self.acks: Table[int, tuple[str, ...]] = store.table("alert_outbox_acks")
         store.meta.setdefault(_META_SEQ, 0)
         self._continuous: set[str] = set(store.meta.get(_META_CONTINUOUS, ()))
         # A single occurrence cannot "hold for" a duration: a rule with a `for` is continuous.
@@ -193,13 +193,8 @@ class AlertEngine:
             rec["summary"] = summary
             rec["description"] = description
             if rec["status"] == _INACTIVE:
-                rec["since"] = now
-                if spec.for_s <= 0:
-                    rec["starts_at"] = now
-                    self._change(key, rec, spec, _FIRING, now)
-                else:
-                    rec["starts_at"] = now
-                    self._change(key, rec, spec, _PENDING, now)
+                rec["starts_at"] = now
+                self._change(key, rec, spec, _FIRING if spec.for_s <= 0 else _PENDING, now)
         else:
             if rec["active"]:
                 rec["active"] = False
@@ -212,20 +207,41 @@ class AlertEngine:
         self._track(key, rec, spec)
 
     def advance(self, ts: float) -> None:
-        """Event time reached ``ts`` (epoch s): fire, resolve and end flapping where their time has come."""
-        for key in list(self._live):
+        """Event time reached ``ts`` (epoch s): fire, resolve and end flapping where their time has come.
+
+        Due timers of all alerts are applied in (event time, alert key) order, so the outbox order does
+        not depend on how often this is called nor on the process (set order varies with hash seeds).
+        """
+        ts = float(ts)
+        heap: list[tuple[float, int, AlertKey]] = []
+        for key in self._live:
+            rec = self.alerts.get(key)
+            spec = self.rules.get(key[0])
+            if rec is None or spec is None:
+                continue
+            due = self._next_event(key, rec, spec)
+            if due is not None and due[0] <= ts:
+                heap.append((due[0], due[1], key))
+        heapq.heapify(heap)
+        touched: set[AlertKey] = set()
+        while heap:
+            _at, _prio, key = heapq.heappop(heap)
+            rec = self.alerts[key]
+            spec = self.rules[key[0]]
+            self._step(key, rec, spec)
+            touched.add(key)
+            due = self._next_event(key, rec, spec)
+            if due is not None and due[0] <= ts:
+                heapq.heappush(heap, (due[0], due[1], key))
+        for key in sorted(touched):
+            self.alerts.mark(key)
+        for key in sorted(self._live):
             rec = self.alerts.get(key)
             spec = self.rules.get(key[0])
             if rec is None or spec is None:
                 self._live.discard(key)
-                continue
-            if ts <= rec["t"]:
-                continue
-            t0 = rec["t"]
-            self._tick(key, rec, spec, float(ts))
-            if rec["t"] != t0:  # a timer fired (rec["t"] moves only then): persist it
-                self.alerts.mark(key)
-            self._track(key, rec, spec, ts)
+            else:
+                self._track(key, rec, spec, ts)
 
     # -- state machine ------------------------------------------------------------------------------
     @staticmethod
@@ -254,40 +270,47 @@ class AlertEngine:
             return math.inf if rec["active"] else (rec["recover_since"] or rec["t"])
         return rec["last_active"] + spec.resolve_after_s
 
-    def _tick(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, now: float) -> None:
-        """Apply every timer due at or before ``now``, earliest first."""
+    def _next_event(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec) -> tuple[float, int, str] | None:
+        """The alert's earliest pending timer: (event time, priority, what), or None."""
         rule = key[0]
-        for _ in range(16):  # at most a few timers can be due at once; bound it anyway
-            due: list[tuple[float, int, str]] = []
-            status = rec["status"]
-            if status == _PENDING:
-                fire_at = rec["since"] + spec.for_s
-                hold_end = self._holds_until(rec, spec, rule)
-                if fire_at <= now and fire_at < hold_end:
-                    due.append((fire_at, 0, _FIRING))
-                elif hold_end <= now and hold_end < fire_at:
-                    due.append((hold_end, 0, _INACTIVE))
-            elif status == _FIRING:
-                if rule in self._continuous:
-                    start = None if rec["active"] else rec["recover_since"]
-                else:
-                    start = rec["last_active"]
-                if start is not None and start + spec.resolve_after_s <= now:
-                    due.append((start + spec.resolve_after_s, 0, _INACTIVE))
-            if rec["flapping"] and rec["changes"]:
-                calm_at = rec["changes"][-1] + spec.flap_window_s
-                if calm_at <= now:
-                    due.append((calm_at, 1, _FLAPPING))
-            if not due:
-                return
-            at, _, what = min(due)
-            if what == _FLAPPING:
-                self._end_flapping(key, rec, spec, at)
+        due: list[tuple[float, int, str]] = []
+        status = rec["status"]
+        if status == _PENDING:
+            fire_at = rec["since"] + spec.for_s
+            hold_end = self._holds_until(rec, spec, rule)
+            if fire_at < hold_end:
+                due.append((fire_at, 0, _FIRING))
             else:
-                if what == _FIRING:
-                    rec["starts_at"] = at
-                self._change(key, rec, spec, what, at)
-            rec["t"] = max(rec["t"], at)
+                due.append((hold_end, 0, _INACTIVE))
+        elif status == _FIRING:
+            start = (None if rec["active"] else rec["recover_since"]) if rule in self._continuous else rec["last_active"]
+            if start is not None:
+                due.append((start + spec.resolve_after_s, 0, _INACTIVE))
+        if rec["flapping"] and rec["changes"]:
+            due.append((rec["changes"][-1] + spec.flap_window_s, 1, _FLAPPING))
+        return min(due) if due else None
+
+    def _step(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec) -> None:
+        """Apply the alert's earliest timer (the caller checked it is due)."""
+        event = self._next_event(key, rec, spec)
+        if event is None:
+            return
+        at, _, what = event
+        if what == _FLAPPING:
+            self._end_flapping(key, rec, spec, at)
+        else:
+            if what == _FIRING:
+                rec["starts_at"] = at
+            self._change(key, rec, spec, what, at)
+        rec["t"] = max(rec["t"], at)
+
+    def _tick(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, now: float) -> None:
+        """Apply every timer of this alert due at or before ``now``, earliest first."""
+        for _ in range(64):  # each step changes state; a handful can be due at once, bound it anyway
+            event = self._next_event(key, rec, spec)
+            if event is None or event[0] > now:
+                return
+            self._step(key, rec, spec)
 
     def _change(self, key: AlertKey, rec: dict[str, Any], spec: RuleSpec, status: str, at: float) -> None:
         """The alert's status changes at event time ``at``: notify, or hold it back while flapping."""
@@ -426,29 +449,38 @@ class AlertEngine:
 
     # -- outbox -------------------------------------------------------------------------------------
     def pop_outbox(self, max_n: int = 500, sink: str | None = None) -> list[tuple[int, dict[str, Any]]]:
-        """The oldest ``max_n`` outbox items (not yet acknowledged by ``sink``, if given), oldest first.
+        """The oldest ``max_n`` outbox items (not yet delivered to ``sink``, if given), oldest first.
 
-        Items stay in the outbox until acknowledged with ``ack_outbox``.
+        Items stay in the outbox until acknowledged with ``ack_outbox``. An item's ``delivered`` key (if
+        present) lists the sinks that already have it.
         """
         if sink is None:
             seqs = heapq.nsmallest(max_n, self.outbox.keys())
         else:
-            acks = self.acks.data
-            seqs = heapq.nsmallest(max_n, (s for s in self.outbox.keys() if sink not in acks.get(s, ())))
+            data = self.outbox.data
+            seqs = heapq.nsmallest(max_n, (s for s, item in data.items() if sink not in item.get("delivered", ())))
         return [(s, self.outbox[s]) for s in seqs]
 
+    def update_outbox(self, seq: int, delivered: Iterable[str]) -> None:
+        """Record that item ``seq`` reached the sinks in ``delivered`` (kept; the rest retry later)."""
+        item = self.outbox.get(seq)
+        if item is None:
+            return
+        item["delivered"] = sorted(set(delivered))
+        self.outbox.mark(seq)
+
     def ack_outbox(self, seqs: Iterable[int], sink: str | None = None) -> None:
-        """Delivered: drop the items (``sink`` None), or once every configured sink acknowledged them."""
+        """Delivered: drop the items (``sink`` None), or once every sink in ``self.sinks`` has them."""
         for seq in seqs:
-            if seq not in self.outbox:
+            item = self.outbox.get(seq)
+            if item is None:
                 continue
             if sink is not None:
-                done = set(self.acks.get(seq, ())) | {sink}
+                done = set(item.get("delivered", ())) | {sink}
                 if not self.sinks <= done:
-                    self.acks[seq] = tuple(sorted(done))
+                    self.update_outbox(seq, done)
                     continue
             del self.outbox[seq]
-            self.acks.pop(seq)
 
     def outbox_size(self) -> int:
         return len(self.outbox)

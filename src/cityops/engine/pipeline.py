@@ -91,17 +91,22 @@ class Engine:
                 kpis[name] = kpi
                 self.kpi_stream[name] = s.topic
         kpis.update(extra_kpis or {})
-        self.windows = Windows(store.table("windows"), kpis, window_s)
-        self.closed = store.table("closed_windows")  # final points not yet confirmed written
+        self.closed = store.table("closed_windows")  # key -> (point, accumulator): not yet confirmed written
+        self.windows = Windows(store.table("windows"), kpis, window_s, reopen=self._reopen)
         self.dedup = store.table("dedup")  # (topic, event_id) -> (digest, event ts)
         self.dlq = store.table("dlq_outbox")  # seq -> dead-letter record
         self.signals = signals if signals is not None else NullSignals()
         self.ctx = Context(store=store, windows=self.windows, signals=self.signals, settings=settings)
         meta = store.meta
-        meta.setdefault("watermark", {})
+        meta.setdefault("partition_watermark", {})
         meta.setdefault("dlq_seq", 0)
-        meta.setdefault("dedup_floor", {})
-        self.watermark: dict[str, float] = meta["watermark"]
+        # Newest event time per (topic, partition). Lateness is judged per partition: a partition's
+        # order is fixed, so the decision is the same in a replay after a crash whatever the
+        # interleaving of partitions (a stream-wide maximum would depend on which partition the
+        # consumer happened to read ahead, and a restart's catch-up would mark events late).
+        self.partition_wm: dict[tuple[str, int], float] = meta["partition_watermark"]
+        self._last_seen_wall: dict[tuple[str, int], float] = {k: now() for k in self.partition_wm}
+        self.idle_partition_s = 30.0
         # Expiry index of the dedup table by event-time hour; rebuilt from the table, never persisted.
         self._dedup_buckets: dict[int, list[tuple[str, str]]] = defaultdict(list)
         for key, (_digest, ts) in self.dedup.items():
@@ -148,7 +153,7 @@ class Engine:
             "index": res.index, "reason": res.reason, "outcome": outcome, "raw": raw,
             "element": None if res.fragment is None or res.index is None else _dumps(res.fragment),
         }
-        wm = self.watermark.get(topic)
+        wm = self.partition_wm.get((topic, partition))
         for rule in self.rules:
             rule.on_quality(topic, outcome, wm if wm is not None else now, None, self.ctx)
         log.info("dead-letter stream=%s at=%s[%d]@%d index=%s reason=%r", topic, topic, partition, offset,
@@ -178,14 +183,16 @@ class Engine:
                 for rule in self.rules:
                     rule.on_quality(topic, "duplicate", ev.ts, ev.source, self.ctx)
             return
-        wm = self.watermark.get(topic)
+        tp = (topic, partition)
+        wm = self.partition_wm.get(tp)
         if wm is not None and ev.ts < wm - self.lateness:
             self._count(topic, "late", now)
             for rule in self.rules:
                 rule.on_quality(topic, "late", ev.ts, ev.source, self.ctx)
             return
         if wm is None or ev.ts > wm:
-            self.watermark[topic] = ev.ts
+            self.partition_wm[tp] = ev.ts
+        self._last_seen_wall[tp] = now
         self.dedup[key] = (ev.digest, ev.ts)
         self._dedup_buckets[int(ev.ts // 3600)].append(key)
         stream.apply(ev, self.ctx)
@@ -194,11 +201,42 @@ class Engine:
             rule.on_quality(topic, "accepted", ev.ts, ev.source, self.ctx)
             rule.on_event(topic, ev, self.ctx)
 
+    def _reopen(self, key: WindowKey) -> list[Any] | None:
+        """A closed window that a (not late) event still belongs to: take its accumulator back."""
+        entry = self.closed.pop(key)
+        return None if entry is None else entry[1]
+
     # -- time ---------------------------------------------------------------------------------------
+    @property
+    def watermark(self) -> dict[str, float]:
+        """Newest event time per stream (over its partitions): for status and lag metrics."""
+        out: dict[str, float] = {}
+        for (topic, _p), wm in self.partition_wm.items():
+            if wm > out.get(topic, float("-inf")):
+                out[topic] = wm
+        return out
+
+    def closing_watermark(self, now: float) -> dict[str, float]:
+        """Per stream, the event time up to which every active partition has progressed.
+
+        A partition that has sent nothing for ``idle_partition_s`` wall seconds while behind does not hold
+        windows open (a window it later reaches is reopened, so KPIs stay exact either way).
+        """
+        out: dict[str, float] = {}
+        newest = self.watermark
+        for tp, wm in self.partition_wm.items():
+            topic = tp[0]
+            idle = now - self._last_seen_wall.get(tp, now) > self.idle_partition_s
+            if idle and wm < newest[topic]:
+                continue
+            if wm < out.get(topic, float("inf")):
+                out[topic] = wm
+        return out
+
     @property
     def engine_time(self) -> float | None:
         """The newest event time seen on any stream (the clock of the alert lifecycle)."""
-        return max(self.watermark.values()) if self.watermark else None
+        return max(self.partition_wm.values()) if self.partition_wm else None
 
     def _expire_dedup(self) -> None:
         now_ts = self.engine_time
@@ -214,13 +252,14 @@ class Engine:
     def _close_windows(self, now: float) -> list[WindowKey]:
         width = self.windows.width_s
         closed: list[WindowKey] = []
+        closing = self.closing_watermark(now)
         for key in list(self.windows.table.data):
             measurement, _tags, start = key
             stream = self.kpi_stream.get(measurement)
             if stream is None:  # processing-time window: closes by the wall clock
                 done = start + width + 5 <= now
             else:
-                wm = self.watermark.get(stream)
+                wm = closing.get(stream)
                 done = wm is not None and start + width + self.lateness <= wm
             if done:
                 closed.append(key)
@@ -243,19 +282,26 @@ class Engine:
             if advance is not None:
                 advance(engine_ts)
         closed = self._close_windows(now)
+        notified = self.store.table("windows_notified")  # windows whose close the rules have seen
         for key in closed:
             point = self.windows.point(key)
-            self.windows.table.pop(key)
+            acc = self.windows.table.pop(key)
             if point is None:
                 continue
             measurement, tags, fields, start = point
-            for rule in self.rules:
-                rule.on_window(measurement, tags, fields, float(start), self.ctx)
-            self.closed[key] = point
-        if engine_ts is not None and engine_ts is not None:
+            if key not in notified:
+                for rule in self.rules:
+                    rule.on_window(measurement, tags, fields, float(start), self.ctx)
+                notified[key] = start
+            self.closed[key] = (point, acc)
+        if len(notified) > 50_000 or closed:
+            horizon = (self.engine_time or 0.0) - 2 * self.lateness - 3600
+            for key in [k for k, start in notified.items() if start < horizon]:
+                del notified[key]
+        if engine_ts is not None:
             advance = getattr(self.signals, "advance", None)
             if advance is not None:
-                advance(engine_ts)
+                advance(engine_ts)  # again: on_window may have raised conditions due now
         self._expire_dedup()
         if self._rewrite_all:
             dirty = set(self.windows.table.data) | set(self.closed.data)
@@ -263,7 +309,11 @@ class Engine:
         else:
             dirty = set(self.windows.table.dirty) | set(closed)
         for key in dirty:
-            p = self.windows.point(key) if key in self.windows.table.data else self.closed.data.get(key)
+            if key in self.windows.table.data:
+                p = self.windows.point(key)
+            else:
+                entry = self.closed.data.get(key)
+                p = None if entry is None else entry[0]
             if p is None:
                 continue
             measurement, tags, fields, start = p

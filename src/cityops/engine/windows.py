@@ -34,10 +34,12 @@ WindowKey = tuple[str, tuple[str, ...], int]  # (measurement, tag values, window
 class Windows:
     """Accumulators per (measurement, tag values, window start), aligned to UTC multiples of ``width_s``."""
 
-    def __init__(self, table: Table[WindowKey, list[Any]], kpis: dict[str, Kpi], width_s: int = 60) -> None:
+    def __init__(self, table: Table[WindowKey, list[Any]], kpis: dict[str, Kpi], width_s: int = 60,
+                 reopen: Callable[[WindowKey], list[Any] | None] | None = None) -> None:
         self.table = table
         self.kpis = kpis
         self.width_s = width_s
+        self.reopen = reopen
 
     def acc(self, kpi: Kpi, tags: tuple[str, ...], ts: float) -> list[Any]:
         """The accumulator of the window holding event time ``ts`` (epoch seconds), marked as changed."""
@@ -46,7 +48,9 @@ class Windows:
         table = self.table
         acc = table.data.get(key)
         if acc is None:
-            acc = kpi.new()
+            acc = self.reopen(key) if self.reopen is not None else None
+            if acc is None:
+                acc = kpi.new()
             table.data[key] = acc
         table.dirty.add(key)
         return acc
