@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="events.jsonl", help="with --to file: JSONL path (topic + value per line)")
     s.add_argument("--incidents", action="store_true", help="inject incidents and write the ground truth")
     s.add_argument("--truth", default="incidents.json", help="where --incidents writes the ground truth")
+    s.add_argument("--warmup", type=_duration, default=_duration("2h"),
+                   help="with --incidents: normal traffic before the first incident (default 2h; KPI anomaly "
+                        "detectors need about a day of history)")
     s.add_argument("--quiet", action="store_true", help="no progress line")
     s.set_defaults(func=cmd_simulate)
 

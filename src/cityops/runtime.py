@@ -66,6 +66,10 @@ class Runtime:
             window_s=settings.window_s, signals=self.alerts, rules=rules, registry=registry,
             settings=settings, on_outcome=self.metrics.on_outcome, now=clock,
         )
+        if build_alerting is not None:
+            from cityops.alerts.wiring import context_extras
+
+            self.engine.ctx.extra.update(context_extras(self.store, registry, None))
         token = settings.influx_token.get_secret_value() if settings.influx_token else None
         self.influx = InfluxSink(str(settings.influx_url), settings.influx_database, token=token,
                                  org=settings.influx_org, batch_size=settings.influx_batch_size,
@@ -147,6 +151,10 @@ class Runtime:
     def tick(self) -> None:
         """Commit state + offsets, then release acks and queue the committed points. Synchronous."""
         t0 = time.perf_counter()
+        if "engine_start_ts" not in self.store.meta and self.engine.engine_time is not None:
+            # Silence of sources never heard from counts from here (event time of the first data).
+            self.store.meta["engine_start_ts"] = self.engine.engine_time
+            self.engine.ctx.extra["engine_start_ts"] = self.engine.engine_time
         res = self.engine.checkpoint()
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         self._last_commit = self.clock()

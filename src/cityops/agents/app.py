@@ -38,6 +38,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         broker_heartbeat_interval=min(3.0, settings.consumer_session_timeout_s / 3),
         broker_commit_interval=settings.flush_interval_s,
         stream_buffer_maxsize=16384,
+        # Our own committed offsets decide what is replayed, so on shutdown Faust need not wait for
+        # buffered-but-unprocessed records to be acked (it would wait forever for records we hold).
+        stream_wait_empty=False,
         consumer_max_fetch_size=8 << 20,
         producer_max_request_size=settings.max_message_bytes + (64 << 10),
         logging_config=None,

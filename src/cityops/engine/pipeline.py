@@ -166,8 +166,9 @@ class Engine:
             if verdict is not None:
                 outcome, reason = verdict
                 self._reject(topic, partition, offset, raw, Rejected(reason, ev.index), now, outcome)
+                reason_code = "untrusted_source" if outcome == "untrusted" else outcome
                 for rule in self.rules:
-                    rule.on_rejected_source(topic, ev.source, outcome, ev.ts, self.ctx)
+                    rule.on_rejected_source(topic, ev.source, reason_code, ev.ts, self.ctx)
                 return
         key = (topic, ev.event_id)
         seen = self.dedup.data.get(key)

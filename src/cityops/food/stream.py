@@ -136,6 +136,8 @@ class FoodStream:
     name = "food"
     topic = "food.trace-events"
 
+    kpis = FOOD_KPIS  # the engine writes these windows (same rules as the city streams)
+
     def __init__(self, *, cold_min_c: float = 0.0, cold_max_c: float = 4.0, retention_s: float = 7 * 86400.0,
                  schema_path: Path | str | None = None, legacy_cbv_urns: bool = False) -> None:
         if cold_min_c >= cold_max_c:

@@ -395,3 +395,28 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * 6371.0088 * math.asin(math.sqrt(h))
+
+
+def registry_document() -> dict[str, object]:
+    """The source registry in the streams/sources.json format (see streams/sources.README.md).
+
+    Signing keys here are the simulator's deterministic demo keys; production passes real keys to
+    ``SourceRegistry.load(..., keys=...)`` from a secret store instead.
+    """
+    sources: dict[str, dict[str, object]] = {}
+    for sid, s in SOURCES.items():
+        entry: dict[str, object] = {"stream": s.topic}
+        if s.signing_key:
+            entry["must_sign"] = True
+            entry["key"] = s.signing_key
+        if s.service_hours:
+            entry["service_hours"] = [list(s.service_hours)]
+        if s.max_silence_s is None:
+            entry["expected"] = False
+        else:
+            entry["max_gap_s"] = s.max_silence_s
+        if s.lat is not None and s.lon is not None:
+            entry["lat"], entry["lon"] = s.lat, s.lon
+        entry["station"] = s.location
+        sources[sid] = entry
+    return {"tz": "Asia/Shanghai", "sources": sources}

@@ -32,7 +32,7 @@ def _event_ts(topic: str, value: dict[str, Any]) -> str:
 
 
 def events(*, seed: int, start: datetime, duration_s: float, rate: float | None, streams: set[str],
-           incidents: bool, food_batch: int = 1) -> tuple[Iterator[tuple[str, dict[str, Any]]], list[Any]]:
+           incidents: bool, food_batch: int = 1, warmup_s: float = 7200.0) -> tuple[Iterator[tuple[str, dict[str, Any]]], list[Any]]:
     """All simulated (topic, value) pairs in event-time order, and the incidents' ground truth."""
     from cityops.simulate import food, traffic
 
@@ -51,7 +51,7 @@ def events(*, seed: int, start: datetime, duration_s: float, rate: float | None,
     if topics:
         if incidents:
             it, t = traffic.generate_with_truth(seed=seed, start=start, duration_s=duration_s, rate=city_rate,
-                                                streams=topics)
+                                                streams=topics, warmup_s=warmup_s)
             iters.append(it)
             truth.extend(t)
         else:
@@ -60,7 +60,7 @@ def events(*, seed: int, start: datetime, duration_s: float, rate: float | None,
     if "food" in streams:
         if incidents:
             it, t = food.generate_with_truth(seed=seed, start=start, duration_s=duration_s, rate=food_rate,
-                                             batch=food_batch)
+                                             batch=food_batch, incidents=True)
             iters.append(it)
             truth.extend(t)
         else:
@@ -105,9 +105,9 @@ def run_simulation(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     it, truth = events(seed=args.seed, start=start, duration_s=args.duration, rate=args.rate, streams=streams,
-                       incidents=args.incidents, food_batch=max(1, min(args.batch, 50)))
+                       incidents=args.incidents, food_batch=max(1, min(args.batch, 50)), warmup_s=args.warmup)
     if args.incidents:
-        Path(args.truth).write_text(json.dumps([_truth_row(i) for i in truth], ensure_ascii=False, indent=1))
+        Path(args.truth).write_text(json.dumps([truth_row(i) for i in truth], ensure_ascii=False, indent=1))
         if not args.quiet:
             print(f"ground truth: {len(truth)} incidents → {args.truth}", file=sys.stderr)
     send, close = _sink(args)
@@ -151,8 +151,14 @@ def run_simulation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _truth_row(inc: Any) -> dict[str, Any]:
-    row = asdict(inc) if hasattr(inc, "__dataclass_fields__") else dict(inc)
+def truth_row(inc: Any) -> dict[str, Any]:
+    """One incident as plain JSON data: rule, entity, start (ISO), and description/end when known."""
+    if hasattr(inc, "__dataclass_fields__"):
+        row = asdict(inc)
+    elif isinstance(inc, tuple):
+        row = dict(zip(("rule", "entity", "start"), inc))
+    else:
+        row = dict(inc)
     for k, v in list(row.items()):
         if isinstance(v, datetime):
             row[k] = v.isoformat()

@@ -1,0 +1,97 @@
+"""Assemble alerting for the worker: manifests → rule instances + lifecycle, and the source registry gate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cityops.alerts.kinds import ENGINE_START, KINDS, SOURCES, build
+from cityops.alerts.lifecycle import AlertEngine
+from cityops.alerts.manifest import load_manifests
+from cityops.alerts.sources import SourceRegistry
+from cityops.engine.context import Decoded
+from cityops.engine.state import StateStore
+from cityops.errors import ConfigError
+
+log = logging.getLogger("cityops.alerts")
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+# Conditions raised by stream code itself (the food pipeline) rather than by a registered kind.
+STREAM_KINDS = {"certificate_reuse": True, "untraced_sale": True, "cold_chain": False}  # kind -> one-shot
+
+
+def default_rules_dir() -> Path | None:
+    d = REPO_ROOT / "agents"
+    return d if d.is_dir() else None
+
+
+def default_source_registry() -> Path | None:
+    p = REPO_ROOT / "streams" / "sources.json"
+    return p if p.is_file() else None
+
+
+class RegistryGate:
+    """Engine hook: events from unknown sources, or with a bad signature, are dead-lettered uncounted."""
+
+    def __init__(self, registry: SourceRegistry) -> None:
+        self.registry = registry
+        self.streams = {info.stream for info in registry.sources.values()}
+
+    def check(self, topic: str, ev: Decoded, raw: bytes) -> tuple[str, str] | None:
+        if topic not in self.streams:  # no registry for this stream (e.g. EPCIS partners): not gated
+            return None
+        reg = self.registry
+        if not reg.is_known(ev.source, topic):
+            return "untrusted", f"untrusted source: {ev.source!r} is not registered for {topic}"
+        if not reg.must_sign(ev.source):
+            return None
+        # The signature covers the event as sent, so verify against the original JSON element.
+        doc = orjson.loads(raw)
+        element = doc[ev.index] if isinstance(doc, list) else doc
+        sig = element.get("sig") if isinstance(element, dict) else None
+        body = {k: v for k, v in element.items() if k != "sig"}
+        if sig is None:
+            return "bad_signature", f"bad signature: source {ev.source!r} must sign, event has no sig"
+        if not reg.verify(ev.source, body, sig):
+            return "bad_signature", f"bad signature: HMAC-SHA256 of source {ev.source!r} does not verify"
+        return None
+
+
+def build_alerting(settings: Any, store: StateStore) -> tuple[AlertEngine | None, list[Any], Any]:
+    """(alert engine, rule instances, registry gate) from CITYOPS_RULES_DIR and CITYOPS_SOURCE_REGISTRY."""
+    rules_dir = settings.rules_dir or default_rules_dir()
+    registry_path = settings.source_registry or default_source_registry()
+    registry = None
+    if registry_path is not None:
+        try:
+            registry = SourceRegistry.load(registry_path)
+        except ValueError as exc:
+            raise ConfigError(f"CITYOPS_SOURCE_REGISTRY: {exc}") from exc
+    if rules_dir is None:
+        log.warning("no rules directory (CITYOPS_RULES_DIR): alerting is off")
+        return None, [], RegistryGate(registry) if registry else None
+    specs = load_manifests(Path(rules_dir), runbook_base=settings.runbook_base,
+                           kinds=set(KINDS) | set(STREAM_KINDS))
+    rules = [build(spec) for spec in specs.values() if spec.kind in KINDS]
+    one_shot = {r.spec.name for r in rules if getattr(r, "one_shot", False)}
+    one_shot |= {s.name for s in specs.values() if STREAM_KINDS.get(s.kind)}
+    sinks = ["kafka", "influx"] + (["alertmanager"] if settings.alertmanager_url else [])
+    engine = AlertEngine(store, specs, one_shot=one_shot, generator_url=f"http://{settings.web_host}:"
+                         f"{settings.web_port}/healthz")
+    log.info("alerting rules=%d kinds=%s registry=%s sinks=%s", len(specs),
+             ",".join(sorted({s.kind for s in specs.values()})), registry_path, ",".join(sinks))
+    return engine, rules, RegistryGate(registry) if registry else None
+
+
+def context_extras(store: StateStore, gate: Any, now_ts: float | None) -> dict[str, Any]:
+    """ctx.extra for the rule kinds: the registry, and when the engine first started (event time)."""
+    extra: dict[str, Any] = {}
+    if gate is not None:
+        extra[SOURCES] = gate.registry
+    start = store.meta.get("engine_start_ts")
+    if start is not None:
+        extra[ENGINE_START] = start
+    return extra
