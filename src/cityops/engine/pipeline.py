@@ -127,13 +127,22 @@ class Engine:
             return
         stream = self.streams[topic]
         raw = raw if raw is not None else b""
-        results = stream.decode(raw)
         now = self.now()
+        try:
+            results = stream.decode(raw)
+        except Exception as exc:  # a decoder bug must not kill the agent: the record is dead-lettered
+            log.exception("decoder failed at=%s[%d]@%d", topic, partition, offset)
+            results = [Rejected(f"decoder error: {type(exc).__name__}: {exc}")]
         for res in results:
             if isinstance(res, Rejected):
                 self._reject(topic, partition, offset, raw, res, now)
-            else:
+                continue
+            try:
                 self._accept(stream, topic, partition, offset, raw, res, now)
+            except Exception as exc:
+                log.exception("processing failed at=%s[%d]@%d index=%d", topic, partition, offset, res.index)
+                self._reject(topic, partition, offset, raw,
+                             Rejected(f"processing error: {type(exc).__name__}: {exc}", res.index), now)
         self.pending_offsets[(topic, partition)] = offset
 
     def _count(self, topic: str, outcome: str, now: float, n: int = 1) -> None:

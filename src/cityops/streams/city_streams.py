@@ -62,10 +62,10 @@ class JsonStream:
                 events = self._many.decode(raw)
             else:
                 events = [self._one.decode(raw)]
-        except msgspec.DecodeError as exc:
-            return [Rejected(f"malformed JSON: {_reason(exc)}")]
-        except msgspec.ValidationError as exc:
+        except msgspec.ValidationError as exc:  # (a subclass of DecodeError: test it first)
             return self._decode_slow(raw, exc)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            return [Rejected(f"malformed JSON: {_reason(exc)}")]
         if not events:
             return [Rejected("empty batch: JSON array with no events")]
         return [self._accept(ev, i) for i, ev in enumerate(events)]
