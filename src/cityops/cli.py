@@ -1,4 +1,4 @@
-"""The `cityops` command: worker, simulate, demo, topics, nab-detect, dashboards."""
+"""The `cityops` command: worker, simulate, demo, topics, nab-detect, dashboards, evaluate-alerts."""
 
 from __future__ import annotations
 
@@ -113,6 +113,30 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_alerts(args: argparse.Namespace) -> int:
+    import json
+
+    from cityops import evaluate
+    from cityops.streams.city_streams import Pseudonymizer
+
+    key = os.environ.get(args.pseudonym_key_env)
+    if not key:
+        raise ConfigError(f"{args.pseudonym_key_env} is not set: card labels are pseudonyms, so the worker's "
+                          f"CITYOPS_PSEUDONYM_KEY is needed to map the truth's card numbers "
+                          f"(or name another variable with --pseudonym-key-env)")
+    rows = json.loads(Path(args.truth).read_text())
+    incidents = evaluate.incidents_from_truth(rows, Pseudonymizer(key.encode()))
+    alerts = evaluate.firing_alerts(evaluate.read_alerts(args.bootstrap, args.topic))
+    result = evaluate.score(incidents, alerts)
+    print(evaluate.format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(evaluate.to_json(result), ensure_ascii=False, indent=1))
+    problems = evaluate.check_goals(result)
+    for problem in problems:
+        print(f"goal not met: {problem}", file=sys.stderr)
+    return 1 if problems and args.check else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cityops",
@@ -187,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--url", default=os.environ.get("CITYOPS_GRAFANA_URL", "http://127.0.0.1:3000"))
     g.add_argument("--folder", default="cityops")
     g.set_defaults(func=cmd_dashboards)
+    e = sub.add_parser("evaluate-alerts", help="score the alerts topic against `simulate --incidents` truth",
+                       description="Per rule: incidents, firing alerts, TP/FP/FN, precision, recall and "
+                                   "time-to-alert (event time, seconds); see cityops.evaluate for the rules.")
+    e.add_argument("--truth", default="incidents.json", help="ground truth written by simulate --incidents")
+    e.add_argument("--bootstrap", default=os.environ.get("CITYOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+                   help="Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP)")
+    e.add_argument("--topic", default="cityops.alerts", help="alert transitions topic (default cityops.alerts)")
+    e.add_argument("--pseudonym-key-env", default="CITYOPS_PSEUDONYM_KEY",
+                   help="environment variable holding the worker's pseudonym key (default CITYOPS_PSEUDONYM_KEY)")
+    e.add_argument("--json", default=None, help="also write the table as JSON to this path")
+    e.add_argument("--check", action="store_true",
+                   help="exit 1 unless recall is 100%% per rule, precision >= 95%% and time-to-alert <= 120 s")
+    e.set_defaults(func=cmd_evaluate_alerts)
     return p
 
 

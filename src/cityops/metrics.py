@@ -37,11 +37,16 @@ class Metrics:
                                    registry=r)
         self.alert_notifications = Counter("cityops_alert_notifications", "Alert deliveries by receiver",
                                            ["receiver", "outcome"], registry=r)
+        self._event_children: dict[tuple[str, str], Counter] = {}
         self.build_info = Gauge("cityops_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
 
     def on_outcome(self, stream: str, outcome: str, n: int) -> None:
-        self.events.labels(stream=stream, outcome=outcome).inc(n)
+        # labels() costs a lock and a tuple build per call; this runs per message, so keep the children.
+        child = self._event_children.get((stream, outcome))
+        if child is None:
+            child = self._event_children[(stream, outcome)] = self.events.labels(stream=stream, outcome=outcome)
+        child.inc(n)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SeasonalDetector"]
+__all__ = ["ProfileDetector", "SeasonalDetector", "detector_from_state"]
 
 _STATE_VERSION = 1
+_PROFILE_VERSION = "profile-1"
 _HIGH = "high"
 _LOW = "low"
 
@@ -304,3 +305,203 @@ class SeasonalDetector:
             self.ep_start = ts
             self.zbar = 0.0
         return (score if onset else self.repeat_factor * score), direction, True
+
+
+class ProfileDetector:
+    """Streaming detector for a KPI with a strong daily rhythm, learned per time-of-day bin.
+
+    Model: the expected value at a time of day is the running mean of the values seen in that
+    time-of-day bin (`bin_s` wide) on earlier days, linearly interpolated towards the neighbouring
+    bin; the noise is that bin's running mean absolute deviation, floored at `rel_floor` of the
+    expected value. A bin first seen less than `min_days` days ago (or with fewer than
+    `min_bin_pts` points) scores 0: an opening or closing step is rhythm once it was seen a day
+    before, and a time of day never seen is not judged. Gaps (no point for hours) need no care.
+
+    `noise="poisson"` is for counts (taps per minute): values are scored on the Anscombe scale
+    2*sqrt(x + 3/8), where Poisson noise has unit variance whatever the level, so a quiet parking
+    lot's 0 -> 4 is not a spike; a low value is never flagged while the expected count is below
+    `min_expected`. `noise="gauss"` (speeds, waiting times) scores the value itself.
+
+    A point is a candidate when |z| >= `z_threshold / sensitivity`; it is flagged (is_anomaly)
+    once `persist` consecutive candidates of the same direction arrived within `persist_s`, or at
+    once when |z| >= `strong` * that threshold. Candidates are never learned (like river's
+    threshold filter), unless candidates have persisted for `relearn_s` (a new normal).
+    All times are epoch seconds; spacing may be irregular. The state is a few hundred numbers.
+    """
+
+    def __init__(
+        self,
+        *,
+        sensitivity: float = 1.0,
+        noise: str = "gauss",
+        season_s: float = 86400.0,
+        bin_s: float = 900.0,
+        cap_pts: int = 40,
+        min_bin_pts: int = 3,
+        min_days: float = 1.0,
+        warmup_pts: int = 30,
+        z_threshold: float = 4.0,
+        strong: float = 3.0,
+        persist: int = 2,
+        persist_s: float = 300.0,
+        rel_floor: float = 0.05,
+        min_expected: float = 5.0,
+        relearn_s: float = 6 * 3600.0,
+        clip_z: float = 2.0,
+    ) -> None:
+        if sensitivity <= 0:
+            raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
+        if noise not in ("gauss", "poisson"):
+            raise ValueError(f"noise must be 'gauss' or 'poisson', got {noise!r}")
+        if not season_s > 0 or not bin_s > 0 or bin_s > season_s:
+            raise ValueError(f"need 0 < bin_s <= season_s, got bin_s={bin_s}, season_s={season_s}")
+        if cap_pts < 1 or persist < 1 or min_bin_pts < 1:
+            raise ValueError("cap_pts, persist and min_bin_pts must be >= 1")
+        self.sensitivity = float(sensitivity)
+        self.noise = noise
+        self.season_s = float(season_s)
+        self.bin_s = float(bin_s)
+        self.cap_pts = int(cap_pts)
+        self.min_bin_pts = int(min_bin_pts)
+        self.min_days = float(min_days)
+        self.warmup_pts = int(warmup_pts)
+        self.z_threshold = float(z_threshold)
+        self.strong = float(strong)
+        self.persist = int(persist)
+        self.persist_s = float(persist_s)
+        self.rel_floor = float(rel_floor)
+        self.min_expected = float(min_expected)
+        self.relearn_s = float(relearn_s)
+        self.clip_z = float(clip_z)
+        self.bins = max(1, int(round(self.season_s / self.bin_s)))
+        self.z_flag = self.z_threshold / self.sensitivity
+        self.threshold = SeasonalDetector._z_to_score(self.z_flag)
+        self.n = 0
+        self.last_ts: float | None = None
+        self.mean = [0.0] * self.bins
+        self.dev = [0.0] * self.bins
+        self.cnt = [0] * self.bins
+        self.first = [0.0] * self.bins     # ts of the bin's first point (valid when cnt > 0)
+        self.run = 0                       # signed count of consecutive candidates (+ high, - low)
+        self.run_ts = 0.0                  # ts of the last candidate
+        self.run_start = 0.0               # ts of the first candidate of the run
+
+    _PARAMS = ("sensitivity", "noise", "season_s", "bin_s", "cap_pts", "min_bin_pts", "min_days", "warmup_pts",
+               "z_threshold", "strong", "persist", "persist_s", "rel_floor", "min_expected", "relearn_s", "clip_z")
+    _STATE = ("n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start")
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain dict (floats, ints, lists) that survives pickling/JSON; `from_state` restores it."""
+        state = {k: (list(v) if isinstance(v := getattr(self, k), list) else v) for k in self._STATE}
+        return {"version": _PROFILE_VERSION, "params": {k: getattr(self, k) for k in self._PARAMS}, "state": state}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ProfileDetector:
+        if state.get("version") != _PROFILE_VERSION:
+            raise ValueError(f"unsupported detector state version {state.get('version')!r}")
+        det = cls(**state["params"])
+        for k, v in state["state"].items():
+            setattr(det, k, list(v) if isinstance(v, list) else v)
+        return det
+
+    # ---------------------------------------------------------------- scoring
+    def _y(self, value: float) -> float:
+        if self.noise == "poisson":
+            return 2.0 * math.sqrt(max(value, 0.0) + 0.375)
+        return value
+
+    def _bin(self, ts: float) -> tuple[int, float]:
+        pos = (ts % self.season_s) / self.bin_s
+        b = min(int(pos), self.bins - 1)
+        return b, pos - b
+
+    def _ready(self, b: int, ts: float) -> bool:
+        return self.cnt[b] >= self.min_bin_pts and ts - self.first[b] >= self.min_days * self.season_s - self.bin_s
+
+    def _expect(self, ts: float) -> tuple[float, float] | None:
+        """(expected y, noise scale of y) at `ts`, or None when this time of day is not learned yet."""
+        b, frac = self._bin(ts)
+        if not self._ready(b, ts):
+            return None
+        m, d = self.mean[b], self.dev[b]
+        # Towards the neighbouring bin's centre, when that bin is learned too (follows ramps).
+        nb = (b + 1) % self.bins if frac >= 0.5 else (b - 1) % self.bins
+        if nb != b and self._ready(nb, ts):
+            w = abs(frac - 0.5)
+            m += w * (self.mean[nb] - m)
+            d += w * (self.dev[nb] - d)
+        scale = 1.25 * d  # mean absolute deviation -> standard deviation (normal noise)
+        if self.noise == "poisson":
+            scale = max(scale, 1.0)
+        return m, max(scale, self.rel_floor * abs(m), 1e-9)
+
+    def _count(self, y: float) -> float:
+        return max(0.0, (y / 2.0) ** 2 - 0.375) if self.noise == "poisson" else y
+
+    def _z(self, ts: float, value: float) -> float | None:
+        if self.n < self.warmup_pts:
+            return None
+        e = self._expect(ts)
+        if e is None:
+            return None
+        m, scale = e
+        z = (self._y(value) - m) / scale
+        if z < 0 and self._count(m) < self.min_expected and self.noise == "poisson":
+            return 0.0  # too few expected to call a drop
+        return z
+
+    def score_one(self, ts: float, value: float) -> tuple[float, str]:
+        """Anomaly score in [0, 1) and direction ('high'/'low') of `value` at `ts`; does not learn."""
+        z = self._z(ts, value)
+        if z is None:
+            return 0.0, _HIGH
+        return SeasonalDetector._z_to_score(abs(z)), (_HIGH if z >= 0 else _LOW)
+
+    def learn_one(self, ts: float, value: float) -> None:
+        """Add this point to its time-of-day bin (running mean and mean absolute deviation)."""
+        b, _ = self._bin(ts)
+        y = self._y(value)
+        e = self._expect(ts) if self.n >= self.warmup_pts else None
+        if e is not None:
+            # Huber clip: a point the model already judges can move its bin by at most clip_z scales.
+            lim = self.clip_z * e[1]
+            y = min(max(y, e[0] - lim), e[0] + lim)
+        c = self.cnt[b]
+        if c == 0:
+            self.first[b] = ts
+            self.mean[b] = y
+            self.dev[b] = 0.0
+        else:
+            a = 1.0 / min(c + 1, self.cap_pts)
+            self.dev[b] += a * (abs(y - self.mean[b]) - self.dev[b])
+            self.mean[b] += a * (y - self.mean[b])
+        self.cnt[b] = c + 1
+        self.n += 1
+        self.last_ts = ts
+
+    def update(self, ts: float, value: float) -> tuple[float, str, bool]:
+        """Score, then learn unless a candidate; returns (score, direction, is_anomaly)."""
+        z = self._z(ts, value)
+        if z is None or abs(z) < self.z_flag:
+            self.run = 0
+            self.learn_one(ts, value)
+            return (0.0 if z is None else SeasonalDetector._z_to_score(abs(z))), (_HIGH if not z or z >= 0 else _LOW), False
+        sgn = 1 if z > 0 else -1
+        if self.run * sgn > 0 and ts - self.run_ts <= self.persist_s:
+            self.run += sgn
+        else:
+            self.run = sgn
+            self.run_start = ts
+        self.run_ts = ts
+        self.last_ts = ts
+        if ts - self.run_start >= self.relearn_s:
+            self.learn_one(ts, value)  # a change this long is the new normal
+        flagged = abs(self.run) >= self.persist or abs(z) >= self.strong * self.z_flag
+        return SeasonalDetector._z_to_score(abs(z)), (_HIGH if sgn > 0 else _LOW), flagged
+
+
+def detector_from_state(state: dict[str, Any]) -> SeasonalDetector | ProfileDetector:
+    """Restore either detector from its `to_state` dict (the version tells which)."""
+    if state.get("version") == _PROFILE_VERSION:
+        return ProfileDetector.from_state(state)
+    return SeasonalDetector.from_state(state)

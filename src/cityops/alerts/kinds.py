@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cityops.alerts.detector import SeasonalDetector
+from cityops.alerts.detector import ProfileDetector, SeasonalDetector, detector_from_state
 from cityops.alerts.sources import SourceRegistry
 from cityops.alerts.spec import RuleSpec
 from cityops.engine.context import Context, Decoded
@@ -549,11 +549,14 @@ class BadSignature(_RejectedSource):
 # ---------------------------------------------------------------------------------------------- anomalies
 @register("kpi_anomaly")
 class KpiAnomaly(RuleKind):
-    """One ``SeasonalDetector`` per series of ``measurement``.``field``, fed once per closed window.
+    """One detector per series of ``measurement``.``field``, fed once per closed window.
 
     Series: the window's values of ``tags`` (None = all its tags); ``match`` keeps only windows whose
-    tags equal it. ``min_history``: windows learned before any alert (the detector's warm-up).
-    ``detector``: extra ``SeasonalDetector`` arguments. Entity: the series tags + "direction"
+    tags equal it. ``model``: "profile" (``ProfileDetector``: per time-of-day bin, learned from the
+    day before, gaps need no care; the default) or "seasonal" (``SeasonalDetector``, the NAB-tuned
+    level + season + drift model). ``min_history``: points learned before any alert (None = the
+    model's default: 30 for profile, 1440 for seasonal). ``detector``: extra detector arguments, e.g.
+    ``{"noise": "poisson", "min_expected": 5}`` for count fields. Entity: the series tags + "direction"
     (high|low), so a spike and a collapse are separate alerts. Value: the KPI value.
     """
 
@@ -562,8 +565,9 @@ class KpiAnomaly(RuleKind):
         "field": (str, REQUIRED),
         "tags": ((list, None), None),
         "match": (dict, {}),
+        "model": (str, "profile"),
         "sensitivity": (float, 1.0),
-        "min_history": (int, 1440),
+        "min_history": ((int, None), None),
         "horizon_s": (float, 8 * 86400.0),  # a series silent this long is forgotten
         "stale_s": (float, 3600.0),  # an open alert of a series without windows this long is recovered
         "detector": (dict, {}),
@@ -575,7 +579,9 @@ class KpiAnomaly(RuleKind):
 
     def check(self) -> None:
         self._positive("sensitivity", "horizon_s", "stale_s")
-        if self.params["min_history"] < 1:
+        if self.params["model"] not in self._MODELS:
+            raise self.error("model", f"expected one of {sorted(self._MODELS)}, got {self.params['model']!r}")
+        if self.params["min_history"] is not None and self.params["min_history"] < 1:
             raise self.error("min_history", "must be >= 1")
         if self.params["tags"] is not None and not all(isinstance(t, str) for t in self.params["tags"]):
             raise self.error("tags", "expected a list of tag names")
@@ -588,7 +594,7 @@ class KpiAnomaly(RuleKind):
         super().__init__(spec)
         # Live detectors beside their stored state, valid only while the table still holds that very state
         # object: saves a from_state per window, and a restored or rolled-back table is never ignored.
-        self._cache: dict[Any, tuple[Any, SeasonalDetector]] = {}
+        self._cache: dict[Any, tuple[Any, SeasonalDetector | ProfileDetector]] = {}
 
     @property
     def horizon_s(self) -> float:
@@ -602,17 +608,24 @@ class KpiAnomaly(RuleKind):
     def open_stale_s(self) -> float:
         return max(self.spec.resolve_after_s, float(self.params["stale_s"]))
 
-    def _new(self) -> SeasonalDetector:
-        kw = dict(self.params["detector"])
-        kw.setdefault("warmup_pts", self.params["min_history"])
-        return SeasonalDetector(sensitivity=self.params["sensitivity"], **kw)
+    _MODELS: ClassVar[dict[str, tuple[type[Any], int]]] = {
+        "profile": (ProfileDetector, 30), "seasonal": (SeasonalDetector, 1440),
+    }
 
-    def _detector(self, table: Table[Any, Any], key: Any) -> SeasonalDetector:
+    def _new(self) -> SeasonalDetector | ProfileDetector:
+        cls, warmup = self._MODELS[self.params["model"]]
+        kw = dict(self.params["detector"])
+        hist = self.params["min_history"]
+        kw.setdefault("warmup_pts", warmup if hist is None else hist)
+        det: SeasonalDetector | ProfileDetector = cls(sensitivity=self.params["sensitivity"], **kw)
+        return det
+
+    def _detector(self, table: Table[Any, Any], key: Any) -> SeasonalDetector | ProfileDetector:
         stored = table.get(key)
         cached = self._cache.get(key)
         if cached is not None and stored is not None and cached[0] is stored:
             return cached[1]
-        return SeasonalDetector.from_state(stored) if stored is not None else self._new()
+        return detector_from_state(stored) if stored is not None else self._new()
 
     def on_window(
         self, measurement: str, tags: dict[str, str], fields: dict[str, Any], window_start: float, ctx: Context

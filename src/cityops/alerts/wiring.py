@@ -60,10 +60,23 @@ class RegistryGate:
         return None
 
 
+OFF = {"none", "off", "-"}
+
+
+def _path_setting(value: Path | None, default: Path | None) -> Path | None:
+    """Unset → the repository default; "none"/"off" → disabled."""
+    if value is None:
+        return default
+    return None if str(value).strip().lower() in OFF else value
+
+
 def build_alerting(settings: Any, store: StateStore) -> tuple[AlertEngine | None, list[Any], Any]:
-    """(alert engine, rule instances, registry gate) from CITYOPS_RULES_DIR and CITYOPS_SOURCE_REGISTRY."""
-    rules_dir = settings.rules_dir or default_rules_dir()
-    registry_path = settings.source_registry or default_source_registry()
+    """(alert engine, rule instances, registry gate) from CITYOPS_RULES_DIR and CITYOPS_SOURCE_REGISTRY.
+
+    Either setting may be "none" to turn that part off.
+    """
+    rules_dir = _path_setting(settings.rules_dir, default_rules_dir())
+    registry_path = _path_setting(settings.source_registry, default_source_registry())
     registry = None
     if registry_path is not None:
         try:

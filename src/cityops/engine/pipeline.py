@@ -113,6 +113,7 @@ class Engine:
             self._dedup_buckets[int(ts // 3600)].append(key)
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.counts: dict[tuple[str, str], int] = defaultdict(int)  # (stream, outcome) -> n, since start
+        self._hook_cache: dict[str, dict[str, list[Any]]] = {}
         # On recovery every stored window is rewritten: its last write may not have landed.
         self._rewrite_all = True
 
@@ -120,6 +121,26 @@ class Engine:
     def seen(self, topic: str, partition: int, offset: int) -> bool:
         """True when this record is covered by the restored state (a replay after a crash)."""
         return offset <= self.store.offsets.get((topic, partition), -1)
+
+    def _hooks(self, topic: str) -> dict[str, list[Any]]:
+        """Per stream, the bound rule hooks that do something for it (most rules watch one stream)."""
+        hooks = self._hook_cache.get(topic)
+        if hooks is None:
+            hooks = {}
+            for name in ("on_event", "on_quality", "on_tampering", "on_rejected_source"):
+                bound = []
+                for rule in self.rules:
+                    base = getattr(type(rule).__mro__[-2], name, None)  # the RuleKind base no-op
+                    impl = getattr(type(rule), name, None)
+                    if impl is None or impl is base:
+                        continue
+                    want = getattr(rule, "params", {}).get("stream") if hasattr(rule, "params") else None
+                    if want is not None and want != topic:
+                        continue
+                    bound.append(getattr(rule, name))
+                hooks[name] = bound
+            self._hook_cache[topic] = hooks
+        return hooks
 
     def process(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
         """Apply one Kafka record; records at or below the committed offset are skipped."""
@@ -133,17 +154,58 @@ class Engine:
         except Exception as exc:  # a decoder bug must not kill the agent: the record is dead-lettered
             log.exception("decoder failed at=%s[%d]@%d", topic, partition, offset)
             results = [Rejected(f"decoder error: {type(exc).__name__}: {exc}")]
+        hooks = self._hooks(topic)
+        on_event, on_quality = hooks["on_event"], hooks["on_quality"]
+        tp = (topic, partition)
+        registry = self.registry
+        dedup = self.dedup
+        dedup_data = dedup.data
+        buckets = self._dedup_buckets
+        wms = self.partition_wm
+        lateness = self.lateness
+        ctx = self.ctx
+        apply = stream.apply
+        accepted = 0
         for res in results:
-            if isinstance(res, Rejected):
+            if type(res) is Rejected:
                 self._reject(topic, partition, offset, raw, res, now)
                 continue
             try:
-                self._accept(stream, topic, partition, offset, raw, res, now)
+                if registry is not None:
+                    verdict = registry.check(topic, res, raw)
+                    if verdict is not None:
+                        self._untrusted(topic, partition, offset, raw, res, now, verdict, hooks)
+                        continue
+                key = (topic, res.event_id)
+                seen = dedup_data.get(key)
+                ts = res.ts
+                if seen is not None:
+                    self._duplicate(topic, res, now, seen[0] != res.digest, hooks)
+                    continue
+                wm = wms.get(tp)
+                if wm is not None and ts < wm - lateness:
+                    self._count(topic, "late", now)
+                    for hook in on_quality:
+                        hook(topic, "late", ts, res.source, ctx)
+                    continue
+                if wm is None or ts > wm:
+                    wms[tp] = ts
+                dedup[key] = (res.digest, ts)
+                buckets[int(ts // 3600)].append(key)
+                apply(res, ctx)
+                accepted += 1
+                for hook in on_quality:
+                    hook(topic, "accepted", ts, res.source, ctx)
+                for hook in on_event:
+                    hook(topic, res, ctx)
             except Exception as exc:
                 log.exception("processing failed at=%s[%d]@%d index=%d", topic, partition, offset, res.index)
                 self._reject(topic, partition, offset, raw,
                              Rejected(f"processing error: {type(exc).__name__}: {exc}", res.index), now)
-        self.pending_offsets[(topic, partition)] = offset
+        if accepted:
+            self._last_seen_wall[tp] = now
+            self._count(topic, "accepted", now, accepted)
+        self.pending_offsets[tp] = offset
 
     def _count(self, topic: str, outcome: str, now: float, n: int = 1) -> None:
         acc = self.windows.acc(QUALITY, (topic,), now)
@@ -163,53 +225,27 @@ class Engine:
             "element": None if res.fragment is None or res.index is None else _dumps(res.fragment),
         }
         wm = self.partition_wm.get((topic, partition))
-        for rule in self.rules:
-            rule.on_quality(topic, outcome, wm if wm is not None else now, None, self.ctx)
+        for hook in self._hooks(topic)["on_quality"]:
+            hook(topic, outcome, wm if wm is not None else now, None, self.ctx)
         log.info("dead-letter stream=%s at=%s[%d]@%d index=%s reason=%r", topic, topic, partition, offset,
                  res.index, res.reason)
 
-    def _accept(self, stream: StreamKind, topic: str, partition: int, offset: int, raw: bytes,
-                ev: Decoded, now: float) -> None:
-        if self.registry is not None:
-            verdict = self.registry.check(topic, ev, raw)
-            if verdict is not None:
-                outcome, reason = verdict
-                self._reject(topic, partition, offset, raw, Rejected(reason, ev.index), now, outcome)
-                reason_code = "untrusted_source" if outcome == "untrusted" else outcome
-                for rule in self.rules:
-                    rule.on_rejected_source(topic, ev.source, reason_code, ev.ts, self.ctx)
-                return
-        key = (topic, ev.event_id)
-        seen = self.dedup.data.get(key)
-        if seen is not None:
-            if seen[0] != ev.digest:
-                self._count(topic, "tampered", now)
-                for rule in self.rules:
-                    rule.on_tampering(topic, ev.event_id, ev.source, ev.ts, self.ctx)
-                for rule in self.rules:
-                    rule.on_quality(topic, "duplicate", ev.ts, ev.source, self.ctx)
-            else:
-                self._count(topic, "duplicate", now)
-                for rule in self.rules:
-                    rule.on_quality(topic, "duplicate", ev.ts, ev.source, self.ctx)
-            return
-        tp = (topic, partition)
-        wm = self.partition_wm.get(tp)
-        if wm is not None and ev.ts < wm - self.lateness:
-            self._count(topic, "late", now)
-            for rule in self.rules:
-                rule.on_quality(topic, "late", ev.ts, ev.source, self.ctx)
-            return
-        if wm is None or ev.ts > wm:
-            self.partition_wm[tp] = ev.ts
-        self._last_seen_wall[tp] = now
-        self.dedup[key] = (ev.digest, ev.ts)
-        self._dedup_buckets[int(ev.ts // 3600)].append(key)
-        stream.apply(ev, self.ctx)
-        self._count(topic, "accepted", now)
-        for rule in self.rules:
-            rule.on_quality(topic, "accepted", ev.ts, ev.source, self.ctx)
-            rule.on_event(topic, ev, self.ctx)
+    def _untrusted(self, topic: str, partition: int, offset: int, raw: bytes, ev: Decoded, now: float,
+                   verdict: tuple[str, str], hooks: dict[str, list[Any]]) -> None:
+        outcome, reason = verdict
+        self._reject(topic, partition, offset, raw, Rejected(reason, ev.index), now, outcome)
+        reason_code = "untrusted_source" if outcome == "untrusted" else outcome
+        for hook in hooks["on_rejected_source"]:
+            hook(topic, ev.source, reason_code, ev.ts, self.ctx)
+
+    def _duplicate(self, topic: str, ev: Decoded, now: float, tampered: bool,
+                   hooks: dict[str, list[Any]]) -> None:
+        self._count(topic, "tampered" if tampered else "duplicate", now)
+        if tampered:
+            for hook in hooks["on_tampering"]:
+                hook(topic, ev.event_id, ev.source, ev.ts, self.ctx)
+        for hook in hooks["on_quality"]:
+            hook(topic, "duplicate", ev.ts, ev.source, self.ctx)
 
     def _reopen(self, key: WindowKey) -> list[Any] | None:
         """A closed window that a (not late) event still belongs to: take its accumulator back."""

