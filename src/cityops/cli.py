@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Alertmanager if installed, the worker and the simulator; shows live KPIs. "
                                    "Ctrl-C stops all of it.")
     d.add_argument("--dir", default=".cityops-demo", help="working directory for data and logs")
-    d.add_argument("--speedup", type=float, default=60.0, help="simulated minutes per real second ×60 (default 60)")
+    d.add_argument("--speedup", type=float, default=60.0,
+                   help="simulated seconds per real second (default 60: a simulated hour per real minute)")
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--duration", type=_duration, default=_duration("1d"), help="simulated span (default 1d)")
     d.add_argument("--incidents", action="store_true", help="inject incidents (alerts appear)")

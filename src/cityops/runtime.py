@@ -77,7 +77,10 @@ class Runtime:
         self.alertmanager: Any = None
         if settings.alertmanager_url is not None:
             from cityops.sinks.alertmanager import AlertmanagerSink
-            self.alertmanager = AlertmanagerSink(str(settings.alertmanager_url), registry=self.metrics.registry)
+            # One attempt per delivery round: the outbox keeps the alert and the dispatcher retries with
+            # backoff, so an outage never blocks KPI writes behind Alertmanager's retries.
+            self.alertmanager = AlertmanagerSink(str(settings.alertmanager_url), counter=self.metrics.alert_notifications,
+                                                 resend_s=settings.alert_resend_s, attempts=1)
         self.producer: Any = None
         self._acks: list[Any] = []
         self._wake = asyncio.Event()
@@ -242,11 +245,12 @@ class Runtime:
                     self.influx.add([alert_point(tr)])
                     delivered.add("influx")
                 if "alertmanager" not in delivered and self.alertmanager is not None:
-                    if tr["status"] in ("firing", "resolved"):
+                    if tr.get("am_action"):  # pending/flapping changes are not Alertmanager's business
                         ok = await self.alertmanager.post([tr])
                         if not ok:
+                            # Keep order (a resolve must not overtake its firing): stop here, retry later.
                             self.alerts.update_outbox(seq, delivered)
-                            continue
+                            break
                     delivered.add("alertmanager")
                 sent.append(seq)
             self.alerts.ack_outbox(sent)

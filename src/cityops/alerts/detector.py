@@ -459,9 +459,12 @@ class ProfileDetector:
 
     def learn_one(self, ts: float, value: float) -> None:
         """Add this point to its time-of-day bin (running mean and mean absolute deviation)."""
+        self._learn(ts, value, clip=True)
+
+    def _learn(self, ts: float, value: float, *, clip: bool) -> None:
         b, _ = self._bin(ts)
         y = self._y(value)
-        e = self._expect(ts) if self.n >= self.warmup_pts else None
+        e = self._expect(ts) if clip and self.n >= self.warmup_pts else None
         if e is not None:
             # Huber clip: a point the model already judges can move its bin by at most clip_z scales.
             lim = self.clip_z * e[1]
@@ -484,8 +487,10 @@ class ProfileDetector:
         z = self._z(ts, value)
         if z is None or abs(z) < self.z_flag:
             self.run = 0
-            self.learn_one(ts, value)
-            return (0.0 if z is None else SeasonalDetector._z_to_score(abs(z))), (_HIGH if not z or z >= 0 else _LOW), False
+            self._learn(ts, value, clip=True)
+            if z is None:
+                return 0.0, _HIGH, False
+            return SeasonalDetector._z_to_score(abs(z)), (_HIGH if z >= 0 else _LOW), False
         sgn = 1 if z > 0 else -1
         if self.run * sgn > 0 and ts - self.run_ts <= self.persist_s:
             self.run += sgn
@@ -495,7 +500,7 @@ class ProfileDetector:
         self.run_ts = ts
         self.last_ts = ts
         if ts - self.run_start >= self.relearn_s:
-            self.learn_one(ts, value)  # a change this long is the new normal
+            self._learn(ts, value, clip=False)  # a change this long is the new normal: learn it fully
         flagged = abs(self.run) >= self.persist or abs(z) >= self.strong * self.z_flag
         return SeasonalDetector._z_to_score(abs(z)), (_HIGH if sgn > 0 else _LOW), flagged
 

@@ -133,10 +133,22 @@ PARK_PER_MIN = _per_min(C.PARKING_ENTRIES_PER_DAY, _PARK_SHAPE)
 VISITS_PER_MIN = _per_min(C.OUTPATIENT_VISITS_PER_DAY, _HEALTH_SHAPE)
 _SECOND_REG_P = 0.08
 _EV_PER_VISIT = 4 + 2 * _SECOND_REG_P
-# Expected events per minute of day for the tap and health streams (before scaling).
-TAPS_EV_PER_MIN = [2 * m + b + 2 * k + c + 2 * p for m, b, k, c, p in
-                   zip(METRO_PER_MIN, BUS_PER_MIN, BIKE_PER_MIN, COACH_PER_MIN, PARK_PER_MIN)]
-HEALTH_EV_PER_MIN = [v * _EV_PER_VISIT for v in VISITS_PER_MIN]
+
+
+def _lag(arr: list[float], minutes: int) -> list[float]:
+    return [arr[(m - minutes) % _DAY_MIN] for m in range(_DAY_MIN)]
+
+
+def _sum(*arrs: list[float]) -> list[float]:
+    return [sum(x) for x in zip(*arrs)]
+
+
+# Expected events per minute of day by *event time* (before scaling): later steps of a trip, stay or
+# visit are lagged by their typical delay, so `rate` holds for windows that are not whole days.
+TAPS_EV_PER_MIN = _sum(METRO_PER_MIN, _lag(METRO_PER_MIN, 25), BUS_PER_MIN, BIKE_PER_MIN,
+                       _lag(BIKE_PER_MIN, 20), COACH_PER_MIN, PARK_PER_MIN, _lag(PARK_PER_MIN, 150))
+HEALTH_EV_PER_MIN = _sum(*(_lag([v * w for v in VISITS_PER_MIN], d) for d, w in
+                           ((3, 1 + _SECOND_REG_P), (45, 1 + _SECOND_REG_P), (75, 1.0), (95, 1.0))))
 
 
 def _table(weights: list[float], size: int = 4096) -> list[int]:

@@ -101,6 +101,7 @@ class AlertmanagerSink:
         backoff_s: float = 0.5,
         backoff_cap_s: float = 30.0,
         registry: CollectorRegistry | None = None,
+        counter: Counter | None = None,
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         session: aiohttp.ClientSession | None = None,
@@ -118,7 +119,9 @@ class AlertmanagerSink:
         self.sleep = sleep
         self._session = session
         self._own_session = session is None
-        self._notifications = _counter(registry if registry is not None else REGISTRY)
+        # The worker passes its own cityops_alert_notifications_total; standalone use registers one.
+        self._notifications = counter if counter is not None else _counter(
+            registry if registry is not None else REGISTRY)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cityops.alerts import nab
-from cityops.alerts.detector import SeasonalDetector
+from cityops.alerts.detector import ProfileDetector, SeasonalDetector, detector_from_state
 
 STEP = 300.0           # 5-minute samples
 DAY_PTS = int(86400 / STEP)
@@ -136,3 +136,118 @@ def test_nab_run_writes_same_rows(tmp_path: Path) -> None:
         assert got[0] == ["timestamp", "anomaly_score"]
         assert [r[0] for r in got[1:]] == [r[0] for r in src]
         assert all(0.0 <= float(r[1]) <= 1.0 for r in got[1:])
+
+
+# ------------------------------------------------------------------------------------ ProfileDetector
+MIN = 60.0
+
+
+def taps(day: int, minute: int) -> float:
+    """Expected taps/min of a line open 06:00-23:00 (no windows at night), with a morning rush."""
+    h = minute / 60
+    return 0.0 if h < 6 or h >= 23 else 30.0 + 40.0 * math.exp(-((h - 8) ** 2) / 2)
+
+
+def poisson(rng: random.Random, lam: float) -> int:
+    # Knuth; small lambdas only
+    k, p, lim = 0, 1.0, math.exp(-lam)
+    while True:
+        p *= rng.random()
+        if p <= lim:
+            return k
+        k += 1
+
+
+def count_day(rng: random.Random, day: int, rate=taps, factor=None) -> list[tuple[float, float]]:
+    out = []
+    for m in range(1440):
+        lam = rate(day, m)
+        if lam <= 0:
+            continue  # closed: no events, so no window
+        if factor is not None:
+            lam *= factor(m)
+        out.append((T0 + day * 86400 + m * MIN, float(poisson(rng, lam))))
+    return out
+
+
+def test_profile_learns_opening_step_from_one_day_and_ignores_gaps() -> None:
+    rng = random.Random(1)
+    det = ProfileDetector(noise="poisson")
+    res = [det.update(t, v) for t, v in count_day(rng, 0)]
+    assert not any(a for _, _, a in res)  # day 1: nothing is judged yet
+    for day in (1, 2):
+        res = [det.update(t, v) for t, v in count_day(rng, day)]
+        assert not any(a for _, _, a in res), [r for r in res if r[2]][:3]
+
+
+def test_profile_flags_count_collapse_within_two_windows_and_does_not_learn_it() -> None:
+    rng = random.Random(2)
+    det = ProfileDetector(noise="poisson")
+    for day in (0, 1):
+        for t, v in count_day(rng, day):
+            det.update(t, v)
+    start = 10 * 60  # 10:00 on day 3, 20 min at 20 %
+    pts = count_day(rng, 2, factor=lambda m: 0.2 if start <= m < start + 20 else 1.0)
+    before = det.to_state()["state"]["mean"]
+    flagged = [(t, d) for t, (s, d, a) in zip((t for t, _ in pts), (det.update(t, v) for t, v in pts)) if a]
+    first = flagged[0]
+    assert first[1] == "low"
+    t_start = T0 + 2 * 86400 + start * MIN
+    assert t_start <= first[0] <= t_start + 2 * MIN
+    assert all(t_start <= t < t_start + 20 * MIN for t, _ in flagged)
+    # The collapse's bins were not pulled towards it (learning resumed after it, in the same bins).
+    b = det._bin(t_start)[0]
+    assert det.to_state()["state"]["mean"][b] == pytest.approx(before[b], rel=0.05)
+
+
+def test_profile_sparse_counts_never_alert_low_and_single_outliers_need_persistence() -> None:
+    rng = random.Random(3)
+    det = ProfileDetector(noise="poisson", min_expected=5.0)
+    lot = lambda day, m: 1.5  # a quiet parking lot: 0-5 cars a minute
+    for day in range(3):
+        res = [det.update(t, v) for t, v in count_day(rng, day, rate=lot)]
+        assert not any(a for _, _, a in res)
+    t = T0 + 3 * 86400 + 12 * 3600
+    assert det.update(t, 0.0)[2] is False and det.update(t + MIN, 0.0)[2] is False  # expected 1.5 < min_expected
+    gauss = ProfileDetector()
+    for day in range(2):
+        for m in range(1440):
+            gauss.update(T0 + day * 86400 + m * MIN, 60.0 + rng.gauss(0, 2))
+    t = T0 + 2 * 86400 + 3600
+    s, d, a = gauss.update(t, 45.0)  # 5 scales (the 5 % floor, 3) low: a candidate, not yet an alert
+    assert not a and s >= gauss.threshold and d == "low"
+    assert gauss.update(t + MIN, 60.0)[2] is False  # back to normal: the run is broken
+    assert gauss.update(t + 2 * MIN, 10.0)[2] is True  # a crash-sized drop alerts at once (strong)
+
+
+def test_profile_unseen_time_of_day_is_not_judged() -> None:
+    det = ProfileDetector(min_days=1.0)
+    for m in range(600):
+        det.update(T0 + m * MIN, 50.0 + (m % 3))
+    assert det.score_one(T0 + 86400 + 20 * 3600, 1e6) == (0.0, "high")  # 20:00 never seen
+    assert det.score_one(T0 + 86400 + 5 * 3600, 1e6)[0] > det.threshold   # 05:00 seen yesterday
+
+
+def test_profile_state_round_trip_and_dispatch() -> None:
+    rng = random.Random(4)
+    det = ProfileDetector(noise="poisson")
+    pts = count_day(rng, 0) + count_day(rng, 1, factor=lambda m: 0.2 if 600 <= m < 620 else 1.0)
+    for t, v in pts[:1200]:
+        det.update(t, v)
+    clone = detector_from_state(pickle.loads(pickle.dumps(det.to_state())))
+    assert isinstance(clone, ProfileDetector)
+    assert [det.update(t, v) for t, v in pts[1200:]] == [clone.update(t, v) for t, v in pts[1200:]]
+    assert isinstance(detector_from_state(SeasonalDetector().to_state()), SeasonalDetector)
+    with pytest.raises(ValueError):
+        ProfileDetector(noise="laplace")
+
+
+def test_profile_persistent_shift_is_eventually_accepted() -> None:
+    rng = random.Random(6)
+    det = ProfileDetector()
+    pts = [(T0 + m * MIN, 50.0 + rng.gauss(0, 1)) for m in range(4 * 1440)]
+    for t, v in pts[:2 * 1440]:
+        det.update(t, v)
+    res = [det.update(t, v + 20.0) for t, v in pts[2 * 1440:]]
+    assert res[1][2] and res[1][1] == "high"
+    assert not any(a for _, _, a in res[-720:])

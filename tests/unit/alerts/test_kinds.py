@@ -605,3 +605,30 @@ def test_kpi_anomaly_open_alert_of_a_vanished_series_recovers() -> None:
     rule.on_tick(DAY0 + 120 * 60 + 1800 + 400 + 600, ctx)
     assert [c.active for c in rec.calls] == [False, False]
     assert not any(k[0] == "__open__" for k in rule.table(ctx).keys())
+
+
+def test_kpi_anomaly_counts_quiet_series_and_opening_hours_do_not_alert() -> None:
+    """Poisson-aware profile (the manifest's ridership setting): a parking lot with a handful of cars
+    a minute and a line that opens at 06:00 learn their day on day 1 and stay quiet on day 2, while
+    the line's outage on day 2 alerts low within two windows."""
+    rule = make("kpi_anomaly", measurement="r", field="taps_in", tags=["line"],
+                detector={"noise": "poisson", "min_expected": 5.0})
+    ctx, rec = make_ctx()
+    rnd = random.Random(7)
+
+    def draw(lam: float) -> int:
+        return sum(rnd.random() < lam / 50 for _ in range(50))  # binomial ~ Poisson(lam)
+
+    outage = DAY0 + 86400 + 10 * 3600
+    for i in range(2 * 1440):
+        ts = DAY0 + i * 60
+        h = (i % 1440) / 60
+        lot = 3.0 if 7 <= h < 22 else 0.5
+        rule.on_window("r", {"line": "lot"}, {"taps_in": draw(lot)}, ts, ctx)
+        if h >= 6:  # closed before 06:00: no window at all
+            lam = 30.0 * (0.2 if outage <= ts < outage + 1200 else 1.0)
+            rule.on_window("r", {"line": "L2"}, {"taps_in": draw(lam)}, ts, ctx)
+    fired = rec.fired()
+    assert fired and {tuple(c.entity.items()) for c in fired} == {(("line", "L2"), ("direction", "low"))}
+    assert outage <= fired[0].ts <= outage + 120
+    assert all(outage <= c.ts < outage + 1200 for c in fired)

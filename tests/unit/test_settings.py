@@ -1,0 +1,63 @@
+"""Configuration: read once from CITYOPS_*, bad values stop start-up naming the setting, Faust env ignored."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cityops.errors import ConfigError
+from cityops.settings import load_settings
+
+GOOD = {"CITYOPS_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "CITYOPS_INFLUX_URL": "http://127.0.0.1:8086",
+        "CITYOPS_PSEUDONYM_KEY": "0123456789abcdef", "CITYOPS_DATA_DIR": "/tmp/cityops-test"}
+
+
+def test_good_settings_load() -> None:
+    s = load_settings(GOOD)
+    assert s.kafka_broker_url == "kafka://127.0.0.1:9092"
+    assert s.influx_database == "cityops" and s.web_port == 6066
+
+
+@pytest.mark.parametrize("name,value,fragment", [
+    ("CITYOPS_KAFKA_BOOTSTRAP", "localhost", "host:port"),
+    ("CITYOPS_INFLUX_URL", "not a url", "CITYOPS_INFLUX_URL"),
+    ("CITYOPS_PSEUDONYM_KEY", "short", "at least 16"),
+    ("CITYOPS_WEB_PORT", "70000", "CITYOPS_WEB_PORT"),
+    ("CITYOPS_FLUSH_INTERVAL_S", "30", "CITYOPS_FLUSH_INTERVAL_S"),
+])
+def test_bad_value_names_the_setting(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(dict(GOOD, **{name: value}))
+    assert name in str(err.value) and fragment in str(err.value)
+
+
+def test_missing_setting_is_named() -> None:
+    env = {k: v for k, v in GOOD.items() if k != "CITYOPS_PSEUDONYM_KEY"}
+    with pytest.raises(ConfigError, match="CITYOPS_PSEUDONYM_KEY: is required"):
+        load_settings(env)
+
+
+def test_worker_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOPS_")}
+    env.update(GOOD, CITYOPS_INFLUX_URL="nope", CITYOPS_DATA_DIR=str(tmp_path))
+    r = subprocess.run([sys.executable, "-m", "cityops.cli", "worker"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "CITYOPS_INFLUX_URL" in r.stderr
+
+
+def test_faust_environment_variables_do_not_override_ours(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    from cityops.agents.app import create_app
+
+    monkeypatch.setenv("BROKER_URL", "kafka://evil:1")
+    monkeypatch.setenv("WEB_PORT", "1")
+    app, runtime = create_app(load_settings(dict(GOOD, CITYOPS_DATA_DIR=str(tmp_path), CITYOPS_WEB_PORT="7777",
+                                                 CITYOPS_RULES_DIR="none", CITYOPS_SOURCE_REGISTRY="none")))
+    assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:9092"]
+    assert app.conf.web_port == 7777
+    runtime.store.close()
