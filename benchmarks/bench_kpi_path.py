@@ -34,7 +34,20 @@ from cityops.topics import TopicSpec, ensure_topics
 CST = timezone(timedelta(hours=8))
 
 
-def make_messages(n_events: int, batch: int, seed: int) -> tuple[dict[str, list[bytes]], int]:
+def make_messages(n_events: int, batch: int, seed: int, food: bool = False) -> tuple[dict[str, list[bytes]], int]:
+    if food:  # EPCIS documents of `batch` events each, at a rate that yields n_events in a simulated day
+        from cityops.simulate import food as food_sim
+
+        docs = food_sim.generate(seed=seed, start=datetime(2026, 11, 24, 0, 0, tzinfo=CST), duration_s=86400,
+                                 rate=n_events / 86400, batch=batch)
+        out: dict[str, list[bytes]] = {}
+        n = 0
+        for topic, doc in docs:
+            out.setdefault(topic, []).append(orjson.dumps(doc))
+            n += len(doc["epcisBody"]["eventList"])
+            if n >= n_events:
+                break
+        return out, n
     it, _ = events(seed=seed, start=datetime(2026, 11, 24, 7, 0, tzinfo=CST), duration_s=6 * 3600, rate=None,
                    streams={"traffic", "health"}, incidents=False)
     b = Batcher(batch)
@@ -138,11 +151,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000, help="events per mode (default 200,000)")
     ap.add_argument("--single-events", type=int, default=40_000, help="events in single-event mode")
-    ap.add_argument("--modes", default="batch,single")
+    ap.add_argument("--modes", default="batch,single", help="comma list of batch, single, food")
+    ap.add_argument("--food-events", type=int, default=30_000, help="EPCIS events in food mode")
     ap.add_argument("--rules", action="store_true", help="alert rules and source registry on")
     args = ap.parse_args()
     for mode in args.modes.split(","):
-        batch, n_target = (100, args.events) if mode == "batch" else (1, args.single_events)
+        batch, n_target = {"batch": (100, args.events), "single": (1, args.single_events),
+                           "food": (20, args.food_events)}[mode]
         with tempfile.TemporaryDirectory() as d:
             work = Path(d)
             kafka = start_kafka(work / "kafka")
@@ -152,7 +167,7 @@ def main() -> None:
                                           for t in ("traffic.card-taps", "traffic.road-detectors",
                                                     "health.card-events", "food.trace-events",
                                                     "cityops.dead-letter", "cityops.alerts")])
-                msgs, n = make_messages(n_target, batch, seed=5)
+                msgs, n = make_messages(n_target, batch, seed=5, food=(mode == "food"))
                 n_msgs = sum(len(v) for v in msgs.values())
                 preload(kafka.url, msgs)
                 raw_s = asyncio.run(raw_loop(kafka.url, list(msgs), n_msgs))

@@ -322,10 +322,13 @@ class ProfileDetector:
     lot's 0 -> 4 is not a spike; a low value is never flagged while the expected count is below
     `min_expected`. `noise="gauss"` (speeds, waiting times) scores the value itself.
 
-    A point is a candidate when |z| >= `z_threshold / sensitivity`; it is flagged (is_anomaly)
-    once `persist` consecutive candidates of the same direction arrived within `persist_s`, or at
-    once when |z| >= `strong` * that threshold. Candidates are never learned (like river's
-    threshold filter), unless candidates have persisted for `relearn_s` (a new normal).
+    Points with |z| >= `run_min_z` of one direction, each within `persist_s` of the previous, form
+    a run; the run's evidence is its mean |z| times sqrt(its length, at most `run_cap`). A point is
+    flagged (is_anomaly) once the run has `persist` points and evidence >= `run_threshold`, or at
+    once when |z| >= `strong` * `z_threshold` (a crash-sized drop); all thresholds are divided by
+    `sensitivity`. Two windows at 3.5 sd, or three at 2.9 sd, alert; a lone spike does not. Candidates are never learned (like river's
+    threshold filter; only a lone point below `z_threshold` is); learned points are Huber-clipped at `clip_z` scales. When candidates have
+    persisted for `relearn_s`, the profile shifts by their typical residual (a new normal).
     All times are epoch seconds; spacing may be irregular. The state is a few hundred numbers.
     """
 
@@ -344,6 +347,9 @@ class ProfileDetector:
         strong: float = 3.0,
         persist: int = 2,
         persist_s: float = 300.0,
+        run_min_z: float = 2.0,
+        run_threshold: float = 5.0,
+        run_cap: int = 3,
         rel_floor: float = 0.05,
         min_expected: float = 5.0,
         relearn_s: float = 6 * 3600.0,
@@ -369,12 +375,17 @@ class ProfileDetector:
         self.strong = float(strong)
         self.persist = int(persist)
         self.persist_s = float(persist_s)
+        self.run_cap = int(run_cap)
+        self.run_min_z = float(run_min_z)
+        self.run_threshold = float(run_threshold)
         self.rel_floor = float(rel_floor)
         self.min_expected = float(min_expected)
         self.relearn_s = float(relearn_s)
         self.clip_z = float(clip_z)
         self.bins = max(1, int(round(self.season_s / self.bin_s)))
         self.z_flag = self.z_threshold / self.sensitivity
+        self.z_run = self.run_min_z / self.sensitivity
+        self.z_run_flag = self.run_threshold / self.sensitivity
         self.threshold = SeasonalDetector._z_to_score(self.z_flag)
         self.n = 0
         self.last_ts: float | None = None
@@ -385,10 +396,12 @@ class ProfileDetector:
         self.run = 0                       # signed count of consecutive candidates (+ high, - low)
         self.run_ts = 0.0                  # ts of the last candidate
         self.run_start = 0.0               # ts of the first candidate of the run
+        self.run_resid = 0.0               # running mean residual of the run (for relearning)
+        self.run_z = 0.0                   # sum of the run's z-scores
 
     _PARAMS = ("sensitivity", "noise", "season_s", "bin_s", "cap_pts", "min_bin_pts", "min_days", "warmup_pts",
-               "z_threshold", "strong", "persist", "persist_s", "rel_floor", "min_expected", "relearn_s", "clip_z")
-    _STATE = ("n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start")
+               "z_threshold", "strong", "persist", "persist_s", "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected", "relearn_s", "clip_z")
+    _STATE = ("n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start", "run_resid", "run_z")
 
     def to_state(self) -> dict[str, Any]:
         """Plain dict (floats, ints, lists) that survives pickling/JSON; `from_state` restores it."""
@@ -438,17 +451,22 @@ class ProfileDetector:
     def _count(self, y: float) -> float:
         return max(0.0, (y / 2.0) ** 2 - 0.375) if self.noise == "poisson" else y
 
-    def _z(self, ts: float, value: float) -> float | None:
+    def _zr(self, ts: float, value: float) -> tuple[float, float] | None:
+        """(z, residual on the scored scale), or None when this time of day is not judged yet."""
         if self.n < self.warmup_pts:
             return None
         e = self._expect(ts)
         if e is None:
             return None
         m, scale = e
-        z = (self._y(value) - m) / scale
-        if z < 0 and self._count(m) < self.min_expected and self.noise == "poisson":
-            return 0.0  # too few expected to call a drop
-        return z
+        r = self._y(value) - m
+        if r < 0 and self.noise == "poisson" and self._count(m) < self.min_expected:
+            return 0.0, r  # too few expected to call a drop
+        return r / scale, r
+
+    def _z(self, ts: float, value: float) -> float | None:
+        zr = self._zr(ts, value)
+        return None if zr is None else zr[0]
 
     def score_one(self, ts: float, value: float) -> tuple[float, str]:
         """Anomaly score in [0, 1) and direction ('high'/'low') of `value` at `ts`; does not learn."""
@@ -459,12 +477,9 @@ class ProfileDetector:
 
     def learn_one(self, ts: float, value: float) -> None:
         """Add this point to its time-of-day bin (running mean and mean absolute deviation)."""
-        self._learn(ts, value, clip=True)
-
-    def _learn(self, ts: float, value: float, *, clip: bool) -> None:
         b, _ = self._bin(ts)
         y = self._y(value)
-        e = self._expect(ts) if clip and self.n >= self.warmup_pts else None
+        e = self._expect(ts) if self.n >= self.warmup_pts else None
         if e is not None:
             # Huber clip: a point the model already judges can move its bin by at most clip_z scales.
             lim = self.clip_z * e[1]
@@ -483,26 +498,42 @@ class ProfileDetector:
         self.last_ts = ts
 
     def update(self, ts: float, value: float) -> tuple[float, str, bool]:
-        """Score, then learn unless a candidate; returns (score, direction, is_anomaly)."""
-        z = self._z(ts, value)
-        if z is None or abs(z) < self.z_flag:
+        """Score, then learn unless part of a run; returns (score, direction, is_anomaly)."""
+        zr = self._zr(ts, value)
+        if zr is None:
             self.run = 0
-            self._learn(ts, value, clip=True)
-            if z is None:
-                return 0.0, _HIGH, False
-            return SeasonalDetector._z_to_score(abs(z)), (_HIGH if z >= 0 else _LOW), False
-        sgn = 1 if z > 0 else -1
+            self.learn_one(ts, value)
+            return 0.0, _HIGH, False
+        z, r = zr
+        a = abs(z)
+        sgn = 1 if z >= 0 else -1
+        score, direction = SeasonalDetector._z_to_score(a), (_HIGH if sgn > 0 else _LOW)
+        if a < self.z_run:
+            self.run = 0
+            self.learn_one(ts, value)
+            return score, direction, False
         if self.run * sgn > 0 and ts - self.run_ts <= self.persist_s:
             self.run += sgn
+            self.run_z += z
+            self.run_resid += 0.1 * (r - self.run_resid)
         else:
-            self.run = sgn
-            self.run_start = ts
+            self.run, self.run_z, self.run_start, self.run_resid = sgn, z, ts, r
         self.run_ts = ts
-        self.last_ts = ts
+        n = abs(self.run)
+        # Evidence of the run: its mean z, worth sqrt(points) up to `run_cap` points.
+        evidence = abs(self.run_z) / n * math.sqrt(min(n, self.run_cap))
+        flagged = a >= self.strong * self.z_flag or (n >= self.persist and evidence >= self.z_run_flag)
+        if n == 1 and a < self.z_flag:
+            self.learn_one(ts, value)  # a lone mild surprise is ordinary noise (learned, clipped)
+        else:
+            self.last_ts = ts  # a candidate: never learned
         if ts - self.run_start >= self.relearn_s:
-            self._learn(ts, value, clip=False)  # a change this long is the new normal: learn it fully
-        flagged = abs(self.run) >= self.persist or abs(z) >= self.strong * self.z_flag
-        return SeasonalDetector._z_to_score(abs(z)), (_HIGH if sgn > 0 else _LOW), flagged
+            # A change this long is the new normal (a closed lane, a new timetable): move every
+            # learned bin by the run's typical residual, and start over.
+            self.mean = [m + self.run_resid if c else m for m, c in zip(self.mean, self.cnt)]
+            self.run = 0
+            return score, direction, False
+        return score, direction, flagged
 
 
 def detector_from_state(state: dict[str, Any]) -> SeasonalDetector | ProfileDetector:

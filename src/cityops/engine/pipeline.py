@@ -107,6 +107,7 @@ class Engine:
         self.partition_wm: dict[tuple[str, int], float] = meta["partition_watermark"]
         self._last_seen_wall: dict[tuple[str, int], float] = {k: now() for k in self.partition_wm}
         self.idle_partition_s = 30.0
+        self.notify_delay_s = 60.0  # event-time seconds past a window's end before rules judge it
         # Expiry index of the dedup table by event-time hour; rebuilt from the table, never persisted.
         self._dedup_buckets: dict[int, list[tuple[str, str]]] = defaultdict(list)
         for key, (_digest, ts) in self.dedup.items():
@@ -295,21 +296,43 @@ class Engine:
                 if entry is not None and int(entry[1] // 3600) == bucket:
                     del self.dedup[key]
 
-    def _close_windows(self, now: float) -> list[WindowKey]:
+    def _due_windows(self, now: float) -> tuple[list[WindowKey], list[WindowKey]]:
+        """(windows to close: past end + lateness; windows to show the rules: past end + notify delay)."""
         width = self.windows.width_s
         closed: list[WindowKey] = []
+        notify: list[WindowKey] = []
         closing = self.closing_watermark(now)
         for key in list(self.windows.table.data):
             measurement, _tags, start = key
             stream = self.kpi_stream.get(measurement)
             if stream is None:  # processing-time window: closes by the wall clock
-                done = start + width + 5 <= now
-            else:
-                wm = closing.get(stream)
-                done = wm is not None and start + width + self.lateness <= wm
-            if done:
+                if start + width + 5 <= now:
+                    closed.append(key)
+                continue
+            wm = closing.get(stream)
+            if wm is None:
+                continue
+            if start + width + self.lateness <= wm:
                 closed.append(key)
-        return closed
+            elif start + width + self.notify_delay_s <= wm:
+                # Anomaly rules judge a window once the stream is a little past it, not after the full
+                # lateness: on-call hears within minutes; a rare late event still lands in the KPI.
+                notify.append(key)
+        return closed, notify
+
+    def rules_clock(self, now: float) -> float | None:
+        """The event time rules and the alert lifecycle run on: the slowest stream still flowing.
+
+        Taking the newest time of any stream would make a stream that is merely read behind (a backlog,
+        partition skew) look silent, and evict rule state its late-read events still need; a stream that
+        has stopped sending (wall clock) no longer holds the clock back, so its silence is noticed.
+        """
+        closing = self.closing_watermark(now)
+        flowing = {tp[0] for tp, seen in self._last_seen_wall.items() if now - seen <= self.idle_partition_s}
+        times = [wm for stream, wm in closing.items() if stream in flowing]
+        if times:
+            return min(times)
+        return self.engine_time
 
     # -- checkpoint ---------------------------------------------------------------------------------
     def checkpoint(self) -> CheckpointResult:
@@ -320,15 +343,25 @@ class Engine:
         """
         now = self.now()
         result = CheckpointResult()
-        engine_ts = self.engine_time
+        engine_ts = self.rules_clock(now)
         if engine_ts is not None:
             for rule in self.rules:
                 rule.on_tick(engine_ts, self.ctx)
             advance = getattr(self.signals, "advance", None)
             if advance is not None:
                 advance(engine_ts)
-        closed = self._close_windows(now)
+        closed, notify = self._due_windows(now)
         notified = self.store.table("windows_notified")  # windows whose close the rules have seen
+        for key in notify:
+            if key in notified:
+                continue
+            point = self.windows.point(key)
+            if point is None:
+                continue
+            measurement, tags, fields, start = point
+            for rule in self.rules:
+                rule.on_window(measurement, tags, fields, float(start), self.ctx)
+            notified[key] = start
         for key in closed:
             point = self.windows.point(key)
             acc = self.windows.table.pop(key)

@@ -308,7 +308,7 @@ INCIDENT_GAP_S = 15 * 60
 SILENT_STATION = (C.METRO_L1, "新区公园")
 OUTAGE_LINE = C.METRO_L2
 CRASH_SEGMENT = "通江大道-2"
-DQ_ROADS = ("延陵西路", "中吴大道")
+DQ_ROADS = ("延陵西路", "中吴大道", "龙城大道", "晋陵路")  # one vendor's detectors: ~1/4 of all
 WAIT_HOSPITAL = "常州市第二人民医院"
 ROGUE_SOURCE = "cz-metro-l1-s31"
 
@@ -847,7 +847,8 @@ class _Sim:
         bad = frozenset(d[0] for d in ROAD_DETECTORS if d[2] in DQ_ROADS)
         self.dq = (t, t + dur, bad)
         share = len(bad) / len(ROAD_DETECTORS)
-        self._add("DataQualityDegraded", {"stream": TOPIC_ROAD}, t + 6 * _MIN,
+        # Detectable from the first bad minute: the rule judges the share over the trailing 5 minutes.
+        self._add("DataQualityDegraded", {"stream": TOPIC_ROAD}, t,
                   f"firmware bug on {len(bad)} detectors ({'/'.join(DQ_ROADS)}): {share:.0%} of "
                   f"road events invalid for {dur // _MIN} min", t + dur)
 

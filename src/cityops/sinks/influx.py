@@ -82,6 +82,7 @@ class InfluxSink:
         self.pending: dict[PointKey, tuple[str, tuple[str, dict[str, str], int]]] = {}
         self.stats = SinkStats()
         self._session: aiohttp.ClientSession | None = None
+        self._v2: Any = None
         self.backoff_s = 0.0
         self.healthy = False
 
@@ -114,6 +115,9 @@ class InfluxSink:
         self.healthy = True
 
     async def close(self) -> None:
+        if self._v2 is not None:
+            await self._v2.close()
+            self._v2 = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -159,6 +163,7 @@ class InfluxSink:
                             self.on_rejected([entry[0]], str(exc))
                     if self.pending.get(k) is entry:
                         del self.pending[k]
+                        confirmed.append(entry[1])  # written or given up on: either way it is done
                 continue
             # Only forget what was not replaced by a newer version while we were writing.
             for k, entry in zip(keys, batch):
@@ -177,14 +182,38 @@ class InfluxSink:
         if self.metrics is not None:
             self.metrics.sink_errors.labels(sink="influxdb", kind=kind).inc()
 
+    async def _write_v2(self, body: bytes) -> None:
+        """InfluxDB 2.x/3.x bucket: influxdb-client's own async v2 write API."""
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+        from influxdb_client.rest import ApiException
+
+        if self._v2 is None:
+            self._v2 = InfluxDBClientAsync(url=self.url, token=self.token, org=self.org,
+                                           timeout=int(self.timeout.total * 1000) if self.timeout.total else 10_000)
+        try:
+            await self._v2.write_api().write(bucket=self.database, org=self.org, record=body.decode(),
+                                             write_precision=WritePrecision.S)
+        except ApiException as exc:
+            status = exc.status or 0
+            if status == 429 or status >= 500:
+                self._err("throttled" if status == 429 else "unavailable")
+                raise InfluxUnavailable(f"HTTP {status}: {exc.reason}") from exc
+            if status in (401, 403):
+                raise CityopsError(f"InfluxDB refused the write ({status}): check CITYOPS_INFLUX_TOKEN") from exc
+            raise _Rejected(f"HTTP {status}: {exc.body!r:.300}") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self.stats.errors_unavailable += 1
+            self._err("unavailable")
+            self.healthy = False
+            raise InfluxUnavailable(f"unreachable: {exc}") from exc
+
     async def _write(self, body: bytes) -> None:
-        sess = await self._sess()
         if self.org:
-            url = f"{self.url}/api/v2/write"
-            params = {"org": self.org, "bucket": self.database, "precision": "s"}
-        else:
-            url = f"{self.url}/write"
-            params = {"db": self.database, "precision": "s"}
+            await self._write_v2(body)
+            return
+        sess = await self._sess()
+        url = f"{self.url}/write"
+        params = {"db": self.database, "precision": "s"}
         try:
             async with sess.post(url, params=params, data=body) as r:
                 if r.status in (200, 204):
