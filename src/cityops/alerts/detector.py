@@ -326,9 +326,11 @@ class ProfileDetector:
     a run; the run's evidence is its mean |z| times sqrt(its length, at most `run_cap`). A point is
     flagged (is_anomaly) once the run has `persist` points and evidence >= `run_threshold`, or at
     once when |z| >= `strong` * `z_threshold` (a crash-sized drop); all thresholds are divided by
-    `sensitivity`. Two windows at 3.5 sd, or three at 2.9 sd, alert; a lone spike does not. Candidates are never learned (like river's
-    threshold filter; only a lone point below `z_threshold` is); learned points are Huber-clipped at `clip_z` scales. When candidates have
-    persisted for `relearn_s`, the profile shifts by their typical residual (a new normal).
+    `sensitivity`. Two windows at 3.5 sd, or three at 2.9 sd, alert; a lone spike does not.
+
+    Run points are never learned (like river's threshold filter), except a lone one below
+    `z_threshold`; learned points are Huber-clipped at `clip_z` scales around the expected value.
+    When a run lasts `relearn_s`, the profile shifts by its typical residual (a new normal).
     All times are epoch seconds; spacing may be irregular. The state is a few hundred numbers.
     """
 
@@ -361,8 +363,8 @@ class ProfileDetector:
             raise ValueError(f"noise must be 'gauss' or 'poisson', got {noise!r}")
         if not season_s > 0 or not bin_s > 0 or bin_s > season_s:
             raise ValueError(f"need 0 < bin_s <= season_s, got bin_s={bin_s}, season_s={season_s}")
-        if cap_pts < 1 or persist < 1 or min_bin_pts < 1:
-            raise ValueError("cap_pts, persist and min_bin_pts must be >= 1")
+        if min(cap_pts, persist, min_bin_pts, run_cap) < 1:
+            raise ValueError("cap_pts, persist, min_bin_pts and run_cap must be >= 1")
         self.sensitivity = float(sensitivity)
         self.noise = noise
         self.season_s = float(season_s)
@@ -393,14 +395,15 @@ class ProfileDetector:
         self.dev = [0.0] * self.bins
         self.cnt = [0] * self.bins
         self.first = [0.0] * self.bins     # ts of the bin's first point (valid when cnt > 0)
-        self.run = 0                       # signed count of consecutive candidates (+ high, - low)
-        self.run_ts = 0.0                  # ts of the last candidate
-        self.run_start = 0.0               # ts of the first candidate of the run
+        self.run = 0                       # signed length of the current run (+ high, - low)
+        self.run_ts = 0.0                  # ts of the run's last point
+        self.run_start = 0.0               # ts of the run's first point
         self.run_resid = 0.0               # running mean residual of the run (for relearning)
         self.run_z = 0.0                   # sum of the run's z-scores
 
     _PARAMS = ("sensitivity", "noise", "season_s", "bin_s", "cap_pts", "min_bin_pts", "min_days", "warmup_pts",
-               "z_threshold", "strong", "persist", "persist_s", "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected", "relearn_s", "clip_z")
+               "z_threshold", "strong", "persist", "persist_s", "run_min_z", "run_threshold", "run_cap",
+               "rel_floor", "min_expected", "relearn_s", "clip_z")
     _STATE = ("n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start", "run_resid", "run_z")
 
     def to_state(self) -> dict[str, Any]:

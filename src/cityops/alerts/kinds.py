@@ -373,10 +373,18 @@ class DeclinedBurst(RuleKind):
         # Bounded: more than `count` inside the window tells nothing more.
         times = times[-self.params["count"] * 2 :]
         table[card] = tuple(times)
-        n = sum(1 for t in times if abs(t - ev.ts) < window)
-        if n >= self.params["count"]:
+        # The burst is complete at the event time of the count-th tap inside one window, whatever order
+        # the taps were read in (a card's taps can sit on different partitions).
+        count = self.params["count"]
+        done_at = None
+        for i in range(count - 1, len(times)):
+            if times[i] - times[i - count + 1] < window:
+                done_at = times[i]
+                break
+        if done_at is not None:
+            n = sum(1 for t in times if done_at - window < t <= done_at)
             self.signal(
-                ctx, {"card": card}, ev.ts, active=True, value=float(n),
+                ctx, {"card": card}, done_at, active=True, value=float(n),
                 summary=f"{n} {self.params['result']} taps within {window / 60:g} min",
                 description=f"last at {ev.source}",
             )
@@ -700,10 +708,66 @@ class SourceSilent(RuleKind):
         table = self.table(ctx)
         key = ("seen", source)
         last = table.get(key)
+        info = reg.get(source)
+        if info is not None and info.expected and (self.params["stream"] in (None, info.stream)):
+            self._track_gaps(source, info, last, ts, table, reg)
         if last is None or ts > last:
             table[key] = ts
 
+    def _track_gaps(self, source: str, info: Any, last: float | None, ts: float, table: Table[Any, Any],
+                    reg: SourceRegistry) -> None:
+        """Remember silences seen in arrival order; ticks confirm them once every partition is past.
+
+        When event time is read much faster than it passed (a backlog, a replay), a whole silence can fall
+        between two ticks; ticks alone would never see it. A silence is a candidate until the rules' clock
+        (the slowest partition) passes its end: an event read later from a lagging partition can still
+        fall inside it and split it.
+        """
+        gap = self.params["max_gap_s"] or info.max_gap_s
+        gkey = ("gaps", source)
+        gaps: list[list[float]] = table.get(gkey) or []
+        changed = False
+        for g in list(gaps):
+            if g[0] < ts < g[1]:  # an event inside a candidate silence: it was not silent then
+                gaps.remove(g)
+                gaps.extend([x for x in ([g[0], ts], [ts, g[1]]) if x[1] - x[0] > gap])
+                changed = True
+        if last is not None and ts > last:
+            svc = reg.service_start(source, ts)
+            begin = max(last, svc) if svc is not None else last
+            if ts - begin > gap and len(gaps) < 16:
+                gaps.append([begin, ts])
+                changed = True
+        if changed:
+            table[gkey] = sorted(gaps)
+
+    def _confirm_gaps(self, now_ts: float, ctx: Context) -> None:
+        table = self.table(ctx)
+        for key in [k for k in table.keys() if isinstance(k, tuple) and k and k[0] == "gaps"]:
+            gaps = table.get(key) or []
+            keep = []
+            source = key[1]
+            info = self.registry(ctx).get(source) if self.registry(ctx) is not None else None
+            for begin, end in gaps:
+                if end > now_ts or info is None:
+                    keep.append([begin, end])
+                    continue
+                gap = self.params["max_gap_s"] or info.max_gap_s
+                entity = {"source": source, "stream": info.stream}
+                silence = end - begin
+                self.report(ctx, entity, begin + gap, active=True, value=round(silence, 1),
+                            summary=f"no events from {source} for {silence / 60:.0f} min",
+                            description=f"allowed gap {gap:g} s; silent from {begin:.0f} to {end:.0f}")
+                self.report(ctx, entity, end, active=False, value=0.0)
+            if keep != gaps:
+                if keep:
+                    table[key] = keep
+                else:
+                    del table[key]
+
     def on_tick(self, now_ts: float, ctx: Context) -> None:
+        if self.registry(ctx) is not None:
+            self._confirm_gaps(now_ts, ctx)
         self._check_sources(now_ts, ctx)
         super().on_tick(now_ts, ctx)
 
@@ -746,7 +810,7 @@ class SourceSilent(RuleKind):
             )
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
-        if key[0] == "seen":
+        if key[0] in ("seen", "gaps"):
             reg = self.registry(ctx)
             return reg is not None and key[1] not in reg
         return False
