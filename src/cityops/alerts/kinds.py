@@ -633,7 +633,11 @@ class KpiAnomaly(RuleKind):
         cached = self._cache.get(key)
         if cached is not None and stored is not None and cached[0] is stored:
             return cached[1]
-        return detector_from_state(stored) if stored is not None else self._new()
+        if stored is None:
+            return self._new()
+        det = detector_from_state(stored)
+        # State of the other model (the rule's model was switched): start over rather than keep it.
+        return det if isinstance(det, self._MODELS[self.params["model"]][0]) else self._new()
 
     def on_window(
         self, measurement: str, tags: dict[str, str], fields: dict[str, Any], window_start: float, ctx: Context
@@ -753,6 +757,8 @@ class SourceSilent(RuleKind):
                     keep.append([begin, end])
                     continue
                 gap = self.params["max_gap_s"] or info.max_gap_s
+                if not self.registry(ctx).in_service(source, begin + gap):
+                    continue  # service ended before the gap was exceeded: closing time, not silence
                 entity = {"source": source, "stream": info.stream}
                 silence = end - begin
                 self.report(ctx, entity, begin + gap, active=True, value=round(silence, 1),
@@ -882,6 +888,30 @@ class InvalidShare(RuleKind):
             counts = buckets[b] = [0, 0]
         counts[slot] += 1
         table[stream] = buckets  # also marks in-place changes
+        if slot == 1:
+            self._early(stream, buckets, b, ts, ctx)
+
+    def _early(self, stream: str, buckets: dict[float, list[int]], b: float, ts: float, ctx: Context) -> None:
+        """On a bad event, judge the trailing window including the current, partial bucket, so on-call
+        hears within about a minute of a burst of bad data instead of after the bucket closes."""
+        # Every bucket that overlaps the trailing window (ts - window_s, ts]: a little more than the window,
+        # which errs towards not alerting; and only once a whole window of history exists.
+        lo = ts - self.params["window_s"]
+        size = self.params["bucket_s"]
+        good = bad = n = 0
+        for k, (g, x) in buckets.items():
+            if k + size > lo and k <= b:
+                good += g
+                bad += x
+                n += 1
+        if n * size < self.params["window_s"]:
+            return
+        total = good + bad
+        share = bad / total if total else 0.0
+        if total >= self.params["min_events"] and share > self.params["max_share"]:
+            self.report(ctx, {"stream": stream}, ts, active=True, value=round(share, 4),
+                        summary=f"{share:.1%} of {stream} events rejected over {self.params['window_s'] / 60:g} min",
+                        description=f"{bad} of {total} events")
 
     def _evaluate(self, stream: str, buckets: dict[float, list[int]], end: float, ctx: Context) -> None:
         if self._evaluated.get(stream, -math.inf) >= end:

@@ -561,9 +561,13 @@ def test_invalid_share(bad: int, fires: bool) -> None:
     fired = rec.fired()
     assert bool(fired) is fires
     if fires:
-        # Judged at every minute's end (on rollover and on the tick): always 6% of this one stream.
-        assert {(tuple(c.entity.items()), c.value) for c in fired} == {((("stream", "traffic.card-taps"),), 0.06)}
-        assert fired[-1].ts == at(9, 5)
+        # Only this stream, and only ever above the 5% threshold. Bad events are judged at once over the
+        # trailing window including the current minute, so it fires before the fifth minute is complete;
+        # the complete window is judged at 6% on the tick.
+        assert {tuple(c.entity.items()) for c in fired} == {(("stream", "traffic.card-taps"),)}
+        assert all(c.value > 0.05 for c in fired)
+        assert fired[0].ts < at(9, 5)
+        assert fired[-1].ts == at(9, 5) and fired[-1].value == 0.06
         rec.clear()
         feed_share(rule, ctx, at(9, 5), 6, 100, 0)  # clean again: it recovers
         rule.on_tick(at(9, 11), ctx)
@@ -632,3 +636,17 @@ def test_kpi_anomaly_counts_quiet_series_and_opening_hours_do_not_alert() -> Non
     assert fired and {tuple(c.entity.items()) for c in fired} == {(("line", "L2"), ("direction", "low"))}
     assert outage <= fired[0].ts <= outage + 120
     assert all(outage <= c.ts < outage + 1200 for c in fired)
+
+
+def test_kpi_anomaly_state_of_another_model_is_replaced() -> None:
+    from cityops.alerts.detector import ProfileDetector, SeasonalDetector
+
+    ctx, _ = make_ctx()
+    old = make("kpi_anomaly", name="R", model="seasonal", min_history=10)
+    for i in range(5):
+        old.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0 + i * 60, ctx)
+    key = ("det", (("line", "1"),))
+    assert SeasonalDetector.from_state(old.table(ctx)[key]).n == 5
+    new = make("kpi_anomaly", name="R")  # the manifest moved the rule to the profile model
+    new.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0 + 5 * 60, ctx)
+    assert ProfileDetector.from_state(new.table(ctx)[key]).n == 1
