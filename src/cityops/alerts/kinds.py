@@ -326,8 +326,9 @@ class ImpossibleTravel(RuleKind):
                 # Taps in the same second at far-apart readers: as fast as anything we can measure.
                 speed = km / max(dt, 1.0) * 3600.0
                 if speed > self.params["max_speed_kmh"]:
+                    # Evident at the later of the two taps, whichever was read first (partitions).
                     self.signal(
-                        ctx, {"card": card}, ev.ts, active=True, value=round(speed, 1),
+                        ctx, {"card": card}, max(ev.ts, pts), active=True, value=round(speed, 1),
                         summary=f"card travelled {km:.1f} km in {dt:.0f} s ({speed:.0f} km/h)",
                         description=f"from {psrc} to {ev.source}; limit {self.params['max_speed_kmh']:g} km/h",
                     )
@@ -437,8 +438,10 @@ class ConcurrentUse(RuleKind):
         table[card] = seen
         near = sorted(h for h, t in seen.items() if abs(t - ev.ts) < window)
         if len(near) >= self.params["min_hospitals"]:
+            # Evident at the latest of the registrations involved, whichever was read first (partitions).
+            at = max(seen[h] for h in near)
             self.signal(
-                ctx, {"card": card}, ev.ts, active=True, value=float(len(near)),
+                ctx, {"card": card}, at, active=True, value=float(len(near)),
                 summary=f"card used at {len(near)} hospitals within {window / 60:g} min",
                 description="hospitals: " + ", ".join(near),
             )

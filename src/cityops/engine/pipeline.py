@@ -226,8 +226,12 @@ class Engine:
             "element": None if res.fragment is None or res.index is None else _dumps(res.fragment),
         }
         wm = self.partition_wm.get((topic, partition))
+        # The source of a rejected batch element is still known (it is sending, if badly): silence rules
+        # must not take a source that sends only invalid events for a silent one.
+        source = res.fragment.get("source") if isinstance(res.fragment, dict) else None
+        source = source if isinstance(source, str) else None
         for hook in self._hooks(topic)["on_quality"]:
-            hook(topic, outcome, wm if wm is not None else now, None, self.ctx)
+            hook(topic, outcome, wm if wm is not None else now, source, self.ctx)
         log.info("dead-letter stream=%s at=%s[%d]@%d index=%s reason=%r", topic, topic, partition, offset,
                  res.index, res.reason)
 
