@@ -474,7 +474,7 @@ def test_kafka_topics() -> None:
         "traffic.card-taps": 6,
         "traffic.road-detectors": 3,
         "health.card-events": 3,
-        "food.trace-events": 3,
+        "food.trace-events": 1,  # lot histories are read in order
         "cityops.dead-letter": 3,
         "cityops.alerts": 1,
     }
