@@ -650,3 +650,22 @@ def test_kpi_anomaly_state_of_another_model_is_replaced() -> None:
     new = make("kpi_anomaly", name="R")  # the manifest moved the rule to the profile model
     new.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0 + 5 * 60, ctx)
     assert ProfileDetector.from_state(new.table(ctx)[key]).n == 1
+
+
+def test_kpi_anomaly_judges_each_window_once_in_order() -> None:
+    """A window delivered again (or an older one after a newer) is not learned nor judged twice:
+    repeats of one odd window must not pass for a persistent run."""
+    from cityops.alerts.detector import ProfileDetector
+
+    ctx, rec = make_ctx()
+    rule = make("kpi_anomaly", name="R", detector={"min_days": 0.0, "bin_s": 3600.0})
+    rnd = random.Random(9)
+    for i in range(100):
+        rule.on_window("metro_line", {"line": "1"}, {"taps_in": 100 + rnd.gauss(0, 2)}, DAY0 + i * 60, ctx)
+    odd = DAY0 + 100 * 60  # 01:40, an hour learned since 01:00
+    for _ in range(4):
+        rule.on_window("metro_line", {"line": "1"}, {"taps_in": 130.0}, odd, ctx)  # ~5 scales, once
+    rule.on_window("metro_line", {"line": "1"}, {"taps_in": 130.0}, odd - 600, ctx)  # an older window
+    assert not rec.fired()
+    det = ProfileDetector.from_state(rule.table(ctx)[("det", (("line", "1"),))])
+    assert det.last_ts == odd and abs(det.run) == 1
