@@ -659,8 +659,8 @@ class KpiAnomaly(RuleKind):
         key = ("det", series)
         table = self.table(ctx)
         det = self._detector(table, key)
-        if det.last_ts is not None and float(window_start) <= det.last_ts:
-            return  # each window once, in event-time order: a repeated or older window is not judged again
+        if det.last_ts is not None and float(window_start) == det.last_ts:
+            return  # the window just judged, delivered again: repeats of one odd value are not a persistent run
         score, direction, anomalous = det.update(float(window_start), float(value))
         state = det.to_state()
         table[key] = state

@@ -356,9 +356,8 @@ class Engine:
                 advance(engine_ts)
         closed, notify = self._due_windows(now)
         notified = self.store.table("windows_notified")  # windows whose close the rules have seen
-        for key in notify:
-            if key in notified:
-                continue
+        # Rules (per-series detectors) must see each series' windows once and in time order.
+        for key in sorted((k for k in closed + notify if k not in notified), key=lambda k: k[2]):
             point = self.windows.point(key)
             if point is None:
                 continue
@@ -369,14 +368,8 @@ class Engine:
         for key in closed:
             point = self.windows.point(key)
             acc = self.windows.table.pop(key)
-            if point is None:
-                continue
-            measurement, tags, fields, start = point
-            if key not in notified:
-                for rule in self.rules:
-                    rule.on_window(measurement, tags, fields, float(start), self.ctx)
-                notified[key] = start
-            self.closed[key] = (point, acc)
+            if point is not None:
+                self.closed[key] = (point, acc)
         if len(notified) > 50_000 or closed:
             horizon = (self.engine_time or 0.0) - 2 * self.lateness - 3600
             for key in [k for k, start in notified.items() if start < horizon]:
