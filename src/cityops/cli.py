@@ -86,7 +86,8 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
     def progress(*a: object, **kw: object) -> None:
         print(" ".join(str(x) for x in a), file=sys.stderr)
 
-    stats = run(Path(args.data_dir), Path(args.out_dir), sensitivity=args.sensitivity, progress=progress)
+    stats = run(Path(args.data_dir), Path(args.out_dir), sensitivity=args.sensitivity, progress=progress,
+                model=args.model)
     print(stats)
     return 0
 
@@ -204,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("data_dir")
     n.add_argument("out_dir")
     n.add_argument("--sensitivity", type=float, default=1.0)
+    n.add_argument("--model", choices=("seasonal", "profile"), default="seasonal",
+                   help="detector: seasonal (level+season+drift, any series; default) or profile (per "
+                        "time-of-day bin, for minute KPIs with a daily rhythm; the shipped KPI rules use it)")
     n.set_defaults(func=cmd_nab_detect)
 
     g = sub.add_parser("dashboards", help="validate dashboards/ or push them to Grafana (grafana-client)")

@@ -12,7 +12,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cityops.alerts.detector import SeasonalDetector
+from cityops.alerts.detector import ProfileDetector, SeasonalDetector
+
+# The kpi_anomaly rule kind's `model` parameter names the same classes.
+MODELS = {"seasonal": SeasonalDetector, "profile": ProfileDetector}
 
 __all__ = ["run", "main"]
 
@@ -46,6 +49,7 @@ def run(
     *,
     sensitivity: float = 1.0,
     progress: Callable[[str, int], None] | None = None,
+    model: str = "seasonal",
 ) -> dict[str, Any]:
     """Score every CSV under `data_dir` (columns timestamp,value) with a fresh detector per file.
 
@@ -62,7 +66,7 @@ def run(
         rel = path.relative_to(data_dir)
         stamps, values = _read(path)
         secs = [_epoch_s(s) for s in stamps]
-        det = SeasonalDetector(sensitivity=sensitivity)
+        det = MODELS[model](sensitivity=sensitivity)
         upd = det.update
         t0 = time.perf_counter()
         scores = [upd(t, v)[0] for t, v in zip(secs, values)]
