@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from datetime import datetime
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -228,10 +229,15 @@ class Engine:
         wm = self.partition_wm.get((topic, partition))
         # The source of a rejected batch element is still known (it is sending, if badly): silence rules
         # must not take a source that sends only invalid events for a silent one.
-        source = res.fragment.get("source") if isinstance(res.fragment, dict) else None
-        source = source if isinstance(source, str) else None
+        frag = res.fragment if isinstance(res.fragment, dict) else {}
+        source = frag.get("source") if isinstance(frag.get("source"), str) else None
+        # When the broken event still carries a readable event time, judge it at that time (data-quality
+        # rules then see the same minute whatever partition it was read from); else at the watermark.
+        at = _event_time(frag.get("ts"))
+        if at is None:
+            at = wm if wm is not None else now
         for hook in self._hooks(topic)["on_quality"]:
-            hook(topic, outcome, wm if wm is not None else now, source, self.ctx)
+            hook(topic, outcome, at, source, self.ctx)
         log.info("dead-letter stream=%s at=%s[%d]@%d index=%s reason=%r", topic, topic, partition, offset,
                  res.index, res.reason)
 
@@ -417,6 +423,17 @@ class Engine:
     def confirm_dead_letters(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
             self.dlq.pop(seq)
+
+
+def _event_time(value: Any) -> float | None:
+    """Epoch seconds of an RFC 3339 time with offset, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return dt.timestamp() if dt.tzinfo is not None else None
 
 
 def _dumps(value: Any) -> bytes:
