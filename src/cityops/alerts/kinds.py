@@ -831,16 +831,16 @@ class SourceSilent(RuleKind):
 class InvalidShare(RuleKind):
     """A stream's share of ``bad_outcomes`` among (accepted + bad) exceeds ``max_share`` over ``window_s``.
 
-    Counted in ``bucket_s`` buckets of event time; evaluated over the complete buckets of the window
-    when a new bucket starts and on ticks; no verdict below ``min_events``. Entity {"stream"}; value:
-    the share.
+    Counted in ``bucket_s`` buckets of event time; on ticks, every trailing window that ends at a bucket
+    boundary the rules' clock has passed is judged, in order, once a whole window of history exists; no
+    verdict below ``min_events``. Entity {"stream"}; value: the share.
     """
 
     params_schema = {
         "max_share": (float, 0.05),
         "window_s": (float, 300.0),
         "min_events": (int, 20),
-        "bucket_s": (float, 60.0),
+        "bucket_s": (float, 10.0),
         "stream": ((str, None), None),
         "bad_outcomes": (list, ["invalid"]),
     }
@@ -859,7 +859,6 @@ class InvalidShare(RuleKind):
 
     def __init__(self, spec: RuleSpec) -> None:
         super().__init__(spec)
-        self._evaluated: dict[str, float] = {}  # stream -> end of the last window judged
 
     @property
     def horizon_s(self) -> float:
@@ -879,49 +878,22 @@ class InvalidShare(RuleKind):
         else:
             return
         table = self.table(ctx)
-        buckets: dict[float, list[int]] = table.get(stream) or {}
+        state = table.get(stream)
+        if state is None:
+            state = {"buckets": {}, "done": None, "first": self._bucket(ts)}
         b = self._bucket(ts)
-        newest = max(buckets) if buckets else None
-        if newest is not None and b <= newest - self.params["window_s"]:
-            return  # too old to fall in any window we will judge again
-        if newest is not None and b > newest:
-            self._evaluate(stream, buckets, b, ctx)
-            lo = b - self.params["window_s"]
-            buckets = {k: v for k, v in buckets.items() if k >= lo}
-        counts = buckets.get(b)
+        if b < state["first"] and state["done"] is None:
+            state["first"] = b  # read out of order: history starts at the earliest event seen
+        done = state["done"]
+        if done is not None and b < done - self.params["window_s"]:
+            return  # older than any window still to be judged
+        counts = state["buckets"].get(b)
         if counts is None:
-            counts = buckets[b] = [0, 0]
+            counts = state["buckets"][b] = [0, 0]
         counts[slot] += 1
-        table[stream] = buckets  # also marks in-place changes
-        if slot == 1:
-            self._early(stream, buckets, b, ts, ctx)
+        table[stream] = state  # also marks the in-place change
 
-    def _early(self, stream: str, buckets: dict[float, list[int]], b: float, ts: float, ctx: Context) -> None:
-        """On a bad event, judge the trailing window including the current, partial bucket, so on-call
-        hears within about a minute of a burst of bad data instead of after the bucket closes."""
-        # Every bucket that overlaps the trailing window (ts - window_s, ts]: a little more than the window,
-        # which errs towards not alerting; and only once a whole window of history exists.
-        lo = ts - self.params["window_s"]
-        size = self.params["bucket_s"]
-        good = bad = n = 0
-        for k, (g, x) in buckets.items():
-            if k + size > lo and k <= b:
-                good += g
-                bad += x
-                n += 1
-        if n * size < self.params["window_s"]:
-            return
-        total = good + bad
-        share = bad / total if total else 0.0
-        if total >= self.params["min_events"] and share > self.params["max_share"]:
-            self.report(ctx, {"stream": stream}, ts, active=True, value=round(share, 4),
-                        summary=f"{share:.1%} of {stream} events rejected over {self.params['window_s'] / 60:g} min",
-                        description=f"{bad} of {total} events")
-
-    def _evaluate(self, stream: str, buckets: dict[float, list[int]], end: float, ctx: Context) -> None:
-        if self._evaluated.get(stream, -math.inf) >= end:
-            return
-        self._evaluated[stream] = end
+    def _judge(self, stream: str, buckets: dict[float, list[int]], end: float, ctx: Context) -> None:
         lo = end - self.params["window_s"]
         good = bad = 0
         for k, (g, x) in buckets.items():
@@ -939,16 +911,36 @@ class InvalidShare(RuleKind):
         )
 
     def on_tick(self, now_ts: float, ctx: Context) -> None:
+        """Judge every trailing window that ends at a bucket boundary the clock has passed, in order.
+
+        The clock is the slowest partition's, so each judged window holds all of its events whatever
+        order partitions were read in: the verdict and its time are the same in every run.
+        """
         table = self.table(ctx)
-        end = self._bucket(now_ts)
-        streams = {k for k in table.keys() if isinstance(k, str)}
-        # Streams that went quiet while open still need their verdict (total 0 -> inactive).
-        streams |= {dict(k[1:]).get("stream") for k in table.keys() if isinstance(k, tuple) and k[0] == _OPEN}
-        for stream in sorted(s for s in streams if s):
-            self._evaluate(stream, table.get(stream) or {}, end, ctx)
+        size = self.params["bucket_s"]
+        limit = self._bucket(now_ts)
+        for stream in sorted(k for k in table.keys() if isinstance(k, str)):
+            state = table.get(stream)
+            buckets = state["buckets"]
+            end = state["done"]
+            if end is None:
+                # The first window judged is the first one with a whole window of history behind it.
+                end = state["first"] + self.params["window_s"] - size
+            # After a long pause, judge only the windows that can still hold data.
+            end = max(end, limit - self.params["window_s"] - size)
+            changed = False
+            while end + size <= limit:
+                end += size
+                self._judge(stream, buckets, end, ctx)
+                changed = True
+            if changed:
+                state["done"] = end
+                lo = end - self.params["window_s"]
+                state["buckets"] = {k: v for k, v in buckets.items() if k >= lo}
+                table[stream] = state
         super().on_tick(now_ts, ctx)
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
         if isinstance(key, str):
-            return not value or now_ts - max(value) > self.params["window_s"] + self.params["bucket_s"]
+            return not value["buckets"] and (value["done"] or 0) < now_ts - self.params["window_s"]
         return False
