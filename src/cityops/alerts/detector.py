@@ -34,6 +34,10 @@ class SeasonalDetector:
     of day as a flag of the same sign the day before is taken as unlearned rhythm (`recur_n`).
     A noise-free series has a running scale near zero, so `scale_floor` (a fraction of the
     series' typical distance from its level) keeps float-rounding wobbles from scoring as huge z.
+    A third channel, apart from the seasonal model, watches the series' range: a value beyond the
+    largest (smallest) value seen so far, by `ext_frac` of the range seen so far, scores like a
+    z of `z_threshold` (scaled linearly), then that channel rests for `ext_rest_pts` points, so a
+    climbing series alerts once, not at every new record. The range learns from every point.
     Defaults were tuned once, for all files together, on the NAB subset in /work/shared/data/nab.
 
     All times are epoch seconds; spacing may be irregular.
@@ -65,6 +69,8 @@ class SeasonalDetector:
         recur_bins: int = 0,
         season_drift: float = 1.0,
         scale_floor: float = 0.0005,
+        ext_frac: float = 0.02,
+        ext_rest_pts: int = 100,
     ) -> None:
         if sensitivity <= 0:
             raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
@@ -91,6 +97,10 @@ class SeasonalDetector:
         self.recur_bins = int(recur_bins)
         self.season_drift = float(season_drift)
         self.scale_floor = float(scale_floor)
+        self.ext_frac = float(ext_frac)
+        self.ext_rest_pts = int(ext_rest_pts)
+        # z of the range channel per unit of overshoot (as a fraction of the range seen so far).
+        self._ext_gain = self.z_threshold / self.ext_frac if self.ext_frac > 0 else 0.0
         self._peak_decay = math.exp(-1.0 / self.peak_tau_pts) if self.peak_tau_pts > 0 else 0.0
         # Higher sensitivity lowers the z needed to flag; the score maps z to [0, 1).
         self.z_flag = self.z_threshold / self.sensitivity
@@ -120,12 +130,39 @@ class SeasonalDetector:
         self.ep_start: float | None = None   # first flag of the current alert episode
         self.ep_last: float | None = None    # last flag of the current alert episode
         self.ep_resid = 0.0                  # mean residual while flagged, for relearning
+        self.ext_n = 0                       # points seen by the range channel
+        self.ext_lo = 0.0                    # smallest and largest value seen so far
+        self.ext_hi = 0.0
+        self.ext_last = -(10**9)             # ext_n of the range channel's last flag
 
     @staticmethod
     def _z_to_score(z: float) -> float:
         # Smooth, monotone, saturating: z = 6 maps to 0.5, z = 12 to 0.8.
         z2 = z * z
         return z2 / (z2 + 36.0)
+
+    def _ext_z(self, value: float) -> float:
+        """Signed z of the range channel (0 inside the range seen so far, or while resting); no side effects."""
+        if not self._ext_gain or self.ext_n < self.warmup_pts or self.ext_n - self.ext_last < self.ext_rest_pts:
+            return 0.0
+        lo, hi = self.ext_lo, self.ext_hi
+        if lo <= value <= hi:
+            return 0.0
+        rng = hi - lo
+        if rng <= 0.0:
+            return math.copysign(1e6, value - hi)  # constant so far: any change is a new record
+        return self._ext_gain * ((value - hi) if value > hi else (value - lo)) / rng
+
+    def _ext_learn(self, value: float, ze: float) -> None:
+        if self.ext_n == 0:
+            self.ext_lo = self.ext_hi = value
+        elif value > self.ext_hi:
+            self.ext_hi = value
+        elif value < self.ext_lo:
+            self.ext_lo = value
+        if abs(ze) >= self.z_flag:
+            self.ext_last = self.ext_n
+        self.ext_n += 1
 
     def to_state(self) -> dict[str, Any]:
         """Plain dict (floats, ints, lists) that survives pickling/JSON; `from_state` restores it."""
@@ -135,11 +172,13 @@ class SeasonalDetector:
                 "sensitivity", "season_s", "week", "bins", "week_bins", "level_tau_s", "drift_tau_s",
                 "season_rate", "scale_tau_pts", "sustain_pts", "clip_z", "z_threshold", "relearn_s",
                 "episode_gap_s", "week_min_visits", "warmup_pts", "repeat_factor", "peak_tau_pts", "peak_ref", "recur_n", "recur_bins", "season_drift", "scale_floor",
+                "ext_frac", "ext_rest_pts",
             )
         }
         state = {
             k: getattr(self, k)
-            for k in ("n", "last_ts", "level", "drift", "scale", "spread", "zbar", "peak", "ep_start", "ep_last", "ep_resid")
+            for k in ("n", "last_ts", "level", "drift", "scale", "spread", "zbar", "peak", "ep_start", "ep_last", "ep_resid",
+                      "ext_n", "ext_lo", "ext_hi", "ext_last")
         }
         state.update(
             day=list(self.day), day_n=list(self.day_n), wk=list(self.wk), wk_n=list(self.wk_n),
@@ -186,17 +225,22 @@ class SeasonalDetector:
 
     def score_one(self, ts: float, value: float) -> tuple[float, str]:
         """Anomaly score in [0, 1) and direction ('high'/'low') of `value` at `ts`; does not learn."""
+        ze = self._ext_z(value)
         if self.n < self.warmup_pts:
-            return 0.0, _HIGH
-        z, zs, _, _, _ = self._z(ts, value)
-        zz = z if abs(z) >= abs(zs) else zs
-        a = abs(zz)
-        if self._peak_decay and self.peak > self.peak_ref:
-            a *= self.peak_ref / self.peak
+            a, zz = 0.0, 0.0
+        else:
+            z, zs, _, _, _ = self._z(ts, value)
+            zz = z if abs(z) >= abs(zs) else zs
+            a = abs(zz)
+            if self._peak_decay and self.peak > self.peak_ref:
+                a *= self.peak_ref / self.peak
+        if abs(ze) > a:
+            a, zz = abs(ze), ze
         return self._z_to_score(a), (_HIGH if zz >= 0 else _LOW)
 
     def learn_one(self, ts: float, value: float) -> None:
-        """Update level, seasonal bins, drift and scale with this point (Huber-clipped)."""
+        """Update level, seasonal bins, drift and scale with this point (Huber-clipped), and the range."""
+        self._ext_learn(value, self._ext_z(value))
         z, zs, r, b, w = self._z(ts, value) if self.n else (0.0, 0.0, 0.0, *self._bins(ts))
         if self._peak_decay and self.n >= self.warmup_pts:
             az = max(abs(z), abs(zs))
@@ -247,8 +291,25 @@ class SeasonalDetector:
         """Score, then learn unless flagged (score >= threshold); returns (score, direction, is_anomaly).
 
         The returned score is the alert score: the raw score at an episode's onset, damped to
-        a quarter for further flags of the same episode (is_anomaly stays True for them).
+        a quarter for further flags of the same episode (is_anomaly stays True for them), or the
+        range channel's score when that is larger. Only the seasonal channel's flags stop the
+        seasonal model from learning; the range always learns.
         """
+        ze = self._ext_z(value)
+        self._ext_learn(value, ze)
+        score, direction, flagged = self._update_seasonal(ts, value)
+        if ze:
+            a = abs(ze)
+            z2 = a * a
+            se = z2 / (z2 + 36.0)
+            if se > score:
+                score, direction = se, (_HIGH if ze > 0 else _LOW)
+            if a >= self.z_flag:
+                flagged = True
+        return score, direction, flagged
+
+    def _update_seasonal(self, ts: float, value: float) -> tuple[float, str, bool]:
+        """`update` for the seasonal channels alone (level, bins, drift, scale, episodes)."""
         if self.n < self.warmup_pts:
             if self.n:
                 z, zs, r, b, w = self._z(ts, value)

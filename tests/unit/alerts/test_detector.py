@@ -138,6 +138,45 @@ def test_nab_run_writes_same_rows(tmp_path: Path) -> None:
         assert all(0.0 <= float(r[1]) <= 1.0 for r in got[1:])
 
 
+def test_new_record_beyond_seen_range_alerts_once_per_rest_period() -> None:
+    """The range channel: a value 10% of the range beyond every value seen so far alerts even when
+    the seasonal model finds it unremarkable (flat uniform noise), a second record soon after does
+    not (rest period), one after the rest does, and inside the range it adds nothing."""
+    rng = random.Random(7)
+    pts = [(T0 + i * STEP, rng.uniform(0.0, 10.0)) for i in range(2000)]
+    det, ref = SeasonalDetector(), SeasonalDetector(ext_frac=0.0)  # ext_frac=0: seasonal channels only
+    for t, v in pts:
+        inside = det.ext_lo <= v <= det.ext_hi
+        assert det.update(t, v) == ref.update(t, v) or not inside
+    lo, hi = det.ext_lo, det.ext_hi
+    t = pts[-1][0]
+    record = hi + 0.1 * (hi - lo)
+    s, d, a = det.update(t + STEP, record)
+    s_ref, _, a_ref = ref.update(t + STEP, record)
+    assert a and d == "high" and s >= det.threshold
+    assert not a_ref and s_ref < s
+    assert det.score_one(t + 2 * STEP, record + 1.0)[0] < det.threshold  # resting
+    for k in range(2, 2 + det.ext_rest_pts):
+        v = rng.uniform(0.0, 10.0)
+        assert det.update(t + k * STEP, v) == ref.update(t + k * STEP, v)
+    t += (2 + det.ext_rest_pts) * STEP
+    low = lo - 0.1 * (det.ext_hi - lo)
+    s, d, a = det.update(t, low)
+    assert a and d == "low" and s >= det.threshold
+    assert not ref.update(t, low)[2]
+
+
+def test_range_channel_state_round_trip() -> None:
+    pts = daily(3 * DAY_PTS, seed=4)
+    det = SeasonalDetector()
+    feed(det, pts)
+    clone = SeasonalDetector.from_state(pickle.loads(pickle.dumps(det.to_state())))
+    assert (clone.ext_lo, clone.ext_hi, clone.ext_n) == (det.ext_lo, det.ext_hi, det.ext_n)
+    t = pts[-1][0]
+    tail = [(t + STEP, 200.0), (t + 2 * STEP, 50.0), (t + 3 * STEP, 300.0), (t + 4 * STEP, -100.0)]
+    assert feed(det, tail) == feed(clone, tail)
+
+
 # ------------------------------------------------------------------------------------ ProfileDetector
 MIN = 60.0
 
