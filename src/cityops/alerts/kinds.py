@@ -497,11 +497,17 @@ class RegistrationHoarding(RuleKind):
         day, end = self._day(ev.ts)
         table = self.table(ctx)
         key = (card, day)
-        count = table.get(key, (0, end))[0] + 1
-        table[key] = (count, end)
-        if count > self.params["max_per_day"]:
+        limit = self.params["max_per_day"]
+        old = table.get(key, (0, end, ()))
+        count = old[0] + 1
+        # The earliest limit+1 registration times: the day's limit was passed at the (limit+1)-th of them
+        # in event time, whatever order partitions delivered them in.
+        times = tuple(sorted((*old[2:][0], ev.ts) if len(old) > 2 else (ev.ts,))[: limit + 1])
+        table[key] = (count, end, times)
+        if count > limit:
             self.signal(
-                ctx, {"card": card}, ev.ts, active=True, value=float(count),
+                ctx, {"card": card}, times[limit] if len(times) > limit else ev.ts, active=True,
+                value=float(count),
                 summary=f"{count} registrations on {day} (limit {self.params['max_per_day']})",
                 description=f"latest at {getattr(e, 'hospital', '?')}",
             )
