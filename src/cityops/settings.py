@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     allowed_lateness_s: float = Field(600.0, ge=0)
     dedup_horizon_s: float = Field(86400.0 * 1.05, ge=86400.0, description="at least 24 h of event time")
     window_s: int = Field(60, ge=1)
+    idle_partition_s: float = Field(120.0, gt=0, description="wall seconds without records before a partition "
+                                    "no longer holds windows and rule clocks back")
     flush_interval_s: float = Field(1.0, gt=0, le=5.0, description="commit + write cadence; points reach InfluxDB within 5 s")
     max_pending_points: int = Field(200_000, ge=100, description="sink backlog that stops consumption")
     influx_batch_size: int = Field(5000, ge=1)

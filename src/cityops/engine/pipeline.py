@@ -107,7 +107,9 @@ class Engine:
         # consumer happened to read ahead, and a restart's catch-up would mark events late).
         self.partition_wm: dict[tuple[str, int], float] = meta["partition_watermark"]
         self._last_seen_wall: dict[tuple[str, int], float] = {k: now() for k in self.partition_wm}
-        self.idle_partition_s = 30.0
+        # A partition counts as idle (stops holding the clocks back) after this long without a record.
+        # Long enough that a partition merely starved by the consumer under load is not taken for idle.
+        self.idle_partition_s = float(getattr(settings, "idle_partition_s", 120.0))
         self.notify_delay_s = 60.0  # event-time seconds past a window's end before rules judge it
         # Expiry index of the dedup table by event-time hour; rebuilt from the table, never persisted.
         self._dedup_buckets: dict[int, list[tuple[str, str]]] = defaultdict(list)
