@@ -205,9 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("data_dir")
     n.add_argument("out_dir")
     n.add_argument("--sensitivity", type=float, default=1.0)
-    n.add_argument("--model", choices=("seasonal", "profile"), default="seasonal",
-                   help="detector: seasonal (level+season+drift, any series; default) or profile (per "
-                        "time-of-day bin, for minute KPIs with a daily rhythm; the shipped KPI rules use it)")
+    n.add_argument("--model", choices=("kpi", "seasonal", "profile"), default="kpi",
+                   help="channels of the KPI detector (KpiDetector, the class the kpi_anomaly rules run): "
+                        "kpi = its default channels, seasonal+range (default); seasonal = the same, by its old name; "
+                        "profile = the per time-of-day profile channel alone")
     n.set_defaults(func=cmd_nab_detect)
 
     g = sub.add_parser("dashboards", help="validate dashboards/ or push them to Grafana (grafana-client)")

@@ -54,6 +54,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
         if runtime.ready:
             runtime.tick()
 
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        # The clocks wait (briefly) for every assigned partition's first records before judging.
+        runtime.engine.expect_partitions((tp.topic, tp.partition) for tp in assigned)
+
     @app.task
     async def start_runtime() -> None:
         await runtime.start()

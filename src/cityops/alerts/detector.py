@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["ProfileDetector", "SeasonalDetector", "detector_from_state"]
+__all__ = ["KpiDetector", "ProfileDetector", "SeasonalDetector", "detector_from_state"]
 
 _STATE_VERSION = 1
 _PROFILE_VERSION = "profile-1"
+_KPI_VERSION = "kpi-1"
 _HIGH = "high"
 _LOW = "low"
 
@@ -71,6 +72,7 @@ class SeasonalDetector:
         scale_floor: float = 0.0005,
         ext_frac: float = 0.02,
         ext_rest_pts: int = 100,
+        seasonal: bool = True,
     ) -> None:
         if sensitivity <= 0:
             raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
@@ -99,6 +101,7 @@ class SeasonalDetector:
         self.scale_floor = float(scale_floor)
         self.ext_frac = float(ext_frac)
         self.ext_rest_pts = int(ext_rest_pts)
+        self.seasonal = bool(seasonal)  # False: the range channel alone (the seasonal model is not fitted)
         # z of the range channel per unit of overshoot (as a fraction of the range seen so far).
         self._ext_gain = self.z_threshold / self.ext_frac if self.ext_frac > 0 else 0.0
         self._peak_decay = math.exp(-1.0 / self.peak_tau_pts) if self.peak_tau_pts > 0 else 0.0
@@ -172,7 +175,7 @@ class SeasonalDetector:
                 "sensitivity", "season_s", "week", "bins", "week_bins", "level_tau_s", "drift_tau_s",
                 "season_rate", "scale_tau_pts", "sustain_pts", "clip_z", "z_threshold", "relearn_s",
                 "episode_gap_s", "week_min_visits", "warmup_pts", "repeat_factor", "peak_tau_pts", "peak_ref", "recur_n", "recur_bins", "season_drift", "scale_floor",
-                "ext_frac", "ext_rest_pts",
+                "ext_frac", "ext_rest_pts", "seasonal",
             )
         }
         state = {
@@ -226,7 +229,7 @@ class SeasonalDetector:
     def score_one(self, ts: float, value: float) -> tuple[float, str]:
         """Anomaly score in [0, 1) and direction ('high'/'low') of `value` at `ts`; does not learn."""
         ze = self._ext_z(value)
-        if self.n < self.warmup_pts:
+        if self.n < self.warmup_pts or not self.seasonal:
             a, zz = 0.0, 0.0
         else:
             z, zs, _, _, _ = self._z(ts, value)
@@ -241,6 +244,9 @@ class SeasonalDetector:
     def learn_one(self, ts: float, value: float) -> None:
         """Update level, seasonal bins, drift and scale with this point (Huber-clipped), and the range."""
         self._ext_learn(value, self._ext_z(value))
+        if not self.seasonal:
+            self.last_ts = ts
+            return
         z, zs, r, b, w = self._z(ts, value) if self.n else (0.0, 0.0, 0.0, *self._bins(ts))
         if self._peak_decay and self.n >= self.warmup_pts:
             az = max(abs(z), abs(zs))
@@ -297,7 +303,11 @@ class SeasonalDetector:
         """
         ze = self._ext_z(value)
         self._ext_learn(value, ze)
-        score, direction, flagged = self._update_seasonal(ts, value)
+        if self.seasonal:
+            score, direction, flagged = self._update_seasonal(ts, value)
+        else:
+            score, direction, flagged = 0.0, _HIGH, False
+            self.last_ts = ts
         if ze:
             a = abs(ze)
             z2 = a * a
@@ -600,8 +610,157 @@ class ProfileDetector:
         return score, direction, flagged
 
 
-def detector_from_state(state: dict[str, Any]) -> SeasonalDetector | ProfileDetector:
-    """Restore either detector from its `to_state` dict (the version tells which)."""
+
+class KpiDetector:
+    """The KPI anomaly detector: one class, used by the `kpi_anomaly` alert rules and by `cityops nab-detect`.
+
+    Up to three scoring channels over one series, each enabled by name in `channels`:
+
+    * "seasonal": `SeasonalDetector`'s level + daily/weekly bins + drift model (point and sustained z);
+    * "range": `SeasonalDetector`'s range channel (a value beyond the range seen so far);
+    * "profile": `ProfileDetector`'s per time-of-day profile learned from earlier days, Poisson-aware
+      for counts (`noise="poisson"`), alerting on persistent runs or crash-sized single points.
+
+    `update` runs every enabled channel on the point: the score is the largest channel score (the
+    profile channel contributes only while it flags, so its unflagged wobble adds no noise to the
+    score), the point is anomalous when any channel flags it, and the direction is that of the
+    strongest flagging channel (of the strongest channel when none flags). Each channel learns by
+    its own rule, exactly as the class it comes from. The default, "seasonal" + "range" with default
+    parameters, is the configuration `nab-detect` scores; alert rules pick channels and parameters
+    per rule (e.g. `{channels: [profile], noise: poisson, min_expected: 5}` for tap counts).
+    The profile channel is not in the default: on the NAB corpus its flags are mostly false (NAB
+    standard 71.8 -> 0.0 with its flagged scores added by max, 4.6 with run onsets only), and a
+    contribution kept below the NAB threshold would be a no-op there.
+
+    Parameters are flat keyword arguments. `sensitivity`, `season_s`, `warmup_pts` and `relearn_s`
+    go to every enabled channel; any other `SeasonalDetector` argument goes to "seasonal"/"range";
+    any other `ProfileDetector` argument to "profile", where the two names both classes use with
+    different meanings are prefixed: `profile_z_threshold`, `profile_clip_z`. Arguments of a channel
+    that is not enabled are accepted and kept (so a rule can switch channels) but unused.
+    """
+
+    CHANNELS: tuple[str, ...] = ("seasonal", "range", "profile")
+    DEFAULT_CHANNELS: tuple[str, ...] = ("seasonal", "range")
+    _SHARED = ("season_s", "warmup_pts", "relearn_s")
+    _PROFILE_ONLY = ("noise", "bin_s", "cap_pts", "min_bin_pts", "min_days", "strong", "persist", "persist_s",
+                     "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected")
+    _PROFILE_PREFIXED = {"profile_z_threshold": "z_threshold", "profile_clip_z": "clip_z"}
+    _SEASONAL_ONLY = ("week", "bins", "week_bins", "level_tau_s", "drift_tau_s", "season_rate", "scale_tau_pts",
+                      "sustain_pts", "clip_z", "z_threshold", "episode_gap_s", "week_min_visits", "repeat_factor",
+                      "peak_tau_pts", "peak_ref", "recur_n", "recur_bins", "season_drift", "scale_floor",
+                      "ext_frac", "ext_rest_pts")
+
+    def __init__(self, *, channels: Any = DEFAULT_CHANNELS, sensitivity: float = 1.0, **kw: Any) -> None:
+        if isinstance(channels, str):
+            channels = (channels,)
+        chans = tuple(dict.fromkeys(str(c) for c in channels))
+        bad = [c for c in chans if c not in self.CHANNELS]
+        if bad or not chans:
+            raise ValueError(f"channels must be a non-empty subset of {list(self.CHANNELS)}, got {list(channels)!r}")
+        known = set(self._SHARED) | set(self._PROFILE_ONLY) | set(self._PROFILE_PREFIXED) | set(self._SEASONAL_ONLY)
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise TypeError(f"unexpected detector argument(s) {unknown}")
+        self.channels = chans
+        self.sensitivity = float(sensitivity)
+        self.kw = dict(kw)
+        s_kw = {k: v for k, v in kw.items() if k in self._SHARED or k in self._SEASONAL_ONLY}
+        p_kw = {k: v for k, v in kw.items() if k in self._SHARED or k in self._PROFILE_ONLY}
+        p_kw.update({self._PROFILE_PREFIXED[k]: v for k, v in kw.items() if k in self._PROFILE_PREFIXED})
+        use_s, use_r = "seasonal" in chans, "range" in chans
+        if not use_r:
+            s_kw["ext_frac"] = 0.0
+        # Built (and so validated) even when unused: a bad argument fails at configuration time.
+        sd = SeasonalDetector(sensitivity=sensitivity, seasonal=use_s, **s_kw)
+        pd = ProfileDetector(sensitivity=sensitivity, **p_kw)
+        self._s: SeasonalDetector | None = sd if (use_s or use_r) else None
+        self._p: ProfileDetector | None = pd if "profile" in chans else None
+        self.threshold = (self._s or self._p).threshold  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ state
+    @property
+    def n(self) -> int:
+        """Points learned (by the channel that learned most)."""
+        return max(d.n for d in (self._s, self._p) if d is not None)
+
+    @property
+    def last_ts(self) -> float | None:
+        """Time of the last point seen (None before the first)."""
+        ts = [d.last_ts for d in (self._s, self._p) if d is not None and d.last_ts is not None]
+        return max(ts) if ts else None
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain dict (floats, ints, lists, str) that survives pickling/JSON; `from_state` restores it."""
+        params = {"channels": list(self.channels), "sensitivity": self.sensitivity, **self.kw}
+        state = {
+            "seasonal": self._s.to_state()["state"] if self._s is not None else None,
+            "profile": self._p.to_state()["state"] if self._p is not None else None,
+        }
+        return {"version": _KPI_VERSION, "params": params, "state": state}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> KpiDetector:
+        """Restore from `to_state`; also adopts a `SeasonalDetector` or `ProfileDetector` state."""
+        version = state.get("version")
+        if version == _KPI_VERSION:
+            det = cls(**state["params"])
+            subs = state["state"]
+        elif version in (_STATE_VERSION, _PROFILE_VERSION):
+            params = dict(state["params"])
+            sens = params.pop("sensitivity")
+            if version == _PROFILE_VERSION:
+                params.update({p: params.pop(k) for p, k in cls._PROFILE_PREFIXED.items() if k in params})
+                det = cls(channels=("profile",), sensitivity=sens, **params)
+                subs = {"profile": state["state"]}
+            else:
+                chans = [c for c, on in (("seasonal", params.pop("seasonal", True)),
+                                          ("range", params.get("ext_frac", 0.0) > 0)) if on]
+                det = cls(channels=chans or ("seasonal",), sensitivity=sens, **params)
+                subs = {"seasonal": state["state"]}
+        else:
+            raise ValueError(f"unsupported detector state version {version!r}")
+        for d, sub in ((det._s, subs.get("seasonal")), (det._p, subs.get("profile"))):
+            if d is not None and sub is not None:
+                for k, v in sub.items():
+                    setattr(d, k, list(v) if isinstance(v, list) else v)
+        return det
+
+    # ---------------------------------------------------------------- scoring
+    def score_one(self, ts: float, value: float) -> tuple[float, str]:
+        """Largest channel score in [0, 1) and its direction; does not learn (the profile channel's raw score)."""
+        best, direction = 0.0, _HIGH
+        for d in (self._s, self._p):
+            if d is not None:
+                sc, dr = d.score_one(ts, value)
+                if sc > best:
+                    best, direction = sc, dr
+        return best, direction
+
+    def learn_one(self, ts: float, value: float) -> None:
+        """Every enabled channel learns this point."""
+        if self._s is not None:
+            self._s.learn_one(ts, value)
+        if self._p is not None:
+            self._p.learn_one(ts, value)
+
+    def update(self, ts: float, value: float) -> tuple[float, str, bool]:
+        """Score with every channel, each learning by its own rule; returns (score, direction, is_anomaly)."""
+        s, p = self._s, self._p
+        if p is None:
+            return s.update(ts, value)  # type: ignore[union-attr]
+        ps, pd, pf = p.update(ts, value)
+        if s is None:
+            return ps, pd, pf
+        ss, sd, sf = s.update(ts, value)
+        if pf and (ps > ss or not sf):
+            return max(ps, ss), pd, True
+        return ss, sd, sf or pf
+
+
+def detector_from_state(state: dict[str, Any]) -> KpiDetector | SeasonalDetector | ProfileDetector:
+    """Restore any detector from its `to_state` dict (the version tells which)."""
+    if state.get("version") == _KPI_VERSION:
+        return KpiDetector.from_state(state)
     if state.get("version") == _PROFILE_VERSION:
         return ProfileDetector.from_state(state)
     return SeasonalDetector.from_state(state)

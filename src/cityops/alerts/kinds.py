@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from cityops.alerts.detector import ProfileDetector, SeasonalDetector, detector_from_state
+from cityops.alerts.detector import KpiDetector
 from cityops.alerts.sources import SourceRegistry
 from cityops.alerts.spec import RuleSpec
 from cityops.engine.context import Context, Decoded
@@ -569,11 +569,13 @@ class KpiAnomaly(RuleKind):
     """One detector per series of ``measurement``.``field``, fed once per closed window.
 
     Series: the window's values of ``tags`` (None = all its tags); ``match`` keeps only windows whose
-    tags equal it. ``model``: "profile" (``ProfileDetector``: per time-of-day bin, learned from the
-    day before, gaps need no care; the default) or "seasonal" (``SeasonalDetector``, the NAB-tuned
-    level + season + drift model). ``min_history``: points learned before any alert (None = the
-    model's default: 30 for profile, 1440 for seasonal). ``detector``: extra detector arguments, e.g.
-    ``{"noise": "poisson", "min_expected": 5}`` for count fields. Entity: the series tags + "direction"
+    tags equal it. Every series runs ``KpiDetector`` (the detector ``cityops nab-detect`` scores);
+    ``detector``: its arguments, among them ``channels`` (any of "seasonal", "range", "profile"; default
+    seasonal + range, the NAB configuration), e.g. ``{"channels": ["profile"], "noise": "poisson",
+    "min_expected": 5}`` for count fields. ``model``: "kpi" (the default: channels as configured), or
+    a preset kept for older manifests, "profile" (channels [profile]) or "seasonal" (channels [seasonal,
+    range]), which overrides ``detector.channels``. ``min_history``: points learned before any alert
+    (None = 1440 when the seasonal channel is on, else 30). Entity: the series tags + "direction"
     (high|low), so a spike and a collapse are separate alerts. Value: the KPI value.
     """
 
@@ -582,7 +584,7 @@ class KpiAnomaly(RuleKind):
         "field": (str, REQUIRED),
         "tags": ((list, None), None),
         "match": (dict, {}),
-        "model": (str, "profile"),
+        "model": (str, "kpi"),
         "sensitivity": (float, 1.0),
         "min_history": ((int, None), None),
         "horizon_s": (float, 8 * 86400.0),  # a series silent this long is forgotten
@@ -611,7 +613,7 @@ class KpiAnomaly(RuleKind):
         super().__init__(spec)
         # Live detectors beside their stored state, valid only while the table still holds that very state
         # object: saves a from_state per window, and a restored or rolled-back table is never ignored.
-        self._cache: dict[Any, tuple[Any, SeasonalDetector | ProfileDetector]] = {}
+        self._cache: dict[Any, tuple[Any, KpiDetector]] = {}
 
     @property
     def horizon_s(self) -> float:
@@ -625,28 +627,37 @@ class KpiAnomaly(RuleKind):
     def open_stale_s(self) -> float:
         return max(self.spec.resolve_after_s, float(self.params["stale_s"]))
 
-    _MODELS: ClassVar[dict[str, tuple[type[Any], int]]] = {
-        "profile": (ProfileDetector, 30), "seasonal": (SeasonalDetector, 1440),
+    # model -> the channels it forces (None: as configured in ``detector``)
+    _MODELS: ClassVar[dict[str, tuple[str, ...] | None]] = {
+        "kpi": None, "profile": ("profile",), "seasonal": ("seasonal", "range"),
     }
 
-    def _new(self) -> SeasonalDetector | ProfileDetector:
-        cls, warmup = self._MODELS[self.params["model"]]
+    def _new(self) -> KpiDetector:
         kw = dict(self.params["detector"])
+        forced = self._MODELS[self.params["model"]]
+        if forced is not None:
+            kw["channels"] = forced
+        chans = kw.get("channels", KpiDetector.DEFAULT_CHANNELS)
         hist = self.params["min_history"]
-        kw.setdefault("warmup_pts", warmup if hist is None else hist)
-        det: SeasonalDetector | ProfileDetector = cls(sensitivity=self.params["sensitivity"], **kw)
-        return det
+        if hist is None:
+            hist = 1440 if "seasonal" in ([chans] if isinstance(chans, str) else list(chans)) else 30
+        kw.setdefault("warmup_pts", hist)
+        return KpiDetector(sensitivity=self.params["sensitivity"], **kw)
 
-    def _detector(self, table: Table[Any, Any], key: Any) -> SeasonalDetector | ProfileDetector:
+    def _detector(self, table: Table[Any, Any], key: Any) -> KpiDetector:
         stored = table.get(key)
         cached = self._cache.get(key)
         if cached is not None and stored is not None and cached[0] is stored:
             return cached[1]
+        fresh = self._new()
         if stored is None:
-            return self._new()
-        det = detector_from_state(stored)
-        # State of the other model (the rule's model was switched): start over rather than keep it.
-        return det if isinstance(det, self._MODELS[self.params["model"]][0]) else self._new()
+            return fresh
+        try:
+            det = KpiDetector.from_state(stored)  # also adopts a SeasonalDetector/ProfileDetector state
+        except (TypeError, ValueError, KeyError):
+            return fresh
+        # State of other channels (the rule's model or channels were switched): start over rather than keep it.
+        return det if det.channels == fresh.channels else fresh
 
     def on_window(
         self, measurement: str, tags: dict[str, str], fields: dict[str, Any], window_start: float, ctx: Context
@@ -681,7 +692,11 @@ class KpiAnomaly(RuleKind):
             )
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
-        last = value["state"].get("last_ts")
+        st = value["state"]
+        # KpiDetector state: one sub-state per enabled channel; a legacy detector state: flat.
+        subs = [x for x in (st.get("seasonal"), st.get("profile")) if isinstance(x, dict)] or [st]
+        seen = [x["last_ts"] for x in subs if x.get("last_ts") is not None]
+        last = max(seen) if seen else None
         gone = last is None or now_ts - last > self.horizon_s
         if gone:
             self._cache.pop(key, None)
@@ -763,8 +778,11 @@ class SourceSilent(RuleKind):
             keep = []
             source = key[1]
             info = self.registry(ctx).get(source) if self.registry(ctx) is not None else None
+            clock = now_ts
+            if info is not None and "stream_clock" in ctx.extra:
+                clock = ctx.extra["stream_clock"].get(info.stream, float("-inf"))
             for begin, end in gaps:
-                if end > now_ts or info is None:
+                if end > min(now_ts, clock) or info is None:
                     keep.append([begin, end])
                     continue
                 gap = self.params["max_gap_s"] or info.max_gap_s
@@ -807,21 +825,27 @@ class SourceSilent(RuleKind):
             if info is None or (want is not None and info.stream != want):
                 continue
             entity = {"source": sid, "stream": info.stream}
-            if not reg.in_service(sid, now_ts):
-                self.report(ctx, entity, now_ts, active=False)
+            # The source's own stream clock: a stream being read behind the others is not silent.
+            at = now_ts
+            if "stream_clock" in ctx.extra:
+                at = min(now_ts, ctx.extra["stream_clock"].get(info.stream, float("-inf")))
+                if at == float("-inf"):
+                    continue  # its stream is not being read yet: no verdict
+            if not reg.in_service(sid, at):
+                self.report(ctx, entity, at, active=False)
                 continue
             gap = self.params["max_gap_s"] or info.max_gap_s
             ref = float(start)
             last = table.get(("seen", sid))
             if last is not None:
                 ref = max(ref, last)
-            svc = reg.service_start(sid, now_ts)
+            svc = reg.service_start(sid, at)
             if svc is not None:
                 ref = max(ref, svc)
-            silence = now_ts - ref
+            silence = at - ref
             active = silence > gap
             self.report(
-                ctx, entity, now_ts, active=active, value=round(silence, 1),
+                ctx, entity, at, active=active, value=round(silence, 1),
                 summary=(f"no events from {sid} for {silence / 60:.0f} min" if active else ""),
                 description=(f"allowed gap {gap:g} s; last event at {last}" if active else ""),
             )
@@ -924,8 +948,14 @@ class InvalidShare(RuleKind):
         """
         table = self.table(ctx)
         size = self.params["bucket_s"]
-        limit = self._bucket(now_ts)
+        clocks = ctx.extra.get("stream_clock") or {}
         for stream in sorted(k for k in table.keys() if isinstance(k, str)):
+            # Each stream on its own clock (its slowest partition): a stream read later than the others
+            # is judged when its own data is in, not when another stream's clock says so.
+            clock = clocks.get(stream) if "stream_clock" in ctx.extra else now_ts
+            if clock is None:
+                continue  # the stream's partitions have not all been read yet: wait
+            limit = self._bucket(min(now_ts, clock))
             state = table.get(stream)
             buckets = state["buckets"]
             end = state["done"]

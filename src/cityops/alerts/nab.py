@@ -1,4 +1,4 @@
-"""Run SeasonalDetector over a Numenta Anomaly Benchmark data tree and write NAB detection CSVs."""
+"""Run the KPI anomaly detector (KpiDetector) over a Numenta Anomaly Benchmark data tree and write NAB detection CSVs."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cityops.alerts.detector import ProfileDetector, SeasonalDetector
+from functools import partial
 
-# The kpi_anomaly rule kind's `model` parameter names the same classes.
-MODELS = {"seasonal": SeasonalDetector, "profile": ProfileDetector}
+from cityops.alerts.detector import KpiDetector
+
+# The kpi_anomaly rule kind's `model` parameter names the same presets: one class, its channels chosen.
+MODELS: dict[str, Callable[..., KpiDetector]] = {
+    "kpi": KpiDetector,  # its default channels (seasonal, range): what the NAB score is quoted for
+    "seasonal": partial(KpiDetector, channels=("seasonal", "range")),
+    "profile": partial(KpiDetector, channels=("profile",)),
+}
 
 __all__ = ["run", "main"]
 
@@ -49,7 +55,7 @@ def run(
     *,
     sensitivity: float = 1.0,
     progress: Callable[[str, int], None] | None = None,
-    model: str = "seasonal",
+    model: str = "kpi",
 ) -> dict[str, Any]:
     """Score every CSV under `data_dir` (columns timestamp,value) with a fresh detector per file.
 

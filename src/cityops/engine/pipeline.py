@@ -7,6 +7,7 @@ partition and of the restored state, so a replay after a crash reproduces the sa
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import defaultdict
@@ -96,17 +97,23 @@ class Engine:
         self.windows = Windows(store.table("windows"), kpis, window_s, reopen=self._reopen)
         self.dedup = store.table("dedup")  # (topic, event_id) -> (digest, event ts)
         self.dlq = store.table("dlq_outbox")  # seq -> dead-letter record
+        self.rule_buffer = store.table("rule_buffer")  # (event ts, seq) -> (topic, event) not yet ruled on
+        self._rule_heap: list[tuple[float, int]] = list(self.rule_buffer.data)
+        heapq.heapify(self._rule_heap)
         self.signals = signals if signals is not None else NullSignals()
         self.ctx = Context(store=store, windows=self.windows, signals=self.signals, settings=settings)
         meta = store.meta
         meta.setdefault("partition_watermark", {})
         meta.setdefault("dlq_seq", 0)
+        meta.setdefault("rule_seq", 0)
         # Newest event time per (topic, partition). Lateness is judged per partition: a partition's
         # order is fixed, so the decision is the same in a replay after a crash whatever the
         # interleaving of partitions (a stream-wide maximum would depend on which partition the
         # consumer happened to read ahead, and a restart's catch-up would mark events late).
         self.partition_wm: dict[tuple[str, int], float] = meta["partition_watermark"]
         self._last_seen_wall: dict[tuple[str, int], float] = {k: now() for k in self.partition_wm}
+        self._started_wall = now()
+        self._expected: dict[str, set[int]] = {}
         # A partition counts as idle (stops holding the clocks back) after this long without a record.
         # Long enough that a partition merely starved by the consumer under load is not taken for idle.
         self.idle_partition_s = float(getattr(settings, "idle_partition_s", 120.0))
@@ -134,9 +141,10 @@ class Engine:
             for name in ("on_event", "on_quality", "on_tampering", "on_rejected_source"):
                 bound = []
                 for rule in self.rules:
-                    base = getattr(type(rule).__mro__[-2], name, None)  # the RuleKind base no-op
                     impl = getattr(type(rule), name, None)
-                    if impl is None or impl is base:
+                    # Skip the base class's no-op hooks (rule kinds derive from alerts' RuleKind; the
+                    # engine does not import it, to keep the engine apart from the alerting adapters).
+                    if impl is None or getattr(impl, "__qualname__", "").startswith("RuleKind."):
                         continue
                     want = getattr(rule, "params", {}).get("stream") if hasattr(rule, "params") else None
                     if want is not None and want != topic:
@@ -200,8 +208,13 @@ class Engine:
                 accepted += 1
                 for hook in on_quality:
                     hook(topic, "accepted", ts, res.source, ctx)
-                for hook in on_event:
-                    hook(topic, res, ctx)
+                if on_event:
+                    # Rules see a stream's events in event-time order, once every partition of the stream
+                    # is past them (see _release): per-card rules then decide as if there were one partition.
+                    seq = self.store.meta["rule_seq"] = self.store.meta["rule_seq"] + 1
+                    bkey = (ts, seq)
+                    self.rule_buffer[bkey] = (topic, res)
+                    heapq.heappush(self._rule_heap, bkey)
             except Exception as exc:
                 log.exception("processing failed at=%s[%d]@%d index=%d", topic, partition, offset, res.index)
                 self._reject(topic, partition, offset, raw,
@@ -242,6 +255,35 @@ class Engine:
             hook(topic, outcome, at, source, self.ctx)
         log.info("dead-letter stream=%s at=%s[%d]@%d index=%s reason=%r", topic, topic, partition, offset,
                  res.index, res.reason)
+
+    def _release(self, now: float) -> None:
+        """Hand buffered events to the rules, oldest first, up to each stream's closing watermark."""
+        heap = self._rule_heap
+        if not heap:
+            return
+        closing = self.ctx.extra.get("stream_clock") or {}
+        all_idle = not any(now - seen <= self.idle_partition_s for seen in self._last_seen_wall.values())
+        buffer = self.rule_buffer
+        held: list[tuple[float, int]] = []
+        while heap:
+            key = heap[0]
+            topic, ev = buffer.data[key]
+            limit = closing.get(topic)
+            if not all_idle and (limit is None or key[0] > limit):
+                # Streams move at different speeds: hold this one, look further for other streams'.
+                held.append(heapq.heappop(heap))
+                if len(held) > 10_000:
+                    break
+                continue
+            heapq.heappop(heap)
+            del buffer[key]
+            for hook in self._hooks(topic)["on_event"]:
+                try:
+                    hook(topic, ev, self.ctx)
+                except Exception:
+                    log.exception("rule failed on event stream=%s event_id=%s", topic, ev.event_id)
+        for key in held:
+            heapq.heappush(heap, key)
 
     def _untrusted(self, topic: str, partition: int, offset: int, raw: bytes, ev: Decoded, now: float,
                    verdict: tuple[str, str], hooks: dict[str, list[Any]]) -> None:
@@ -290,7 +332,33 @@ class Engine:
                 continue
             if wm < out.get(topic, float("inf")):
                 out[topic] = wm
+        # An assigned partition that has delivered nothing yet holds its stream back for a grace period:
+        # it may hold the stream's earliest events (the consumer reads partitions at different speeds).
+        if now - self._started_wall <= self.idle_partition_s:
+            for topic, parts in self._expected.items():
+                if any((topic, p) not in self.partition_wm for p in parts):
+                    out.pop(topic, None)
         return out
+
+    def expect_partitions(self, tps: Iterable[tuple[str, int]]) -> None:
+        """The consumer's assignment: partitions whose first records the clocks should wait for."""
+        for topic, partition in tps:
+            if topic in self.streams:
+                self._expected.setdefault(topic, set()).add(partition)
+
+    def stream_clocks(self, now: float) -> dict[str, float]:
+        """Per consumed stream, the event time its rules may judge up to (absent: wait).
+
+        A stream that has never delivered anything past the grace period gets the rules' clock, so its
+        sources can still be found silent (a feed dead from the start).
+        """
+        clocks = self.closing_watermark(now)
+        rules_now = self.rules_clock(now)
+        if rules_now is not None and now - self._started_wall > self.idle_partition_s:
+            for topic in self.streams:
+                if not any(tp[0] == topic for tp in self.partition_wm):
+                    clocks.setdefault(topic, rules_now)
+        return clocks
 
     @property
     def engine_time(self) -> float | None:
@@ -356,6 +424,8 @@ class Engine:
         now = self.now()
         result = CheckpointResult()
         engine_ts = self.rules_clock(now)
+        self.ctx.extra["stream_clock"] = self.stream_clocks(now)
+        self._release(now)
         if engine_ts is not None:
             for rule in self.rules:
                 rule.on_tick(engine_ts, self.ctx)

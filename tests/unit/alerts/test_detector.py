@@ -290,3 +290,45 @@ def test_profile_persistent_shift_is_eventually_accepted() -> None:
     res = [det.update(t, v + 20.0) for t, v in pts[2 * 1440:]]
     assert res[1][2] and res[1][1] == "high"
     assert not any(a for _, _, a in res[-720:])
+
+
+# ------------------------------------------------------------------------------------ KpiDetector
+def test_kpi_detector_channels_run_the_channel_code_unchanged() -> None:
+    """The unified detector's presets give exactly the former detectors' outputs."""
+    from cityops.alerts.detector import KpiDetector
+
+    rng = random.Random(11)
+    pts = count_day(rng, 0) + count_day(rng, 1, factor=lambda m: 0.2 if 600 <= m < 620 else 1.0)
+    kd, sd = KpiDetector(), SeasonalDetector()
+    assert kd.channels == ("seasonal", "range")
+    assert [kd.update(t, v) for t, v in pts] == [sd.update(t, v) for t, v in pts]
+    kp, pd = KpiDetector(channels=["profile"], noise="poisson"), ProfileDetector(noise="poisson")
+    res = [kp.update(t, v) for t, v in pts]
+    assert res == [pd.update(t, v) for t, v in pts] and any(a for _, _, a in res)
+    kz, pz = KpiDetector(channels=["profile"], profile_z_threshold=6.0), ProfileDetector(z_threshold=6.0)
+    assert [kz.update(t, v) for t, v in pts] == [pz.update(t, v) for t, v in pts]
+
+
+def test_kpi_detector_all_channels_flag_when_any_does_and_state_round_trips() -> None:
+    from cityops.alerts.detector import KpiDetector
+
+    rng = random.Random(12)
+    pts = count_day(rng, 0) + count_day(rng, 1, factor=lambda m: 0.2 if 600 <= m < 620 else 1.0)
+    det = KpiDetector(channels=("seasonal", "range", "profile"), noise="poisson")
+    prof = ProfileDetector(noise="poisson")
+    for t, v in pts[:1500]:
+        det.update(t, v)
+        prof.update(t, v)
+    clone = detector_from_state(pickle.loads(pickle.dumps(det.to_state())))
+    assert isinstance(clone, KpiDetector) and clone.channels == det.channels
+    a, b = [det.update(t, v) for t, v in pts[1500:]], [clone.update(t, v) for t, v in pts[1500:]]
+    assert a == b
+    p = [prof.update(t, v)[2] for t, v in pts[1500:]]
+    assert all(x[2] for x, f in zip(a, p) if f)  # a profile flag is a flag of the composite
+    # Legacy states are adopted with the matching channels.
+    assert KpiDetector.from_state(ProfileDetector().to_state()).channels == ("profile",)
+    assert KpiDetector.from_state(SeasonalDetector().to_state()).channels == ("seasonal", "range")
+    with pytest.raises(ValueError):
+        KpiDetector(channels=["fourier"])
+    with pytest.raises(TypeError):
+        KpiDetector(no_such_knob=1)

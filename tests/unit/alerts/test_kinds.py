@@ -456,17 +456,17 @@ def test_kpi_anomaly_flags_collapse_after_learning_daily_pattern() -> None:
 
 
 def test_kpi_anomaly_state_is_detector_state_and_survives_new_instance() -> None:
-    from cityops.alerts.detector import ProfileDetector as SeasonalDetector
+    from cityops.alerts.detector import KpiDetector
 
     ctx, _ = make_ctx()
     a = make("kpi_anomaly", name="R", min_history=10)
     for i in range(20):
         a.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0 + i % 3}, DAY0 + i * 60, ctx)
     state = a.table(ctx)[("det", (("line", "1"),))]
-    assert SeasonalDetector.from_state(state).n == 20
+    assert KpiDetector.from_state(state).n == 20
     b = make("kpi_anomaly", name="R", min_history=10)  # e.g. after a restart: reads the table, not a cache
     b.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0 + 20 * 60, ctx)
-    assert SeasonalDetector.from_state(b.table(ctx)[("det", (("line", "1"),))]).n == 21
+    assert KpiDetector.from_state(b.table(ctx)[("det", (("line", "1"),))]).n == 21
 
 
 def test_kpi_anomaly_bad_detector_param_rejected() -> None:
@@ -623,7 +623,7 @@ def test_kpi_anomaly_counts_quiet_series_and_opening_hours_do_not_alert() -> Non
     a minute and a line that opens at 06:00 learn their day on day 1 and stay quiet on day 2, while
     the line's outage on day 2 alerts low within two windows."""
     rule = make("kpi_anomaly", measurement="r", field="taps_in", tags=["line"],
-                detector={"noise": "poisson", "min_expected": 5.0})
+                detector={"channels": ["profile"], "noise": "poisson", "min_expected": 5.0})
     ctx, rec = make_ctx()
     rnd = random.Random(7)
 
@@ -646,26 +646,45 @@ def test_kpi_anomaly_counts_quiet_series_and_opening_hours_do_not_alert() -> Non
 
 
 def test_kpi_anomaly_state_of_another_model_is_replaced() -> None:
-    from cityops.alerts.detector import ProfileDetector, SeasonalDetector
+    from cityops.alerts.detector import KpiDetector
 
     ctx, _ = make_ctx()
     old = make("kpi_anomaly", name="R", model="seasonal", min_history=10)
     for i in range(5):
         old.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0 + i * 60, ctx)
     key = ("det", (("line", "1"),))
-    assert SeasonalDetector.from_state(old.table(ctx)[key]).n == 5
-    new = make("kpi_anomaly", name="R")  # the manifest moved the rule to the profile model
+    det = KpiDetector.from_state(old.table(ctx)[key])
+    assert det.channels == ("seasonal", "range") and det.n == 5
+    # The manifest moved the rule to the profile channel: same class, other channels, so start over.
+    new = make("kpi_anomaly", name="R", detector={"channels": ["profile"]})
     new.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0 + 5 * 60, ctx)
-    assert ProfileDetector.from_state(new.table(ctx)[key]).n == 1
+    det = KpiDetector.from_state(new.table(ctx)[key])
+    assert det.channels == ("profile",) and det.n == 1
+
+
+def test_kpi_anomaly_adopts_a_legacy_profile_state() -> None:
+    """State written by the former ProfileDetector-based rule carries on under the same channels."""
+    from cityops.alerts.detector import KpiDetector, ProfileDetector
+
+    ctx, _ = make_ctx()
+    key = ("det", (("line", "1"),))
+    legacy = ProfileDetector(warmup_pts=30)
+    for i in range(5):
+        legacy.update(DAY0 + i * 60, 100.0)
+    rule = make("kpi_anomaly", name="R", model="profile")
+    rule.table(ctx)[key] = legacy.to_state()
+    rule.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0 + 5 * 60, ctx)
+    det = KpiDetector.from_state(rule.table(ctx)[key])
+    assert det.channels == ("profile",) and det.n == 6
 
 
 def test_kpi_anomaly_judges_a_repeated_window_once() -> None:
     """The same window delivered again is not learned nor judged twice: repeats of one odd window
     must not pass for a persistent run."""
-    from cityops.alerts.detector import ProfileDetector
+    from cityops.alerts.detector import KpiDetector
 
     ctx, rec = make_ctx()
-    rule = make("kpi_anomaly", name="R", detector={"min_days": 0.0, "bin_s": 3600.0})
+    rule = make("kpi_anomaly", name="R", detector={"channels": ["profile"], "min_days": 0.0, "bin_s": 3600.0})
     rnd = random.Random(9)
     for i in range(100):
         rule.on_window("metro_line", {"line": "1"}, {"taps_in": 100 + rnd.gauss(0, 2)}, DAY0 + i * 60, ctx)
@@ -673,5 +692,5 @@ def test_kpi_anomaly_judges_a_repeated_window_once() -> None:
     for _ in range(4):
         rule.on_window("metro_line", {"line": "1"}, {"taps_in": 130.0}, odd, ctx)  # ~6 scales, once
     assert not rec.fired()
-    det = ProfileDetector.from_state(rule.table(ctx)[("det", (("line", "1"),))])
-    assert det.last_ts == odd and abs(det.run) == 1
+    det = KpiDetector.from_state(rule.table(ctx)[("det", (("line", "1"),))])
+    assert det.last_ts == odd and abs(det._p.run) == 1
