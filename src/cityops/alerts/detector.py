@@ -635,7 +635,8 @@ class KpiDetector:
     Parameters are flat keyword arguments. `sensitivity`, `season_s`, `warmup_pts` and `relearn_s`
     go to every enabled channel; any other `SeasonalDetector` argument goes to "seasonal"/"range";
     any other `ProfileDetector` argument to "profile", where the two names both classes use with
-    different meanings are prefixed: `profile_z_threshold`, `profile_clip_z`. Arguments of a channel
+    different meanings are prefixed: `profile_z_threshold`, `profile_clip_z`; `profile_warmup_pts`
+    overrides `warmup_pts` for the profile channel alone. Arguments of a channel
     that is not enabled are accepted and kept (so a rule can switch channels) but unused.
     """
 
@@ -644,7 +645,8 @@ class KpiDetector:
     _SHARED = ("season_s", "warmup_pts", "relearn_s")
     _PROFILE_ONLY = ("noise", "bin_s", "cap_pts", "min_bin_pts", "min_days", "strong", "persist", "persist_s",
                      "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected")
-    _PROFILE_PREFIXED = {"profile_z_threshold": "z_threshold", "profile_clip_z": "clip_z"}
+    _PROFILE_PREFIXED = {"profile_z_threshold": "z_threshold", "profile_clip_z": "clip_z",
+                         "profile_warmup_pts": "warmup_pts"}
     _SEASONAL_ONLY = ("week", "bins", "week_bins", "level_tau_s", "drift_tau_s", "season_rate", "scale_tau_pts",
                       "sustain_pts", "clip_z", "z_threshold", "episode_gap_s", "week_min_visits", "repeat_factor",
                       "peak_tau_pts", "peak_ref", "recur_n", "recur_bins", "season_drift", "scale_floor",

@@ -575,7 +575,7 @@ class KpiAnomaly(RuleKind):
     "min_expected": 5}`` for count fields. ``model``: "kpi" (the default: channels as configured), or
     a preset kept for older manifests, "profile" (channels [profile]) or "seasonal" (channels [seasonal,
     range]), which overrides ``detector.channels``. ``min_history``: points learned before any alert
-    (None = 1440 when the seasonal channel is on, else 30). Entity: the series tags + "direction"
+    (None = 1440 for the seasonal channel, 30 for the others). Entity: the series tags + "direction"
     (high|low), so a spike and a collapse are separate alerts. Value: the KPI value.
     """
 
@@ -640,7 +640,10 @@ class KpiAnomaly(RuleKind):
         chans = kw.get("channels", KpiDetector.DEFAULT_CHANNELS)
         hist = self.params["min_history"]
         if hist is None:
+            # The seasonal channel needs a day of points; the profile channel judges only times of day
+            # seen a day before anyway, so 30 points are enough for it.
             hist = 1440 if "seasonal" in ([chans] if isinstance(chans, str) else list(chans)) else 30
+            kw.setdefault("profile_warmup_pts", 30)
         kw.setdefault("warmup_pts", hist)
         return KpiDetector(sensitivity=self.params["sensitivity"], **kw)
 
@@ -924,12 +927,16 @@ class InvalidShare(RuleKind):
         table[stream] = state  # also marks the in-place change
 
     def _judge(self, stream: str, buckets: dict[float, list[int]], end: float, ctx: Context) -> None:
-        lo = end - self.params["window_s"]
+        size = self.params["bucket_s"]
         good = bad = 0
-        for k, (g, x) in buckets.items():
-            if lo <= k < end:
-                good += g
-                bad += x
+        # Bucket keys are whole multiples of bucket_s: look the window's buckets up directly.
+        k = end - size * math.ceil(self.params["window_s"] / size)
+        while k < end:
+            counts = buckets.get(k)
+            if counts is not None:
+                good += counts[0]
+                bad += counts[1]
+            k += size
         total = good + bad
         share = bad / total if total else 0.0
         active = total >= self.params["min_events"] and share > self.params["max_share"]
@@ -962,8 +969,8 @@ class InvalidShare(RuleKind):
             if end is None:
                 # The first window judged is the first one with a whole window of history behind it.
                 end = state["first"] + self.params["window_s"] - size
-            # After a long pause, judge only the windows that can still hold data.
-            end = max(end, limit - self.params["window_s"] - size)
+            # Every window in order, even after a long jump of the clock: a partition read ahead may have
+            # filled buckets far behind the clock, and those windows must still be judged.
             changed = False
             while end + size <= limit:
                 end += size
