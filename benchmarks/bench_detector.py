@@ -9,7 +9,7 @@ from pathlib import Path
 from cityops.alerts.detector import KpiDetector
 from cityops.alerts.nab import _epoch_s, _read
 
-DEFAULT_DATA = Path("/work/shared/data/nab/data")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "nab" / "data"  # ../shared
 
 
 def _load(data_dir: Path) -> list[tuple[list[float], list[float]]]:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 FOOD = "food.trace-events"
 DEAD_LETTER = "cityops.dead-letter"
-EXAMPLES = Path("/work/shared/data/epcis/JSON")
+EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "epcis" / "JSON"  # ../shared beside the checkout
 CST = timezone(timedelta(hours=8))
 CONTEXT = ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"]
 # The official examples span 2005..2020s of event time: judged with the default 10 min lateness and 24 h dedup

@@ -21,7 +21,8 @@ from cityops.food.epcis import (
 )
 from cityops.food.stream import FoodStream
 
-EXAMPLES = Path("/work/shared/data/epcis/JSON")
+SHARED = Path(__file__).resolve().parents[4] / "shared"  # ../shared beside the checkout
+EXAMPLES = SHARED / "data" / "epcis" / "JSON"
 EXAMPLE_FILES = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in (".json", ".jsonld"))
 CONTEXT = ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"]
 
@@ -72,7 +73,7 @@ def test_official_example_accepted_with_exact_event_count(stream: FoodStream, pa
 
 
 def test_schema_copy_is_the_official_one() -> None:
-    official = Path("/work/shared/data/epcis/EPCIS-JSON-Schema.json")
+    official = SHARED / "data" / "epcis" / "EPCIS-JSON-Schema.json"
     assert DEFAULT_SCHEMA_PATH.read_bytes() == official.read_bytes()
     assert (DEFAULT_SCHEMA_PATH.parent / "PROVENANCE.md").exists()
 
