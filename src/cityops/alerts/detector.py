@@ -39,7 +39,7 @@ class SeasonalDetector:
     largest (smallest) value seen so far, by `ext_frac` of the range seen so far, scores like a
     z of `z_threshold` (scaled linearly), then that channel rests for `ext_rest_pts` points, so a
     climbing series alerts once, not at every new record. The range learns from every point.
-    Defaults were tuned once, for all files together, on the NAB subset in /work/shared/data/nab.
+    Defaults were tuned once, for all files together, on the NAB subset in ../shared/data/nab.
 
     All times are epoch seconds; spacing may be irregular.
     """

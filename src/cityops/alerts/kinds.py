@@ -652,15 +652,17 @@ class KpiAnomaly(RuleKind):
         cached = self._cache.get(key)
         if cached is not None and stored is not None and cached[0] is stored:
             return cached[1]
-        fresh = self._new()
         if stored is None:
-            return fresh
+            return self._new()
         try:
             det = KpiDetector.from_state(stored)  # also adopts a SeasonalDetector/ProfileDetector state
         except (TypeError, ValueError, KeyError):
-            return fresh
+            return self._new()
         # State of other channels (the rule's model or channels were switched): start over rather than keep it.
-        return det if det.channels == fresh.channels else fresh
+        forced = self._MODELS[self.params["model"]]
+        chans = forced if forced is not None else self.params["detector"].get("channels", KpiDetector.DEFAULT_CHANNELS)
+        chans = (chans,) if isinstance(chans, str) else chans
+        return det if det.channels == tuple(dict.fromkeys(chans)) else self._new()
 
     def on_window(
         self, measurement: str, tags: dict[str, str], fields: dict[str, Any], window_start: float, ctx: Context

@@ -694,3 +694,16 @@ def test_kpi_anomaly_judges_a_repeated_window_once() -> None:
     assert not rec.fired()
     det = KpiDetector.from_state(rule.table(ctx)[("det", (("line", "1"),))])
     assert det.last_ts == odd and abs(det._p.run) == 1
+
+
+def test_kpi_anomaly_detector_state_expires_only_after_horizon() -> None:
+    """The sweep reads the last point's time from the unified detector's per-channel state (a state
+    that looked timeless would be swept at once and the series would never learn its day)."""
+    ctx, _ = make_ctx()
+    key = ("det", (("line", "1"),))
+    for detector in ({"channels": ["profile"]}, {}, {"channels": ["seasonal", "range", "profile"]}):
+        rule = make("kpi_anomaly", name="R", detector=detector, horizon_s=3600.0)
+        rule.on_window("metro_line", {"line": "1"}, {"taps_in": 100.0}, DAY0, ctx)
+        state = rule.table(ctx)[key]
+        assert not rule.expired(key, state, DAY0 + 1800, ctx)
+        assert rule.expired(key, state, DAY0 + 3601, ctx)
