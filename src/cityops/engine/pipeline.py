@@ -114,6 +114,8 @@ class Engine:
         self._last_seen_wall: dict[tuple[str, int], float] = {k: now() for k in self.partition_wm}
         self._started_wall = now()
         self._expected: dict[str, set[int]] = {}
+        self._expected_since = self._started_wall
+        self.first_record_grace_s = 10.0
         # A partition counts as idle (stops holding the clocks back) after this long without a record.
         # Long enough that a partition merely starved by the consumer under load is not taken for idle.
         self.idle_partition_s = float(getattr(settings, "idle_partition_s", 120.0))
@@ -332,9 +334,10 @@ class Engine:
                 continue
             if wm < out.get(topic, float("inf")):
                 out[topic] = wm
-        # An assigned partition that has delivered nothing yet holds its stream back for a grace period:
-        # it may hold the stream's earliest events (the consumer reads partitions at different speeds).
-        if now - self._started_wall <= self.idle_partition_s:
+        # An assigned partition that has delivered nothing yet holds its stream back for a short grace
+        # period: it may hold the stream's earliest events. The consumer fetches every assigned partition
+        # in its first rounds, so one still silent after that is empty and must not hold anything.
+        if now - self._expected_since <= self.first_record_grace_s:
             for topic, parts in self._expected.items():
                 if any((topic, p) not in self.partition_wm for p in parts):
                     out.pop(topic, None)
@@ -345,6 +348,7 @@ class Engine:
         for topic, partition in tps:
             if topic in self.streams:
                 self._expected.setdefault(topic, set()).add(partition)
+        self._expected_since = self.now()
 
     def stream_clocks(self, now: float) -> dict[str, float]:
         """Per consumed stream, the event time its rules may judge up to (absent: wait).
