@@ -26,7 +26,6 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535, description="serves /metrics and /healthz")
     web_host: str = "127.0.0.1"
     alertmanager_url: AnyHttpUrl | None = Field(None, description="Alertmanager base URL; unset = none")
-    worker_id: str = "cityops-worker-1"
     topic_partitions: int = Field(6, ge=1, le=1024)
     allowed_lateness_s: float = Field(600.0, ge=0)
     dedup_horizon_s: float = Field(86400.0 * 1.05, ge=86400.0, description="at least 24 h of event time")

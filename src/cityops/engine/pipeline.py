@@ -131,10 +131,6 @@ class Engine:
         self._rewrite_all = True
 
     # -- processing ---------------------------------------------------------------------------------
-    def seen(self, topic: str, partition: int, offset: int) -> bool:
-        """True when this record is covered by the restored state (a replay after a crash)."""
-        return offset <= self.store.offsets.get((topic, partition), -1)
-
     def _hooks(self, topic: str) -> dict[str, list[Any]]:
         """Per stream, the bound rule hooks that do something for it (most rules watch one stream)."""
         hooks = self._hook_cache.get(topic)

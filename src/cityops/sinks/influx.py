@@ -83,7 +83,6 @@ class InfluxSink:
         self.stats = SinkStats()
         self._session: aiohttp.ClientSession | None = None
         self._v2: Any = None
-        self.backoff_s = 0.0
         self.healthy = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -178,6 +177,11 @@ class InfluxSink:
         self.healthy = True
         return confirmed
 
+    def _unavailable(self) -> None:
+        self.stats.errors_unavailable += 1
+        self._err("unavailable")
+        self.healthy = False
+
     def _err(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.sink_errors.labels(sink="influxdb", kind=kind).inc()
@@ -202,9 +206,7 @@ class InfluxSink:
                 raise CityopsError(f"InfluxDB refused the write ({status}): check CITYOPS_INFLUX_TOKEN") from exc
             raise _Rejected(f"HTTP {status}: {exc.body!r:.300}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            self.stats.errors_unavailable += 1
-            self._err("unavailable")
-            self.healthy = False
+            self._unavailable()
             raise InfluxUnavailable(f"unreachable: {exc}") from exc
 
     async def _write(self, body: bytes) -> None:
@@ -233,16 +235,9 @@ class InfluxSink:
                 if r.status in (401, 403):
                     raise CityopsError(f"InfluxDB refused the write ({r.status}): check CITYOPS_INFLUX_TOKEN")
                 raise _Rejected(f"HTTP {r.status}: {text[:300]}")
-        except aiohttp.ClientError as exc:
-            self.stats.errors_unavailable += 1
-            self._err("unavailable")
-            self.healthy = False
-            raise InfluxUnavailable(f"unreachable: {exc}") from exc
-        except asyncio.TimeoutError as exc:
-            self.stats.errors_unavailable += 1
-            self._err("unavailable")
-            self.healthy = False
-            raise InfluxUnavailable("timed out") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self._unavailable()
+            raise InfluxUnavailable(f"unreachable: {exc!r}") from exc
 
 
 class _Rejected(CityopsError):

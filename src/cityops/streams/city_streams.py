@@ -49,7 +49,6 @@ class JsonStream:
         self._one = msgspec.json.Decoder(self.model)
         self._many = msgspec.json.Decoder(list[self.model])  # type: ignore[name-defined]
         self._enc = msgspec.json.Encoder()
-        self._convert_type = self.model
 
     def decode(self, raw: bytes) -> list[Decoded | Rejected]:
         if not raw:
@@ -84,7 +83,7 @@ class JsonStream:
         out: list[Decoded | Rejected] = []
         for i, element in enumerate(doc):
             try:
-                ev = msgspec.convert(element, self._convert_type, strict=True)
+                ev = msgspec.convert(element, self.model, strict=True)
             except msgspec.ValidationError as err:
                 out.append(Rejected(f"contract: {_reason(err).replace('$', f'$[{i}]', 1)}", i, element))
                 continue
