@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -86,8 +87,39 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
     def progress(*a: object, **kw: object) -> None:
         print(" ".join(str(x) for x in a), file=sys.stderr)
 
-    stats = run(Path(args.data_dir), Path(args.out_dir), sensitivity=args.sensitivity, progress=progress,
-                model=args.model)
+    sensitivity, detector = args.sensitivity, {}
+    if args.rule:
+        # Score exactly what a KPI rule runs: its sensitivity and detector arguments from agents/.
+        from cityops.alerts.manifest import load_manifests
+        from cityops.alerts.wiring import default_rules_dir
+
+        rules_dir = Path(args.rules_dir) if args.rules_dir else default_rules_dir()
+        if rules_dir is None:
+            print("error: --rule needs the agents/ directory; pass --rules-dir", file=sys.stderr)
+            return 2
+        spec = load_manifests(rules_dir).get(args.rule)
+        if spec is None or spec.kind != "kpi_anomaly":
+            print(f"error: --rule {args.rule}: no kpi_anomaly rule of that name in {rules_dir}", file=sys.stderr)
+            return 2
+        sensitivity = float(spec.params.get("sensitivity", 1.0))
+        detector = dict(spec.params.get("detector") or {})
+        print(f"rule {args.rule}: sensitivity={sensitivity} detector={detector}", file=sys.stderr)
+    if args.detector:
+        try:
+            extra = json.loads(args.detector)
+        except ValueError as exc:
+            print(f"error: --detector: not JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(extra, dict):
+            print("error: --detector: expected a JSON object of KpiDetector arguments", file=sys.stderr)
+            return 2
+        detector.update(extra)
+    try:
+        stats = run(Path(args.data_dir), Path(args.out_dir), sensitivity=sensitivity, progress=progress,
+                    model=args.model, detector=detector)
+    except (TypeError, ValueError) as exc:
+        print(f"error: detector arguments: {exc}", file=sys.stderr)
+        return 2
     print(stats)
     return 0
 
@@ -207,8 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--sensitivity", type=float, default=1.0)
     n.add_argument("--model", choices=("kpi", "seasonal", "profile"), default="kpi",
                    help="channels of the KPI detector (KpiDetector, the class the kpi_anomaly rules run): "
-                        "kpi = its default channels, seasonal+range (default); seasonal = the same, by its old name; "
-                        "profile = the per time-of-day profile channel alone")
+                        "kpi = all channels, as the shipped rules run it (default); seasonal = seasonal+range "
+                        "only; profile = the per time-of-day profile channel alone")
+    n.add_argument("--rule", metavar="ALERTNAME",
+                   help="use a kpi_anomaly rule's sensitivity and detector arguments from agents/*.yml, "
+                        "e.g. RidershipAnomaly")
+    n.add_argument("--rules-dir", help="manifest directory for --rule (default: the repository's agents/)")
+    n.add_argument("--detector", metavar="JSON",
+                   help='further KpiDetector arguments, e.g. \'{"noise": "poisson"}\' (applied after --rule)')
     n.set_defaults(func=cmd_nab_detect)
 
     g = sub.add_parser("dashboards", help="validate dashboards/ or push them to Grafana (grafana-client)")

@@ -427,9 +427,15 @@ class ProfileDetector:
         min_expected: float = 5.0,
         relearn_s: float = 6 * 3600.0,
         clip_z: float = 2.0,
+        step_unc: float = 1.0,
+        cal_tau_pts: float = 500.0,
+        cal_min_pts: int = 30,
+        cal_max_rate: float = 0.06,
     ) -> None:
         if sensitivity <= 0:
             raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
+        if not cal_tau_pts > 0 or not 0 < cal_max_rate <= 1:
+            raise ValueError("need cal_tau_pts > 0 and 0 < cal_max_rate <= 1")
         if noise not in ("gauss", "poisson"):
             raise ValueError(f"noise must be 'gauss' or 'poisson', got {noise!r}")
         if not season_s > 0 or not bin_s > 0 or bin_s > season_s:
@@ -455,6 +461,10 @@ class ProfileDetector:
         self.min_expected = float(min_expected)
         self.relearn_s = float(relearn_s)
         self.clip_z = float(clip_z)
+        self.step_unc = float(step_unc)
+        self.cal_tau_pts = float(cal_tau_pts)
+        self.cal_min_pts = int(cal_min_pts)
+        self.cal_max_rate = float(cal_max_rate)
         self.bins = max(1, int(round(self.season_s / self.bin_s)))
         self.z_flag = self.z_threshold / self.sensitivity
         self.z_run = self.run_min_z / self.sensitivity
@@ -471,11 +481,22 @@ class ProfileDetector:
         self.run_start = 0.0               # ts of the run's first point
         self.run_resid = 0.0               # running mean residual of the run (for relearning)
         self.run_z = 0.0                   # sum of the run's z-scores
+        self.run_flagged = False           # the current run has flagged already (its onset is past)
+        self.evidence = 0.0                # the last point's run evidence (0 outside a run)
+        self.cal_n = 0                     # judged points that fed the calibration rate
+        self.cal_rate = 0.0                # running share of judged, unflagged points with |z| >= run_min_z
+        self.judged = False                # the last point was judged (its time of day is learned)
+        self.onset = False                 # the last point was its run's first flag (not state: per point)
+        self.last_z = 0.0                  # the last judged point's z (not state: per point)
+        self.calm_ts: float | None = None  # ts of the last point that was not a run candidate
+        self.span = 0.0                    # how long the current surprise has lasted (ts - calm_ts; per point)
 
     _PARAMS = ("sensitivity", "noise", "season_s", "bin_s", "cap_pts", "min_bin_pts", "min_days", "warmup_pts",
                "z_threshold", "strong", "persist", "persist_s", "run_min_z", "run_threshold", "run_cap",
-               "rel_floor", "min_expected", "relearn_s", "clip_z")
-    _STATE = ("n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start", "run_resid", "run_z")
+               "rel_floor", "min_expected", "relearn_s", "clip_z", "step_unc", "cal_tau_pts", "cal_min_pts",
+               "cal_max_rate")
+    _STATE = ("n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start", "run_resid", "run_z",
+              "run_flagged", "evidence", "cal_n", "cal_rate", "judged", "calm_ts")
 
     def to_state(self) -> dict[str, Any]:
         """Plain dict (floats, ints, lists) that survives pickling/JSON; `from_state` restores it."""
@@ -513,11 +534,17 @@ class ProfileDetector:
         m, d = self.mean[b], self.dev[b]
         # Towards the neighbouring bin's centre, when that bin is learned too (follows ramps).
         nb = (b + 1) % self.bins if frac >= 0.5 else (b - 1) % self.bins
+        step = 0.0
         if nb != b and self._ready(nb, ts):
             w = abs(frac - 0.5)
-            m += w * (self.mean[nb] - m)
+            step = w * (self.mean[nb] - m)
+            m += step
             d += w * (self.dev[nb] - d)
         scale = 1.25 * d  # mean absolute deviation -> standard deviation (normal noise)
+        if step:
+            # Where the rhythm steps between bins the interpolated value is uncertain by about the
+            # interpolation itself (a square wave's edge falls anywhere inside a bin).
+            scale = math.hypot(scale, self.step_unc * step)
         if self.noise == "poisson":
             scale = max(scale, 1.0)
         return m, max(scale, self.rel_floor * abs(m), 1e-9)
@@ -571,19 +598,40 @@ class ProfileDetector:
         self.n += 1
         self.last_ts = ts
 
+    @property
+    def calibrated(self) -> bool:
+        """The profile explains this series: few of its judged points surprise it (`cal_max_rate`).
+
+        Under a right model with normal noise about 5% of points have |z| >= 2; a series the time of
+        day does not explain (a random walk, a drifting temperature) surprises a per-time-of-day mean
+        much more often. A flagged run counts once: one incident is little evidence against the model,
+        a series whose every spike flags is much.
+        """
+        return self.cal_n >= self.cal_min_pts and self.cal_rate <= self.cal_max_rate
+
     def update(self, ts: float, value: float) -> tuple[float, str, bool]:
         """Score, then learn unless part of a run; returns (score, direction, is_anomaly)."""
         zr = self._zr(ts, value)
+        prev_ts = self.last_ts
         if zr is None:
             self.run = 0
+            self.evidence = self.span = 0.0
+            self.calm_ts = ts
+            self.judged = self.onset = False
             self.learn_one(ts, value)
             return 0.0, _HIGH, False
+        self.judged = True
+        self.onset = False
         z, r = zr
+        self.last_z = z
         a = abs(z)
         sgn = 1 if z >= 0 else -1
         score, direction = SeasonalDetector._z_to_score(a), (_HIGH if sgn > 0 else _LOW)
         if a < self.z_run:
             self.run = 0
+            self.evidence = self.span = 0.0
+            self.calm_ts = ts
+            self._calibrate(False)
             self.learn_one(ts, value)
             return score, direction, False
         if self.run * sgn > 0 and ts - self.run_ts <= self.persist_s:
@@ -592,10 +640,16 @@ class ProfileDetector:
             self.run_resid += 0.1 * (r - self.run_resid)
         else:
             self.run, self.run_z, self.run_start, self.run_resid = sgn, z, ts, r
+            self.run_flagged = False
+            if prev_ts is not None:
+                self.calm_ts = prev_ts
         self.run_ts = ts
+        # A point stands for the time since the previous one: one 5-minute sample is 5 minutes.
+        self.span = ts - self.calm_ts if self.calm_ts is not None else 0.0
         n = abs(self.run)
         # Evidence of the run: its mean z, worth sqrt(points) up to `run_cap` points.
         evidence = abs(self.run_z) / n * math.sqrt(min(n, self.run_cap))
+        self.evidence = evidence
         flagged = a >= self.strong * self.z_flag or (n >= self.persist and evidence >= self.z_run_flag)
         if n == 1 and a < self.z_flag:
             self.learn_one(ts, value)  # a lone mild surprise is ordinary noise (learned, clipped)
@@ -607,44 +661,75 @@ class ProfileDetector:
             self.mean = [m + self.run_resid if c else m for m, c in zip(self.mean, self.cnt)]
             self.run = 0
             return score, direction, False
+        if flagged:
+            self.onset = not self.run_flagged
+            self.run_flagged = True
+        if not flagged or self.onset:
+            self._calibrate(True)  # a run's later flags are one incident, counted once
         return score, direction, flagged
 
+    def _calibrate(self, surprised: bool) -> None:
+        self.cal_n += 1
+        a = 1.0 / min(self.cal_n, self.cal_tau_pts)
+        self.cal_rate += a * ((1.0 if surprised else 0.0) - self.cal_rate)
 
 
 class KpiDetector:
     """The KPI anomaly detector: one class, used by the `kpi_anomaly` alert rules and by `cityops nab-detect`.
 
-    Up to three scoring channels over one series, each enabled by name in `channels`:
+    Three scoring channels over one series, each enabled by name in `channels` (default: all three,
+    the configuration both `nab-detect` and the shipped KPI rules run):
 
     * "seasonal": `SeasonalDetector`'s level + daily/weekly bins + drift model (point and sustained z);
     * "range": `SeasonalDetector`'s range channel (a value beyond the range seen so far);
-    * "profile": `ProfileDetector`'s per time-of-day profile learned from earlier days, Poisson-aware
-      for counts (`noise="poisson"`), alerting on persistent runs or crash-sized single points.
+    * "profile": `ProfileDetector`'s per time-of-day profile learned from earlier days, alerting on
+      persistent runs.
 
-    `update` runs every enabled channel on the point: the score is the largest channel score (the
-    profile channel contributes only while it flags, so its unflagged wobble adds no noise to the
-    score), the point is anomalous when any channel flags it, and the direction is that of the
-    strongest flagging channel (of the strongest channel when none flags). Each channel learns by
-    its own rule, exactly as the class it comes from. The default, "seasonal" + "range" with default
-    parameters, is the configuration `nab-detect` scores; alert rules pick channels and parameters
-    per rule (e.g. `{channels: [profile], noise: poisson, min_expected: 5}` for tap counts).
-    The profile channel is not in the default: on the NAB corpus its flags are mostly false (NAB
-    standard 71.8 -> 0.0 with its flagged scores added by max, 4.6 with run onsets only), and a
-    contribution kept below the NAB threshold would be a no-op there.
+    With `noise="poisson"` (counts, e.g. taps per minute) every channel judges the value on the
+    variance-stabilised Anscombe scale 2*sqrt(x + 3/8), where Poisson noise has unit variance.
+
+    Which model decides is itself learned, point by point. The profile *leads* at a point when it
+    has judged that time of day before, is calibrated (few of its points surprise it, see
+    `ProfileDetector.calibrated`) and predicts the series at least as well as the seasonal model
+    (running mean absolute one-step error, both on the judged scale, times `lead_skill`). City KPIs
+    in 1-minute windows, with a strong daily rhythm and counting noise, are such series; a drifting
+    machine temperature or a series of random spikes is not. While the profile leads:
+
+    * a profile run of at least `lead_persist` points is an anomaly when the seasonal model agrees on
+      the direction (its z, against the largest recent surprise for heavy tails, at least
+      `lead_agree_z`); the score is the run's evidence on the seasonal z scale (at least the
+      threshold) at the run's first flag, `repeat_factor` of it later; no channel learns the point;
+    * a seasonal-channel flag (not the range channel's: records are common while a series is young)
+      stands when the profile sees the point off the same way by `lead_confirm_z` and the surprise
+      has lasted `lead_confirm_s` seconds of the series' time (a point stands for the time since the
+      previous one: one 5-minute sample is 5 minutes, one 1-minute window is not enough) or is
+      `lead_strong_z` off (thresholds divided by `sensitivity`);
+    * anything else is not an anomaly; the score is `lead_damp` of the seasonal score.
+
+    Elsewhere the seasonal and range channels decide exactly as `SeasonalDetector` does. Each channel
+    learns by its own rule. Defaults were chosen once: the NAB subset in ../shared/data/nab for the
+    seasonal/range parameters, and there and the simulated city KPIs together for the lead rules.
 
     Parameters are flat keyword arguments. `sensitivity`, `season_s`, `warmup_pts` and `relearn_s`
-    go to every enabled channel; any other `SeasonalDetector` argument goes to "seasonal"/"range";
-    any other `ProfileDetector` argument to "profile", where the two names both classes use with
-    different meanings are prefixed: `profile_z_threshold`, `profile_clip_z`; `profile_warmup_pts`
-    overrides `warmup_pts` for the profile channel alone. Arguments of a channel
-    that is not enabled are accepted and kept (so a rule can switch channels) but unused.
+    go to every enabled channel; `noise` to every channel (see above); any other `SeasonalDetector`
+    argument goes to "seasonal"/"range"; any other `ProfileDetector` argument to "profile", where the
+    two names both classes use with different meanings are prefixed: `profile_z_threshold`,
+    `profile_clip_z`; `profile_warmup_pts` overrides `warmup_pts` for the profile channel alone; the
+    `lead_*` and `skill_tau_pts` arguments are this class's own. Arguments of a channel that is not
+    enabled are accepted and kept (so a rule can switch channels) but unused.
     """
 
     CHANNELS: tuple[str, ...] = ("seasonal", "range", "profile")
-    DEFAULT_CHANNELS: tuple[str, ...] = ("seasonal", "range")
+    DEFAULT_CHANNELS: tuple[str, ...] = ("seasonal", "range", "profile")
+    # This class's own arguments and their defaults (see the class doc).
+    LEAD_DEFAULTS: dict[str, float] = {
+        "lead_skill": 1.0, "lead_persist": 2, "lead_agree_z": 2.0, "lead_confirm_z": 2.5,
+        "lead_confirm_s": 150.0, "lead_strong_z": 5.0, "lead_damp": 0.5, "skill_tau_pts": 500.0,
+    }
     _SHARED = ("season_s", "warmup_pts", "relearn_s")
     _PROFILE_ONLY = ("noise", "bin_s", "cap_pts", "min_bin_pts", "min_days", "strong", "persist", "persist_s",
-                     "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected")
+                     "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected", "step_unc",
+                     "cal_tau_pts", "cal_min_pts", "cal_max_rate")
     _PROFILE_PREFIXED = {"profile_z_threshold": "z_threshold", "profile_clip_z": "clip_z",
                          "profile_warmup_pts": "warmup_pts"}
     _SEASONAL_ONLY = ("week", "bins", "week_bins", "level_tau_s", "drift_tau_s", "season_rate", "scale_tau_pts",
@@ -659,13 +744,29 @@ class KpiDetector:
         bad = [c for c in chans if c not in self.CHANNELS]
         if bad or not chans:
             raise ValueError(f"channels must be a non-empty subset of {list(self.CHANNELS)}, got {list(channels)!r}")
-        known = set(self._SHARED) | set(self._PROFILE_ONLY) | set(self._PROFILE_PREFIXED) | set(self._SEASONAL_ONLY)
+        known = (set(self._SHARED) | set(self._PROFILE_ONLY) | set(self._PROFILE_PREFIXED) | set(self._SEASONAL_ONLY)
+                 | set(self.LEAD_DEFAULTS))
         unknown = sorted(set(kw) - known)
         if unknown:
             raise TypeError(f"unexpected detector argument(s) {unknown}")
+        if not sensitivity > 0:
+            raise ValueError(f"sensitivity must be > 0, got {sensitivity}")
         self.channels = chans
         self.sensitivity = float(sensitivity)
         self.kw = dict(kw)
+        # Counts are judged on the variance-stabilised (Anscombe) scale by every channel.
+        self._anscombe = kw.get("noise", "gauss") == "poisson"
+        lead = {k: float(kw.get(k, v)) for k, v in self.LEAD_DEFAULTS.items()}
+        if lead["lead_skill"] <= 0 or lead["skill_tau_pts"] < 1 or lead["lead_persist"] < 1 or lead["lead_damp"] < 0:
+            raise ValueError("need lead_skill > 0, skill_tau_pts >= 1, lead_persist >= 1 and lead_damp >= 0")
+        self.lead_skill = lead["lead_skill"]
+        self.lead_persist = int(lead["lead_persist"])
+        self.lead_agree_z = lead["lead_agree_z"]
+        self.lead_confirm_z = lead["lead_confirm_z"] / self.sensitivity
+        self.lead_confirm_s = lead["lead_confirm_s"]
+        self.lead_strong_z = lead["lead_strong_z"] / self.sensitivity
+        self.lead_damp = lead["lead_damp"]
+        self.skill_tau_pts = lead["skill_tau_pts"]
         s_kw = {k: v for k, v in kw.items() if k in self._SHARED or k in self._SEASONAL_ONLY}
         p_kw = {k: v for k, v in kw.items() if k in self._SHARED or k in self._PROFILE_ONLY}
         p_kw.update({self._PROFILE_PREFIXED[k]: v for k, v in kw.items() if k in self._PROFILE_PREFIXED})
@@ -678,6 +779,10 @@ class KpiDetector:
         self._s: SeasonalDetector | None = sd if (use_s or use_r) else None
         self._p: ProfileDetector | None = pd if "profile" in chans else None
         self.threshold = (self._s or self._p).threshold  # type: ignore[union-attr]
+        # Running mean absolute one-step error of each model's prediction, over points both predicted.
+        self.err_s = 0.0
+        self.err_p = 0.0
+        self.err_n = 0
 
     # ------------------------------------------------------------------ state
     @property
@@ -697,6 +802,7 @@ class KpiDetector:
         state = {
             "seasonal": self._s.to_state()["state"] if self._s is not None else None,
             "profile": self._p.to_state()["state"] if self._p is not None else None,
+            "err": [self.err_s, self.err_p, self.err_n],
         }
         return {"version": _KPI_VERSION, "params": params, "state": state}
 
@@ -725,6 +831,9 @@ class KpiDetector:
             if d is not None and sub is not None:
                 for k, v in sub.items():
                     setattr(d, k, list(v) if isinstance(v, list) else v)
+        err = subs.get("err")
+        if err:
+            det.err_s, det.err_p, det.err_n = float(err[0]), float(err[1]), int(err[2])
         return det
 
     # ---------------------------------------------------------------- scoring
@@ -733,7 +842,7 @@ class KpiDetector:
         best, direction = 0.0, _HIGH
         for d in (self._s, self._p):
             if d is not None:
-                sc, dr = d.score_one(ts, value)
+                sc, dr = d.score_one(ts, self._ys(value) if d is self._s else value)
                 if sc > best:
                     best, direction = sc, dr
         return best, direction
@@ -741,22 +850,67 @@ class KpiDetector:
     def learn_one(self, ts: float, value: float) -> None:
         """Every enabled channel learns this point."""
         if self._s is not None:
-            self._s.learn_one(ts, value)
+            self._s.learn_one(ts, self._ys(value))
         if self._p is not None:
             self._p.learn_one(ts, value)
+
+    def _ys(self, value: float) -> float:
+        """The value as the seasonal and range channels see it."""
+        return 2.0 * math.sqrt(max(value, 0.0) + 0.375) if self._anscombe else value
 
     def update(self, ts: float, value: float) -> tuple[float, str, bool]:
         """Score with every channel, each learning by its own rule; returns (score, direction, is_anomaly)."""
         s, p = self._s, self._p
+        yv = self._ys(value)
         if p is None:
-            return s.update(ts, value)  # type: ignore[union-attr]
+            return s.update(ts, yv)  # type: ignore[union-attr]
+        if s is not None and s.seasonal and s.n >= 2 and p.n >= p.warmup_pts:
+            e = p._expect(ts)
+            if e is not None:
+                b, w = s._bins(ts)
+                self.err_n += 1
+                a = 1.0 / min(self.err_n, self.skill_tau_pts)
+                # Both models' one-step errors on the scale they judge (the profile's y for counts).
+                pred_s = s.level + s._season(b, w) + s.drift
+                if self._anscombe:
+                    self.err_s += a * (abs(yv - pred_s) - self.err_s)
+                    self.err_p += a * (abs(yv - e[0]) - self.err_p)
+                else:
+                    self.err_s += a * (abs(value - pred_s) - self.err_s)
+                    self.err_p += a * (abs(value - p._count(e[0])) - self.err_p)
         ps, pd, pf = p.update(ts, value)
         if s is None:
             return ps, pd, pf
-        ss, sd, sf = s.update(ts, value)
-        if pf and (ps > ss or not sf):
-            return max(ps, ss), pd, True
-        return ss, sd, sf or pf
+        if not s.seasonal:
+            # Profile + range only: no seasonal model to compare with, so either channel's flag stands.
+            ss, sd, sf = s.update(ts, yv)
+            if pf and (ps > ss or not sf):
+                return max(ps, ss), pd, True
+            return ss, sd, sf or pf
+        zs = 0.0
+        if s.n >= 2:
+            z1, z2, _, _, _ = s._z(ts, yv)
+            zs = z1 if abs(z1) >= abs(z2) else z2
+            if s._peak_decay and s.peak > s.peak_ref:
+                zs *= s.peak_ref / s.peak  # a heavy-tailed series: against its largest recent surprise
+        lead = p.judged and p.calibrated and self.err_p <= self.lead_skill * self.err_s
+        # Where the profile leads, its persistent runs decide (the seasonal model agreeing on the direction).
+        if lead and pf and abs(p.run) >= self.lead_persist and (zs >= self.lead_agree_z if pd == _HIGH else zs <= -self.lead_agree_z):
+            # Flagged: the seasonal model must not learn it either (it may still be warming up,
+            # when it learns every point); the range learns every point, as always.
+            s._ext_learn(yv, s._ext_z(yv))
+            s.last_ts = ts
+            z = max(p.evidence, s.z_flag)
+            sc = SeasonalDetector._z_to_score(z)
+            return (sc if p.onset else s.repeat_factor * sc), pd, True
+        ss, sd, sf = s.update(ts, yv)
+        if not lead:
+            return ss, sd, sf
+        if (sf and s.ep_last == ts  # the seasonal channel's own flag, not the range channel's
+                and (p.last_z >= self.lead_confirm_z if sd == _HIGH else p.last_z <= -self.lead_confirm_z)
+                and (p.span >= self.lead_confirm_s or abs(p.last_z) >= self.lead_strong_z)):
+            return ss, sd, True
+        return self.lead_damp * ss, sd, False
 
 
 def detector_from_state(state: dict[str, Any]) -> KpiDetector | SeasonalDetector | ProfileDetector:

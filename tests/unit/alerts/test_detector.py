@@ -294,37 +294,38 @@ def test_profile_persistent_shift_is_eventually_accepted() -> None:
 
 # ------------------------------------------------------------------------------------ KpiDetector
 def test_kpi_detector_channels_run_the_channel_code_unchanged() -> None:
-    """The unified detector's presets give exactly the former detectors' outputs."""
+    """Channel subsets give exactly the channel classes' outputs; the default runs all three."""
     from cityops.alerts.detector import KpiDetector
 
     rng = random.Random(11)
     pts = count_day(rng, 0) + count_day(rng, 1, factor=lambda m: 0.2 if 600 <= m < 620 else 1.0)
-    kd, sd = KpiDetector(), SeasonalDetector()
-    assert kd.channels == ("seasonal", "range")
+    assert KpiDetector().channels == ("seasonal", "range", "profile")
+    kd, sd = KpiDetector(channels=("seasonal", "range")), SeasonalDetector()
     assert [kd.update(t, v) for t, v in pts] == [sd.update(t, v) for t, v in pts]
     kp, pd = KpiDetector(channels=["profile"], noise="poisson"), ProfileDetector(noise="poisson")
     res = [kp.update(t, v) for t, v in pts]
     assert res == [pd.update(t, v) for t, v in pts] and any(a for _, _, a in res)
     kz, pz = KpiDetector(channels=["profile"], profile_z_threshold=6.0), ProfileDetector(z_threshold=6.0)
     assert [kz.update(t, v) for t, v in pts] == [pz.update(t, v) for t, v in pts]
+    # Counts: the seasonal channel judges them on the Anscombe scale.
+    ka = KpiDetector(channels=("seasonal", "range"), noise="poisson")
+    sa = SeasonalDetector()
+    assert [ka.update(t, v) for t, v in pts] == [sa.update(t, 2.0 * math.sqrt(v + 0.375)) for t, v in pts]
 
 
-def test_kpi_detector_all_channels_flag_when_any_does_and_state_round_trips() -> None:
+def test_kpi_detector_all_channels_state_round_trips() -> None:
     from cityops.alerts.detector import KpiDetector
 
     rng = random.Random(12)
     pts = count_day(rng, 0) + count_day(rng, 1, factor=lambda m: 0.2 if 600 <= m < 620 else 1.0)
-    det = KpiDetector(channels=("seasonal", "range", "profile"), noise="poisson")
-    prof = ProfileDetector(noise="poisson")
-    for t, v in pts[:1500]:
+    det = KpiDetector(noise="poisson")
+    for t, v in pts[:1200]:  # day 2 until 09:00
         det.update(t, v)
-        prof.update(t, v)
     clone = detector_from_state(pickle.loads(pickle.dumps(det.to_state())))
     assert isinstance(clone, KpiDetector) and clone.channels == det.channels
-    a, b = [det.update(t, v) for t, v in pts[1500:]], [clone.update(t, v) for t, v in pts[1500:]]
-    assert a == b
-    p = [prof.update(t, v)[2] for t, v in pts[1500:]]
-    assert all(x[2] for x, f in zip(a, p) if f)  # a profile flag is a flag of the composite
+    assert (clone.err_s, clone.err_p, clone.err_n) == (det.err_s, det.err_p, det.err_n) and det.err_n > 0
+    a, b = [det.update(t, v) for t, v in pts[1200:]], [clone.update(t, v) for t, v in pts[1200:]]
+    assert a == b and any(x[2] for x in a)
     # Legacy states are adopted with the matching channels.
     assert KpiDetector.from_state(ProfileDetector().to_state()).channels == ("profile",)
     assert KpiDetector.from_state(SeasonalDetector().to_state()).channels == ("seasonal", "range")
@@ -332,3 +333,103 @@ def test_kpi_detector_all_channels_flag_when_any_does_and_state_round_trips() ->
         KpiDetector(channels=["fourier"])
     with pytest.raises(TypeError):
         KpiDetector(no_such_knob=1)
+    with pytest.raises(ValueError):
+        KpiDetector(lead_skill=0)
+    with pytest.raises(ValueError):
+        KpiDetector(sensitivity=0)
+
+
+# ------------------------------------------------------------- KpiDetector: which model decides
+def _city_days(rng: random.Random, days: int, rate=taps) -> list[tuple[float, float]]:
+    return [p for d in range(days) for p in count_day(rng, d, rate=rate)]
+
+
+def test_profile_leads_on_a_daily_count_series_and_catches_a_collapse_without_learning_it() -> None:
+    from cityops.alerts.detector import KpiDetector
+
+    rng = random.Random(21)
+    det = KpiDetector(noise="poisson", warmup_pts=1440)  # as the kpi_anomaly rules build it
+    for t, v in _city_days(rng, 2):
+        det.update(t, v)
+    start = 10 * 60
+    day = count_day(rng, 2, factor=lambda m: 0.2 if start <= m < start + 20 else 1.0)
+    flags, leads = [], 0
+    for t, v in day:
+        s, d, a = det.update(t, v)
+        leads += det._p.judged and det._p.calibrated and det.err_p <= det.err_s
+        if a:
+            flags.append((t, d))
+    assert leads > 0.9 * len(day)  # the profile explains this series: it leads nearly everywhere
+    t_start = T0 + 2 * 86400 + start * MIN
+    assert flags and flags[0][1] == "low" and t_start <= flags[0][0] <= t_start + 2 * MIN
+    assert all(t_start <= t < t_start + 20 * MIN for t, _ in flags)  # and nothing else all day
+    # Neither model learned the collapse: the next day at 10:00 is normal, not "high".
+    nxt = [det.update(t, v) for t, v in count_day(rng, 3)]
+    assert not any(a for _, _, a in nxt)
+
+
+def test_lead_single_window_blip_is_not_an_alert_but_a_lasting_one_is() -> None:
+    """A one-minute spike on a 1-minute series is not confirmed; the same spike lasting 5 minutes is."""
+    from cityops.alerts.detector import KpiDetector
+
+    rng = random.Random(22)
+    flat = lambda day, m: 0.0 if m < 360 or m >= 1380 else 20.0
+    det = KpiDetector(noise="poisson", warmup_pts=1440)
+    for t, v in _city_days(rng, 3, rate=flat):
+        det.update(t, v)
+    t = T0 + 3 * 86400 + 12 * 3600
+    for k in range(30):
+        det.update(t + k * MIN, 20.0)
+    t += 30 * MIN
+    s, d, a = det.update(t, 38.0)
+    assert det._s.ep_last == t and d == "high"  # the seasonal channel flags it,
+    assert det.lead_confirm_z <= det._p.last_z < det.lead_strong_z  # the profile sees it too,
+    assert not a  # but one minute is not enough (lead_confirm_s = 150 s)
+    # The same surprise in a series sampled every 5 minutes stands for 5 minutes: confirmed.
+    det5 = KpiDetector(noise="poisson")
+    for day in range(6):
+        for m in range(0, 1440, 5):
+            det5.update(T0 + day * 86400 + m * MIN, float(poisson(rng, 20.0)))
+    t5 = T0 + 6 * 86400 + 12 * 3600
+    s, d, a = det5.update(t5, 50.0)
+    assert det5._s.ep_last == t5 and det5.lead_confirm_z <= det5._p.last_z < det5.lead_strong_z
+    assert det5._p.judged and det5._p.calibrated and det5.err_p <= det5.err_s
+    assert a and d == "high" and s >= det5.threshold
+
+
+def test_seasonal_decides_where_the_time_of_day_explains_nothing() -> None:
+    """A random walk: the profile is not calibrated or loses on error; the seasonal channels decide alone."""
+    from cityops.alerts.detector import KpiDetector
+
+    rng = random.Random(23)
+    x, pts = 50.0, []
+    for i in range(8 * DAY_PTS):
+        x += rng.gauss(0, 0.5)
+        pts.append((T0 + i * STEP, x))
+    kd, sd = KpiDetector(), SeasonalDetector()
+    out_k = [kd.update(t, v) for t, v in pts]
+    out_s = [sd.update(t, v) for t, v in pts]
+    lead = not (kd._p.calibrated and kd.err_p <= kd.err_s)
+    assert lead  # the profile does not lead at the end
+    # Wherever it did not lead, the output is the seasonal detector's, point for point.
+    same = sum(a == b for a, b in zip(out_k, out_s))
+    assert same > 0.9 * len(pts)
+
+
+def test_profile_calibration_and_step_uncertainty() -> None:
+    # A noise-free square wave: without step uncertainty its edges surprise the profile every day.
+    def square(i: int) -> float:
+        m = (i * 5) % 1440
+        return 68.0 if 9 * 60 <= m < 18 * 60 else 20.0
+    pts = [(T0 + i * STEP, square(i)) for i in range(6 * DAY_PTS)]
+    with_unc, without = ProfileDetector(), ProfileDetector(step_unc=0.0)
+    fa = sum(with_unc.update(t, v)[2] for t, v in pts)
+    fb = sum(without.update(t, v)[2] for t, v in pts)
+    assert fa == 0 and fb > 0
+    assert with_unc.calibrated
+    # Random spikes that flag each time: every flagged run counts once, and the profile is not calibrated.
+    rng = random.Random(24)
+    spiky = ProfileDetector()
+    for i in range(6 * DAY_PTS):
+        spiky.update(T0 + i * STEP, rng.choice([0.0] * 9 + [rng.uniform(1, 10)]))
+    assert not spiky.calibrated and spiky.cal_rate > spiky.cal_max_rate
