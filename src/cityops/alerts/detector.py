@@ -756,6 +756,7 @@ class KpiDetector:
         self.kw = dict(kw)
         # Counts are judged on the variance-stabilised (Anscombe) scale by every channel.
         self._anscombe = kw.get("noise", "gauss") == "poisson"
+        self._min_expected = float(kw.get("min_expected", 5.0))
         lead = {k: float(kw.get(k, v)) for k, v in self.LEAD_DEFAULTS.items()}
         if lead["lead_skill"] <= 0 or lead["skill_tau_pts"] < 1 or lead["lead_persist"] < 1 or lead["lead_damp"] < 0:
             raise ValueError("need lead_skill > 0, skill_tau_pts >= 1, lead_persist >= 1 and lead_damp >= 0")
@@ -854,6 +855,15 @@ class KpiDetector:
         if self._p is not None:
             self._p.learn_one(ts, value)
 
+    def _few_expected(self, ts: float) -> bool:
+        """Counts: the seasonal model expects fewer than `min_expected` at `ts` (a drop cannot be called)."""
+        s = self._s
+        if not self._anscombe or s is None or not s.seasonal or s.n == 0:
+            return False
+        b, w = s._bins(ts)
+        y = s.level + s._season(b, w) + s.drift
+        return max(0.0, (y / 2.0) ** 2 - 0.375) < self._min_expected
+
     def _ys(self, value: float) -> float:
         """The value as the seasonal and range channels see it."""
         return 2.0 * math.sqrt(max(value, 0.0) + 0.375) if self._anscombe else value
@@ -863,7 +873,9 @@ class KpiDetector:
         s, p = self._s, self._p
         yv = self._ys(value)
         if p is None:
-            return s.update(ts, yv)  # type: ignore[union-attr]
+            few = self._few_expected(ts)
+            ss, sd, sf = s.update(ts, yv)  # type: ignore[union-attr]
+            return ss, sd, sf and not (few and sd == _LOW)
         if s is not None and s.seasonal and s.n >= 2 and p.n >= p.warmup_pts:
             e = p._expect(ts)
             if e is not None:
@@ -893,7 +905,7 @@ class KpiDetector:
             zs = z1 if abs(z1) >= abs(z2) else z2
             if s._peak_decay and s.peak > s.peak_ref:
                 zs *= s.peak_ref / s.peak  # a heavy-tailed series: against its largest recent surprise
-        lead = p.judged and p.calibrated and self.err_p <= self.lead_skill * self.err_s
+        lead = p.calibrated and self.err_p <= self.lead_skill * self.err_s
         # Where the profile leads, its persistent runs decide (the seasonal model agreeing on the direction).
         if lead and pf and abs(p.run) >= self.lead_persist and (zs >= self.lead_agree_z if pd == _HIGH else zs <= -self.lead_agree_z):
             # Flagged: the seasonal model must not learn it either (it may still be warming up,
@@ -903,7 +915,10 @@ class KpiDetector:
             z = max(p.evidence, s.z_flag)
             sc = SeasonalDetector._z_to_score(z)
             return (sc if p.onset else s.repeat_factor * sc), pd, True
+        few = self._few_expected(ts)
         ss, sd, sf = s.update(ts, yv)
+        if few and sd == _LOW:
+            sf = False  # too few counts expected to call a drop (the profile's `min_expected`, for this channel too)
         if not lead:
             return ss, sd, sf
         if (sf and s.ep_last == ts  # the seasonal channel's own flag, not the range channel's

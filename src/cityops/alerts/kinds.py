@@ -570,12 +570,12 @@ class KpiAnomaly(RuleKind):
 
     Series: the window's values of ``tags`` (None = all its tags); ``match`` keeps only windows whose
     tags equal it. Every series runs ``KpiDetector`` (the detector ``cityops nab-detect`` scores);
-    ``detector``: its arguments, among them ``channels`` (any of "seasonal", "range", "profile"; default
-    seasonal + range, the NAB configuration), e.g. ``{"channels": ["profile"], "noise": "poisson",
-    "min_expected": 5}`` for count fields. ``model``: "kpi" (the default: channels as configured), or
-    a preset kept for older manifests, "profile" (channels [profile]) or "seasonal" (channels [seasonal,
-    range]), which overrides ``detector.channels``. ``min_history``: points learned before any alert
-    (None = 1440 for the seasonal channel, 30 for the others). Entity: the series tags + "direction"
+    ``detector``: its arguments, e.g. ``{"noise": "poisson", "min_expected": 5}`` for count fields;
+    ``channels`` (any of "seasonal", "range", "profile") defaults to all three, the NAB configuration.
+    ``model``: "kpi" (the default: channels as configured), or a preset kept for older manifests,
+    "profile" (channels [profile]) or "seasonal" (channels [seasonal, range]), which overrides
+    ``detector.channels``. ``min_history``: points learned before any alert
+    (None = 2880 when the seasonal channel is on, 30 otherwise). Entity: the series tags + "direction"
     (high|low), so a spike and a collapse are separate alerts. Value: the KPI value.
     """
 
@@ -640,9 +640,11 @@ class KpiAnomaly(RuleKind):
         chans = kw.get("channels", KpiDetector.DEFAULT_CHANNELS)
         hist = self.params["min_history"]
         if hist is None:
-            # The seasonal channel needs a day of points; the profile channel judges only times of day
-            # seen a day before anyway, so 30 points are enough for it.
-            hist = 1440 if "seasonal" in ([chans] if isinstance(chans, str) else list(chans)) else 30
+            # The seasonal channel needs two days of points before its own flags count: its bins for the
+            # first hours are learned while its level is still settling, and for a day after warm-up it
+            # would judge against them. The profile channel judges only times of day seen a day
+            # before anyway, so 30 points are enough for it.
+            hist = 2880 if "seasonal" in ([chans] if isinstance(chans, str) else list(chans)) else 30
             kw.setdefault("profile_warmup_pts", 30)
         kw.setdefault("warmup_pts", hist)
         return KpiDetector(sensitivity=self.params["sensitivity"], **kw)
