@@ -489,6 +489,8 @@ class ProfileDetector:
         self.onset = False                 # the last point was its run's first flag (not state: per point)
         self.last_z = 0.0                  # the last judged point's z (not state: per point)
         self.calm_ts: float | None = None  # ts of the last point that was not a run candidate
+        self._ec_ts: float | None = None   # _expect's cache: the ts it was last asked for, and its answer
+        self._ec: tuple[float, float] | None = None
         self.span = 0.0                    # how long the current surprise has lasted (ts - calm_ts; per point)
 
     _PARAMS = ("sensitivity", "noise", "season_s", "bin_s", "cap_pts", "min_bin_pts", "min_days", "warmup_pts",
@@ -528,6 +530,13 @@ class ProfileDetector:
 
     def _expect(self, ts: float) -> tuple[float, float] | None:
         """(expected y, noise scale of y) at `ts`, or None when this time of day is not learned yet."""
+        if ts == self._ec_ts:
+            return self._ec  # asked again for the same point before any learning (a point asks up to 3 times)
+        e = self._expect_new(ts)
+        self._ec_ts, self._ec = ts, e
+        return e
+
+    def _expect_new(self, ts: float) -> tuple[float, float] | None:
         b, frac = self._bin(ts)
         if not self._ready(b, ts):
             return None
@@ -595,6 +604,7 @@ class ProfileDetector:
             self.dev[b] += a * (abs(y - self.mean[b]) - self.dev[b])
             self.mean[b] += a * (y - self.mean[b])
         self.cnt[b] = c + 1
+        self._ec_ts = None
         self.n += 1
         self.last_ts = ts
 
@@ -615,7 +625,7 @@ class ProfileDetector:
         prev_ts = self.last_ts
         if zr is None:
             self.run = 0
-            self.evidence = self.span = 0.0
+            self.evidence = self.span = self.last_z = 0.0
             self.calm_ts = ts
             self.judged = self.onset = False
             self.learn_one(ts, value)
@@ -659,6 +669,7 @@ class ProfileDetector:
             # A change this long is the new normal (a closed lane, a new timetable): move every
             # learned bin by the run's typical residual, and start over.
             self.mean = [m + self.run_resid if c else m for m, c in zip(self.mean, self.cnt)]
+            self._ec_ts = None
             self.run = 0
             return score, direction, False
         if flagged:
@@ -688,12 +699,13 @@ class KpiDetector:
     With `noise="poisson"` (counts, e.g. taps per minute) every channel judges the value on the
     variance-stabilised Anscombe scale 2*sqrt(x + 3/8), where Poisson noise has unit variance.
 
-    Which model decides is itself learned, point by point. The profile *leads* at a point when it
-    has judged that time of day before, is calibrated (few of its points surprise it, see
-    `ProfileDetector.calibrated`) and predicts the series at least as well as the seasonal model
-    (running mean absolute one-step error, both on the judged scale, times `lead_skill`). City KPIs
-    in 1-minute windows, with a strong daily rhythm and counting noise, are such series; a drifting
-    machine temperature or a series of random spikes is not. While the profile leads:
+    Which model decides is itself learned, point by point. The profile *leads* while it is
+    calibrated (few of its points surprise it, see `ProfileDetector.calibrated`) and predicts the
+    series at least as well as the seasonal model (running mean absolute one-step error, both on
+    the judged scale, times `lead_skill`). City KPIs in 1-minute windows, with a strong daily rhythm
+    and counting noise, are such series; a drifting machine temperature or a series of random spikes
+    is not. While the profile leads (at a time of day it has not learned yet it sees nothing, so
+    nothing is flagged there):
 
     * a profile run of at least `lead_persist` points is an anomaly when the seasonal model agrees on
       the direction (its z, against the largest recent surprise for heavy tails, at least
@@ -706,8 +718,9 @@ class KpiDetector:
       `lead_strong_z` off (thresholds divided by `sensitivity`);
     * anything else is not an anomaly; the score is `lead_damp` of the seasonal score.
 
-    Elsewhere the seasonal and range channels decide exactly as `SeasonalDetector` does. Each channel
-    learns by its own rule. Defaults were chosen once: the NAB subset in ../shared/data/nab for the
+    Elsewhere the seasonal and range channels decide exactly as `SeasonalDetector` does, except that
+    for counts a drop is not called while the seasonal model expects fewer than `min_expected`. Each
+    channel learns by its own rule. Defaults were chosen once: the NAB subset in ../shared/data/nab for the
     seasonal/range parameters, and there and the simulated city KPIs together for the lead rules.
 
     Parameters are flat keyword arguments. `sensitivity`, `season_s`, `warmup_pts` and `relearn_s`
