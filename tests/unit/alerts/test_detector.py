@@ -138,6 +138,44 @@ def test_nab_run_writes_same_rows(tmp_path: Path) -> None:
         assert all(0.0 <= float(r[1]) <= 1.0 for r in got[1:])
 
 
+
+def test_nab_detect_cli_scores_a_rules_exact_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`nab-detect --rule X` runs X's sensitivity and detector arguments; bad arguments exit 2 naming them."""
+    from cityops import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = random.Random(5)
+    with (data / "s.csv").open("w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["timestamp", "value"])
+        for i in range(3 * DAY_PTS):
+            ts = T0 + i * STEP
+            wr.writerow([f"{__import__('datetime').datetime.utcfromtimestamp(ts):%Y-%m-%d %H:%M:%S}",
+                         f"{20 + 10 * math.sin(2 * math.pi * i / DAY_PTS) + rng.gauss(0, 1):.3f}"])
+    rules = tmp_path / "agents"
+    rules.mkdir()
+    (rules / "probe.yml").write_text(
+        "agent: probe\nrules:\n  - alert: ProbeAnomaly\n    kind: kpi_anomaly\n"
+        "    summary: probe {direction}\n"
+        "    params: {measurement: m, field: f, sensitivity: 2.0, detector: {noise: poisson}}\n")
+    (rules / "probe.md").write_text("# probe\n\n## ProbeAnomaly\n\nWhat it means.\n")
+
+    def scores(*extra: str) -> list[str]:
+        out = tmp_path / ("out" + "".join(extra).replace("/", "_").replace("{", "").replace("}", "")[:40])
+        assert cli.main(["nab-detect", str(data), str(out), *extra]) == 0
+        with (out / "s.csv").open() as fh:
+            return [r.split(",")[1] for r in fh.read().splitlines()[1:]]
+
+    plain = scores()
+    by_rule = scores("--rule", "ProbeAnomaly", "--rules-dir", str(rules))
+    by_args = scores("--sensitivity", "2.0", "--detector", '{"noise": "poisson"}')
+    assert by_rule == by_args and by_rule != plain
+    assert "rule ProbeAnomaly: sensitivity=2.0" in capsys.readouterr().err
+    assert cli.main(["nab-detect", str(data), str(tmp_path / "x"), "--detector", '{"no_such": 1}']) == 2
+    assert "no_such" in capsys.readouterr().err
+    assert cli.main(["nab-detect", str(data), str(tmp_path / "x"), "--rule", "Nope", "--rules-dir", str(rules)]) == 2
+
 def test_new_record_beyond_seen_range_alerts_once_per_rest_period() -> None:
     """The range channel: a value 10% of the range beyond every value seen so far alerts even when
     the seasonal model finds it unremarkable (flat uniform noise), a second record soon after does
