@@ -10,6 +10,8 @@ Hooks the engine calls (each a no-op by default):
     on_window(measurement, tags, fields, window_start, ctx)  a KPI window closed by watermark
     on_quality(stream, outcome, ts, source, ctx)    every event outcome (accepted|invalid|duplicate|late|
                                                     untrusted|bad_signature)
+    on_quality_many(stream, outcome, items, ctx)    the same for a run of events of one outcome, in order:
+                                                    items = [(ts, source), ...] (default: on_quality each)
     on_tick(now_ts, ctx)                            the engine's event-time watermark moved
     on_tampering(stream, event_id, source, ts, ctx) an event_id arrived again with different content
     on_rejected_source(stream, source, reason, ts, ctx)  'untrusted_source' | 'bad_signature'
@@ -130,6 +132,7 @@ class RuleKind:
         self.name = spec.name
         self.params = self._validate(dict(spec.params))
         self._last_sweep: float | None = None
+        self._table: tuple[Any, Table[Any, Any]] | None = None  # (store, its table of this rule)
         self.check()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -186,7 +189,14 @@ class RuleKind:
 
     # -- state ---------------------------------------------------------------------------------------
     def table(self, ctx: Context) -> Table[Any, Any]:
-        return ctx.store.table(f"rule:{self.spec.name}")
+        # Called for most events: keep the table of the store last asked for (a store never replaces
+        # its Table objects, a restore refills them in place).
+        cached = self._table
+        if cached is not None and cached[0] is ctx.store:
+            return cached[1]
+        table = ctx.store.table(f"rule:{self.spec.name}")
+        self._table = (ctx.store, table)
+        return table
 
     def registry(self, ctx: Context) -> SourceRegistry | None:
         reg = ctx.extra.get(SOURCES)
@@ -256,6 +266,11 @@ class RuleKind:
 
     def on_quality(self, stream: str, outcome: str, ts: float, source: str | None, ctx: Context) -> None:
         """Every event outcome; ``ts`` = event time if known, else the stream's watermark."""
+
+    def on_quality_many(self, stream: str, outcome: str, items: list[tuple[float, str | None]], ctx: Context) -> None:
+        """``on_quality`` for consecutive events of one outcome (a message's accepted events), in order."""
+        for ts, source in items:
+            self.on_quality(stream, outcome, ts, source, ctx)
 
     def on_tick(self, now_ts: float, ctx: Context) -> None:
         """The engine's event-time watermark is ``now_ts``; sweeps state every ``sweep_every_s``."""
@@ -737,19 +752,26 @@ class SourceSilent(RuleKind):
         self._last_check: float | None = None
 
     def on_quality(self, stream: str, outcome: str, ts: float, source: str | None, ctx: Context) -> None:
-        if source is None or not _stream_ok(self.params, stream):
+        self.on_quality_many(stream, outcome, [(ts, source)], ctx)
+
+    def on_quality_many(self, stream: str, outcome: str, items: list[tuple[float, str | None]], ctx: Context) -> None:
+        if not _stream_ok(self.params, stream):
             return
         reg = self.registry(ctx)
-        if reg is None or source not in reg:  # unlisted names must not grow our state
+        if reg is None:
             return
         table = self.table(ctx)
-        key = ("seen", source)
-        last = table.get(key)
-        info = reg.get(source)
-        if info is not None and info.expected and (self.params["stream"] in (None, info.stream)):
-            self._track_gaps(source, info, last, ts, table, reg)
-        if last is None or ts > last:
-            table[key] = ts
+        want = self.params["stream"]
+        for ts, source in items:
+            if source is None or source not in reg:  # unlisted names must not grow our state
+                continue
+            key = ("seen", source)
+            last = table.get(key)
+            info = reg.get(source)
+            if info is not None and info.expected and (want is None or want == info.stream):
+                self._track_gaps(source, info, last, ts, table, reg)
+            if last is None or ts > last:
+                table[key] = ts
 
     def _track_gaps(self, source: str, info: Any, last: float | None, ts: float, table: Table[Any, Any],
                     reg: SourceRegistry) -> None:
@@ -769,7 +791,7 @@ class SourceSilent(RuleKind):
                 gaps.remove(g)
                 gaps.extend([x for x in ([g[0], ts], [ts, g[1]]) if x[1] - x[0] > gap])
                 changed = True
-        if last is not None and ts > last:
+        if last is not None and ts - last > gap:  # begin >= last: shorter gaps need no service hours
             svc = reg.service_start(source, ts)
             begin = max(last, svc) if svc is not None else last
             if ts - begin > gap and len(gaps) < 16:
@@ -906,7 +928,10 @@ class InvalidShare(RuleKind):
         return math.floor(ts / b) * b
 
     def on_quality(self, stream: str, outcome: str, ts: float, source: str | None, ctx: Context) -> None:
-        if not _stream_ok(self.params, stream):
+        self.on_quality_many(stream, outcome, [(ts, source)], ctx)
+
+    def on_quality_many(self, stream: str, outcome: str, items: list[tuple[float, str | None]], ctx: Context) -> None:
+        if not _stream_ok(self.params, stream) or not items:
             return
         if outcome == "accepted":
             slot = 0
@@ -917,18 +942,25 @@ class InvalidShare(RuleKind):
         table = self.table(ctx)
         state = table.get(stream)
         if state is None:
-            state = {"buckets": {}, "done": None, "first": self._bucket(ts)}
-        b = self._bucket(ts)
-        if b < state["first"] and state["done"] is None:
-            state["first"] = b  # read out of order: history starts at the earliest event seen
-        done = state["done"]
-        if done is not None and b < done - self.params["window_s"]:
-            return  # older than any window still to be judged
-        counts = state["buckets"].get(b)
-        if counts is None:
-            counts = state["buckets"][b] = [0, 0]
-        counts[slot] += 1
-        table[stream] = state  # also marks the in-place change
+            state = {"buckets": {}, "done": None, "first": self._bucket(items[0][0])}
+        size = self.params["bucket_s"]
+        window = self.params["window_s"]
+        buckets = state["buckets"]
+        changed = False
+        for ts, _source in items:
+            b = math.floor(ts / size) * size
+            if b < state["first"] and state["done"] is None:
+                state["first"] = b  # read out of order: history starts at the earliest event seen
+            done = state["done"]
+            if done is not None and b < done - window:
+                continue  # older than any window still to be judged
+            counts = buckets.get(b)
+            if counts is None:
+                counts = buckets[b] = [0, 0]
+            counts[slot] += 1
+            changed = True
+        if changed or table.get(stream) is None:
+            table[stream] = state  # also marks the in-place change
 
     def _judge(self, stream: str, buckets: dict[float, list[int]], end: float, ctx: Context) -> None:
         size = self.params["bucket_s"]

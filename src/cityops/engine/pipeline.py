@@ -56,6 +56,16 @@ class NullSignals:
         pass
 
 
+def _one_by_one(hook: Any) -> Any:
+    """A run of quality calls for a rule with only the per-event hook."""
+
+    def many(topic: str, outcome: str, items: list[tuple[float, str | None]], ctx: Any) -> None:
+        for ts, source in items:
+            hook(topic, outcome, ts, source, ctx)
+
+    return many
+
+
 class Engine:
     """Applies messages to durable state; ``checkpoint()`` commits and returns the points to write.
 
@@ -149,6 +159,10 @@ class Engine:
                         continue
                     bound.append(getattr(rule, name))
                 hooks[name] = bound
+            # The accepted events of one message reach quality hooks as one ordered run (most events).
+            hooks["on_quality_many"] = [
+                getattr(h.__self__, "on_quality_many", None) or _one_by_one(h) for h in hooks["on_quality"]
+            ]
             self._hook_cache[topic] = hooks
         return hooks
 
@@ -166,6 +180,9 @@ class Engine:
             results = [Rejected(f"decoder error: {type(exc).__name__}: {exc}")]
         hooks = self._hooks(topic)
         on_event, on_quality = hooks["on_event"], hooks["on_quality"]
+        on_quality_many = hooks["on_quality_many"]
+        # Accepted events' quality calls, sent as one run before any other outcome's call (order kept).
+        quality_run: list[tuple[float, str | None]] = []
         tp = (topic, partition)
         registry = self.registry
         dedup = self.dedup
@@ -178,22 +195,30 @@ class Engine:
         accepted = 0
         for res in results:
             if type(res) is Rejected:
+                if quality_run:
+                    self._quality_run(topic, quality_run, on_quality_many)
                 self._reject(topic, partition, offset, raw, res, now)
                 continue
             try:
                 if registry is not None:
                     verdict = registry.check(topic, res, raw)
                     if verdict is not None:
+                        if quality_run:
+                            self._quality_run(topic, quality_run, on_quality_many)
                         self._untrusted(topic, partition, offset, raw, res, now, verdict, hooks)
                         continue
                 key = (topic, res.event_id)
                 seen = dedup_data.get(key)
                 ts = res.ts
                 if seen is not None:
+                    if quality_run:
+                        self._quality_run(topic, quality_run, on_quality_many)
                     self._duplicate(topic, res, now, seen[0] != res.digest, hooks)
                     continue
                 wm = wms.get(tp)
                 if wm is not None and ts < wm - lateness:
+                    if quality_run:
+                        self._quality_run(topic, quality_run, on_quality_many)
                     self._count(topic, "late", now)
                     for hook in on_quality:
                         hook(topic, "late", ts, res.source, ctx)
@@ -204,8 +229,8 @@ class Engine:
                 buckets[int(ts // 3600)].append(key)
                 apply(res, ctx)
                 accepted += 1
-                for hook in on_quality:
-                    hook(topic, "accepted", ts, res.source, ctx)
+                if on_quality_many:
+                    quality_run.append((ts, res.source))
                 if on_event:
                     # Rules see a stream's events in event-time order, once every partition of the stream
                     # is past them (see _release): per-card rules then decide as if there were one partition.
@@ -215,12 +240,26 @@ class Engine:
                     heapq.heappush(self._rule_heap, bkey)
             except Exception as exc:
                 log.exception("processing failed at=%s[%d]@%d index=%d", topic, partition, offset, res.index)
+                if quality_run:
+                    self._quality_run(topic, quality_run, on_quality_many)
                 self._reject(topic, partition, offset, raw,
                              Rejected(f"processing error: {type(exc).__name__}: {exc}", res.index), now)
+        if quality_run:
+            self._quality_run(topic, quality_run, on_quality_many)
         if accepted:
             self._last_seen_wall[tp] = now
             self._count(topic, "accepted", now, accepted)
         self.pending_offsets[tp] = offset
+
+    def _quality_run(self, topic: str, run: list[tuple[float, str | None]], hooks: list[Any]) -> None:
+        """Send a run of accepted events to the quality hooks, then empty it (the caller's list)."""
+        items = run[:]
+        run.clear()
+        for hook in hooks:
+            try:
+                hook(topic, "accepted", items, self.ctx)
+            except Exception:
+                log.exception("rule failed on quality run stream=%s events=%d", topic, len(items))
 
     def _count(self, topic: str, outcome: str, now: float, n: int = 1) -> None:
         acc = self.windows.acc(QUALITY, (topic,), now)
