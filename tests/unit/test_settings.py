@@ -61,3 +61,23 @@ def test_faust_environment_variables_do_not_override_ours(monkeypatch: pytest.Mo
     assert [str(u) for u in app.conf.broker] == ["kafka://127.0.0.1:9092"]
     assert app.conf.web_port == 7777
     runtime.store.close()
+
+
+def test_worker_gc_tuning_setting() -> None:
+    """CITYOPS_GC_THRESHOLD sets the worker's generation-0 threshold (0 keeps Python's), named when bad."""
+    import gc
+
+    from cityops.cli import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(load_settings(dict(GOOD, CITYOPS_GC_THRESHOLD="40000")).gc_threshold)
+        assert gc.get_threshold()[0] == 40000
+        gc.set_threshold(*before)
+        tune_gc(load_settings(dict(GOOD, CITYOPS_GC_THRESHOLD="0")).gc_threshold)
+        assert gc.get_threshold() == before
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    with pytest.raises(ConfigError, match="CITYOPS_GC_THRESHOLD"):
+        load_settings(dict(GOOD, CITYOPS_GC_THRESHOLD="-1"))

@@ -36,12 +36,16 @@ class Table(Generic[K, V]):
     Values are owned by the table: after mutating a stored value in place, call ``mark(key)``.
     """
 
-    __slots__ = ("name", "data", "dirty")
+    __slots__ = ("name", "data", "dirty", "fresh")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.data: dict[K, V] = {}
         self.dirty: set[K] = set()
+        # Keys created since the last commit (never persisted; a subset of dirty): deleting one again
+        # before the commit leaves nothing to write. Short-lived entries (the rule buffer's events,
+        # released within the same second) then cost no serialization at all.
+        self.fresh: set[K] = set()
 
     def __getitem__(self, key: K) -> V:
         return self.data[key]
@@ -50,18 +54,29 @@ class Table(Generic[K, V]):
         return self.data.get(key, default)
 
     def __setitem__(self, key: K, value: V) -> None:
-        self.data[key] = value
+        data = self.data
+        if key not in data and key not in self.dirty:  # (absent but dirty: a persisted key deleted since)
+            self.fresh.add(key)
+        data[key] = value
         self.dirty.add(key)
 
     def __delitem__(self, key: K) -> None:
         del self.data[key]
-        self.dirty.add(key)
+        self._forget(key)
 
     def pop(self, key: K, default: Any = None) -> Any:
         if key in self.data:
-            self.dirty.add(key)
-            return self.data.pop(key)
+            value = self.data.pop(key)
+            self._forget(key)
+            return value
         return default
+
+    def _forget(self, key: K) -> None:
+        if key in self.fresh:
+            self.fresh.discard(key)
+            self.dirty.discard(key)  # never persisted: no tombstone needed
+        else:
+            self.dirty.add(key)
 
     def mark(self, key: K) -> None:
         self.dirty.add(key)
@@ -88,6 +103,7 @@ class Table(Generic[K, V]):
         data = self.data
         changes = {k: data.get(k, _DELETED) for k in self.dirty}
         self.dirty = set()
+        self.fresh = set()
         return changes
 
 

@@ -69,3 +69,27 @@ def test_tables_created_after_open_get_recovered_data(tmp_path: Path) -> None:
     s.close()
     r = StateStore(tmp_path).open()
     assert "k" in r.table("late")
+
+
+def test_keys_created_and_deleted_between_commits_write_nothing(tmp_path: Path) -> None:
+    """A short-lived key costs no log bytes; a persisted key deleted and set again is still written."""
+    store = StateStore(tmp_path, fsync=False).open()
+    t = store.table("buf")
+    t["old"] = 1
+    store.commit({})
+    t["tmp"] = "x" * 10_000
+    t["gone"] = 3
+    del t["tmp"]
+    assert t.pop("never", None) is None
+    t["tmp2"] = "y" * 10_000
+    assert t.pop("tmp2") == "y" * 10_000
+    del t["old"]
+    t["old"] = 2  # a persisted key deleted and set again: the new value must be written
+    assert t.dirty == {"gone", "old"}
+    assert store.commit({("a", 0): 1}) < 1000  # neither 10 kB value reached the log
+    t["old2"] = 4
+    del t["old"]  # persisted: its deletion must be written
+    store.commit({("a", 0): 2})
+    store.close()
+    again = StateStore(tmp_path, fsync=False).open()
+    assert dict(again.table("buf").items()) == {"gone": 3, "old2": 4}
