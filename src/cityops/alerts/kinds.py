@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cityops.alerts.detector import KpiDetector
-from cityops.alerts.sources import SourceRegistry
+from cityops.alerts.sources import DEFAULT_TZ, SourceRegistry
 from cityops.alerts.spec import RuleSpec
 from cityops.engine.context import Context, Decoded
 from cityops.engine.state import Table
@@ -589,7 +589,9 @@ class KpiAnomaly(RuleKind):
     ``channels`` (any of "seasonal", "range", "profile") defaults to all three, the NAB configuration.
     ``model``: "kpi" (the default: channels as configured), or a preset kept for older manifests,
     "profile" (channels [profile]) or "seasonal" (channels [seasonal, range]), which overrides
-    ``detector.channels``. ``min_history``: points learned before any alert
+    ``detector.channels``. ``calendar``: "weekdays" (default) gives the profile separate weekday and
+    weekend profiles in ``timezone``'s local time (detector ``weekend``/``utc_offset_s``); "none" does not.
+    ``min_history``: points learned before any alert
     (None = 2880 when the seasonal channel is on, 30 otherwise). Entity: the series tags + "direction"
     (high|low), so a spike and a collapse are separate alerts. Value: the KPI value.
     """
@@ -605,6 +607,9 @@ class KpiAnomaly(RuleKind):
         "horizon_s": (float, 8 * 86400.0),  # a series silent this long is forgotten
         "stale_s": (float, 3600.0),  # an open alert of a series without windows this long is recovered
         "detector": (dict, {}),
+        # City KPIs follow the local calendar: weekdays and weekends get profiles of their own.
+        "calendar": (str, "weekdays"),  # "weekdays" (weekday/weekend profiles) | "none"
+        "timezone": (str, DEFAULT_TZ),  # the city's: where its days begin
     }
 
     @classmethod
@@ -619,6 +624,12 @@ class KpiAnomaly(RuleKind):
             raise self.error("min_history", "must be >= 1")
         if self.params["tags"] is not None and not all(isinstance(t, str) for t in self.params["tags"]):
             raise self.error("tags", "expected a list of tag names")
+        if self.params["calendar"] not in ("weekdays", "none"):
+            raise self.error("calendar", f"expected 'weekdays' or 'none', got {self.params['calendar']!r}")
+        try:
+            ZoneInfo(self.params["timezone"])
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise self.error("timezone", f"unknown time zone {self.params['timezone']!r}") from None
         try:
             self._new()
         except (TypeError, ValueError) as exc:
@@ -662,6 +673,11 @@ class KpiAnomaly(RuleKind):
             hist = 2880 if "seasonal" in ([chans] if isinstance(chans, str) else list(chans)) else 30
             kw.setdefault("profile_warmup_pts", 30)
         kw.setdefault("warmup_pts", hist)
+        if self.params["calendar"] == "weekdays":
+            kw.setdefault("weekend", True)
+            # A fixed offset (the zone's standard one): Chinese cities have no daylight saving time.
+            off = ZoneInfo(self.params["timezone"]).utcoffset(datetime(2026, 1, 1))
+            kw.setdefault("utc_offset_s", off.total_seconds() if off is not None else 0.0)
         return KpiDetector(sensitivity=self.params["sensitivity"], **kw)
 
     def _detector(self, table: Table[Any, Any], key: Any) -> KpiDetector:

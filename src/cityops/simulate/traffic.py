@@ -135,6 +135,20 @@ _SECOND_REG_P = 0.08
 _EV_PER_VISIT = 4 + 2 * _SECOND_REG_P
 
 
+# Saturdays and Sundays (local time) against a weekday, per source of activity: fewer commuters (metro,
+# bus, bike, lighter road traffic), more shoppers and intercity travellers (parking, coach), outpatient
+# clinics on reduced hours with shorter queues. Estimates, applied to the weekday shapes above.
+WEEKEND_FACTOR: dict[str, float] = {"metro": 0.75, "bus": 0.7, "bike": 0.8, "coach": 1.25, "park": 1.15,
+                                    "road": 0.75, "health": 0.45, "wait": 0.6}
+_WEEKDAY_FACTOR: dict[str, float] = dict.fromkeys(WEEKEND_FACTOR, 1.0)
+
+
+def _day_factor(minute: int) -> dict[str, float]:
+    """The volume factors of the local day holding epoch minute ``minute`` (1970-01-01 was a Thursday)."""
+    day = (minute + C.UTC_OFFSET_MIN) // _DAY_MIN
+    return WEEKEND_FACTOR if (day + 3) % 7 >= 5 else _WEEKDAY_FACTOR
+
+
 def _lag(arr: list[float], minutes: int) -> list[float]:
     return [arr[(m - minutes) % _DAY_MIN] for m in range(_DAY_MIN)]
 
@@ -333,6 +347,7 @@ class _Sim:
         self.rngs = {n: random.Random(f"{seed}:{n}") for n in
                      ("metro", "bus", "bike", "coach", "park", "road", "health", "keep")}
         self.taps, self.road, self.health = (t in self.sel for t in ALL_STREAMS)
+        self.wf = _day_factor(self.t0 // _MIN)  # this minute's weekday/weekend volume factors
         self._scale(rate)
         # Pool sizes guarantee a card is reused only hours (trips) or >1 day (health) later, so
         # normal traffic never implies impossible travel or multi-hospital registration.
@@ -458,7 +473,7 @@ class _Sim:
 
     def _metro_minute(self, a: int, b: int, mod: int) -> None:
         rnd = self.rngs["metro"]
-        n = _poisson(rnd, METRO_PER_MIN[mod] * self.k * (b - a) / _MIN)
+        n = _poisson(rnd, METRO_PER_MIN[mod] * self.k * self.wf["metro"] * (b - a) / _MIN)
         rr, span, od_t, nod = rnd.random, b - a, METRO_OD, len(METRO_OD)
         out = self.outage
         for _ in range(n):
@@ -471,7 +486,7 @@ class _Sim:
     def _bus_minute(self, a: int, b: int, mod: int) -> None:
         rnd = self.rngs["bus"]
         rr = rnd.random
-        n = _poisson(rnd, BUS_PER_MIN[mod] * self.k * (b - a) / _MIN)
+        n = _poisson(rnd, BUS_PER_MIN[mod] * self.k * self.wf["bus"] * (b - a) / _MIN)
         span, tab, ntab, routes, tag, cur = b - a, _BUS_TABLE, len(_BUS_TABLE), BUS_ROUTES, \
             self.run_tag, self.cur
         pf, mb, sm = self.pf, self.mb, _SECMS
@@ -501,7 +516,7 @@ class _Sim:
     def _bike_minute(self, a: int, b: int, mod: int) -> None:
         rnd = self.rngs["bike"]
         rr = rnd.random
-        n = _poisson(rnd, BIKE_PER_MIN[mod] * self.k * (b - a) / _MIN)
+        n = _poisson(rnd, BIKE_PER_MIN[mod] * self.k * self.wf["bike"] * (b - a) / _MIN)
         span, tag, t0 = b - a, self.run_tag, self.t0
         pf, mb, sm = self.pf, self.mb, _SECMS
         for _ in range(n):
@@ -546,7 +561,7 @@ class _Sim:
     def _coach_minute(self, a: int, b: int, mod: int) -> None:
         rnd = self.rngs["coach"]
         rr = rnd.random
-        n = _poisson(rnd, COACH_PER_MIN[mod] * self.k * (b - a) / _MIN)
+        n = _poisson(rnd, COACH_PER_MIN[mod] * self.k * self.wf["coach"] * (b - a) / _MIN)
         for _ in range(n):
             t = a + int(rr() * (b - a))
             gate, station = _COACH_GATES[_COACH_TABLE[int(rr() * 1024)]]
@@ -559,7 +574,7 @@ class _Sim:
     def _park_minute(self, a: int, b: int, mod: int) -> None:
         rnd = self.rngs["park"]
         rr = rnd.random
-        n = _poisson(rnd, PARK_PER_MIN[mod] * self.k * (b - a) / _MIN)
+        n = _poisson(rnd, PARK_PER_MIN[mod] * self.k * self.wf["park"] * (b - a) / _MIN)
         ts, tag = self._ts, self.run_tag
         for _ in range(n):
             t = a + int(rr() * (b - a))
@@ -594,7 +609,7 @@ class _Sim:
         rr = self.rngs["road"].random
         isec = self.road_interval_s
         iv = isec * 1000
-        vc = _ROAD_VC[mod]
+        vc = _ROAD_VC[mod] * self.wf["road"]
         per = iv / 3_600_000
         tag, cur = self.run_tag, self.cur
         pf, mb, sm = self.pf, self.mb, _SECMS
@@ -631,7 +646,7 @@ class _Sim:
     # -- health ----------------------------------------------------------------------------------------
     def _wait(self, t: int, hi: int, share: float, rr: Any) -> int:
         mod = (t // _MIN + C.UTC_OFFSET_MIN) % _DAY_MIN
-        return int(_WAIT_BASE[mod] * _HOSP[hi][2] * share * (0.6 + 0.8 * rr()))
+        return int(_WAIT_BASE[mod] * _day_factor(t // _MIN)["wait"] * _HOSP[hi][2] * share * (0.6 + 0.8 * rr()))
 
     def _hcard(self) -> str:
         c = self.hc
@@ -708,7 +723,7 @@ class _Sim:
     def _health_minute(self, a: int, b: int, mod: int) -> None:
         rnd = self.rngs["health"]
         rr = rnd.random
-        n = _poisson(rnd, VISITS_PER_MIN[mod] * self.k * (b - a) / _MIN)
+        n = _poisson(rnd, VISITS_PER_MIN[mod] * self.k * self.wf["health"] * (b - a) / _MIN)
         for _ in range(n):
             self._visit(a + int(rr() * (b - a)), _HOSP_TABLE[int(rr() * 4096)], rnd)
 
@@ -916,6 +931,7 @@ class _Sim:
             pre.append((self._health_minute, min(240, cap)))
         for pm in range(m - max((p for _g, p in pre), default=0), m):
             self.m, self.cur = pm, []
+            self.wf = _day_factor(pm)
             pmod = (pm + C.UTC_OFFSET_MIN) % _DAY_MIN
             for g, p in pre:
                 if pm >= m - p:
@@ -926,6 +942,7 @@ class _Sim:
             a, b = max(m * _MIN, self.t0), min((m + 1) * _MIN, self.t1)
             mod = (m + C.UTC_OFFSET_MIN) % _DAY_MIN
             self.m = m
+            self.wf = _day_factor(m)
             cur = self.buckets.pop(m, None) or []
             self.cur = cur
             for g in gens:

@@ -471,3 +471,25 @@ def test_profile_calibration_and_step_uncertainty() -> None:
     for i in range(6 * DAY_PTS):
         spiky.update(T0 + i * STEP, rng.choice([0.0] * 9 + [rng.uniform(1, 10)]))
     assert not spiky.calibrated and spiky.cal_rate > spiky.cal_max_rate
+
+
+def test_profile_weekend_calendar() -> None:
+    """With weekend profiles a quieter weekend is learned on Saturday and judged on Sunday; without, it alerts."""
+    rng = random.Random(31)
+    # 2023-11-13 was a Monday; weekend days carry 60 % of the weekday volume.
+    monday = 1_699_833_600.0
+    def day_pts(day: int) -> list[tuple[float, float]]:
+        f = 0.6 if day % 7 in (5, 6) else 1.0
+        return [(monday + day * 86400 + m * MIN, float(poisson(rng, f * taps(day, m))))
+                for m in range(1440) if taps(day, m) > 0]
+    pts = [p for d in range(14) for p in day_pts(d)]
+    cal = ProfileDetector(noise="poisson", weekend=True)
+    flat = ProfileDetector(noise="poisson")
+    flags_cal = [t for t, v in pts if cal.update(t, v)[2]]
+    flags_flat = [t for t, v in pts if flat.update(t, v)[2]]
+    assert flags_cal == []
+    sat = monday + 5 * 86400
+    assert any(sat <= t < sat + 86400 for t in flags_flat)  # one profile for every day: Saturday "collapses"
+    # Local time decides the day type: 8 h east of UTC, Saturday begins at Friday 16:00 UTC.
+    east = ProfileDetector(weekend=True, utc_offset_s=8 * 3600)
+    assert east._bin(sat - 8 * 3600)[0] >= east.bins > east._bin(sat - 8 * 3600 - 1)[0]

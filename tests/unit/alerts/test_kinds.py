@@ -707,3 +707,14 @@ def test_kpi_anomaly_detector_state_expires_only_after_horizon() -> None:
         state = rule.table(ctx)[key]
         assert not rule.expired(key, state, DAY0 + 1800, ctx)
         assert rule.expired(key, state, DAY0 + 3601, ctx)
+
+
+def test_kpi_anomaly_calendar_gives_local_weekday_and_weekend_profiles() -> None:
+    det = make("kpi_anomaly")._new()
+    assert det._p is not None and det._p.weekend and det._p.utc_offset_s == 8 * 3600  # Asia/Shanghai
+    assert not make("kpi_anomaly", calendar="none")._new()._p.weekend
+    assert make("kpi_anomaly", timezone="Europe/Berlin")._new()._p.utc_offset_s == 3600
+    with pytest.raises(ValueError, match="calendar"):
+        make("kpi_anomaly", calendar="lunar")
+    with pytest.raises(ValueError, match="timezone"):
+        make("kpi_anomaly", timezone="Mars/Olympus")

@@ -436,3 +436,25 @@ def test_anomaly_incidents_change_the_signal() -> None:
 def test_incident_events_do_not_leak_into_normal_runs() -> None:
     assert [ev for _t, ev in normal_day() if ev["source"] not in C.SOURCES] == []
     assert [1 for t, ev in normal_day() if contract_errors(t, ev)] == []
+
+
+def test_weekends_have_fewer_commuters_and_shorter_queues() -> None:
+    """Saturday 08:00-08:20 against Wednesday's: metro tap-ins and waits scale by WEEKEND_FACTOR."""
+    from cityops.simulate.traffic import WEEKEND_FACTOR
+
+    def window(day: datetime) -> tuple[int, list[float]]:
+        evs = generate(seed=9, start=day + timedelta(hours=8), duration_s=1200,
+                       streams=("traffic.card-taps", "health.card-events"))
+        taps, waits = 0, []
+        for topic, ev in evs:
+            if topic == "traffic.card-taps" and ev.get("mode") == "metro" and ev.get("direction") == "in":
+                taps += 1
+            elif topic == "health.card-events" and ev.get("wait_s"):
+                waits.append(ev["wait_s"])
+        return taps, waits
+
+    wed_taps, wed_waits = window(DAY0)
+    sat_taps, sat_waits = window(DAY0 + timedelta(days=3))  # 2026-11-28, a Saturday
+    assert (DAY0 + timedelta(days=3)).weekday() == 5 and wed_taps > 1000
+    assert sat_taps / wed_taps == pytest.approx(WEEKEND_FACTOR["metro"], abs=0.08)
+    assert sum(sat_waits) / len(sat_waits) < 0.8 * sum(wed_waits) / len(wed_waits)
