@@ -714,8 +714,10 @@ class KpiAnomaly(RuleKind):
         key = ("det", series)
         table = self.table(ctx)
         det = self._detector(table, key)
-        if det.last_ts is not None and float(window_start) == det.last_ts:
-            return  # the window just judged, delivered again: repeats of one odd value are not a persistent run
+        if det.last_ts is not None and float(window_start) <= det.last_ts:
+            # A window judged already (or older than one judged), delivered again: a detector learns
+            # in time order, and repeats of one odd value are not a persistent run.
+            return
         score, direction, anomalous = det.update(float(window_start), float(value))
         state = det.to_state()
         table[key] = state

@@ -488,8 +488,12 @@ class Engine:
             if point is not None:
                 self.closed[key] = (point, acc)
         if len(notified) > 50_000 or closed:
+            # Forget old notifications, but never of a window still open: a stream that went quiet
+            # (hospitals at night) keeps its last windows open for hours, and forgetting them would
+            # show them to the rules again at every checkpoint.
             horizon = (self.engine_time or 0.0) - 2 * self.lateness - 3600
-            for key in [k for k, start in notified.items() if start < horizon]:
+            open_windows = self.windows.table.data
+            for key in [k for k, start in notified.items() if start < horizon and k not in open_windows]:
                 del notified[key]
         if engine_ts is not None:
             advance = getattr(self.signals, "advance", None)

@@ -145,3 +145,35 @@ def test_rules_see_events_in_event_time_order_across_partitions(tmp_path: Path) 
     e2.process(TAPS, 0, 5, b(tap(50, T0 + 3600)))
     e2.checkpoint()
     assert rec2.seen == [T0 + 600 + i * 60 for i in range(5)]
+
+
+def test_a_quiet_streams_open_windows_reach_the_rules_once() -> None:
+    """Hospitals close at night: their stream stops, its last windows stay open for hours while the
+    other streams go on. Those windows are shown to the rules once, not again at every checkpoint."""
+    from collections import Counter
+    from datetime import datetime, timezone
+
+    class Windows(_Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.windows: Counter[tuple[str, float]] = Counter()
+
+        def on_window(self, measurement: str, tags: Any, fields: Any, start: float, ctx: Any) -> None:
+            self.windows[(measurement, start)] += 1
+
+    def visit(i: int, ts: float) -> dict[str, Any]:
+        return {"event_id": f"h{i}", "ts": datetime.fromtimestamp(ts, timezone.utc).isoformat(), "source": "h",
+                "card_id": "3204000000000001", "hospital": "H", "dept": "D", "kind": "register",
+                "channel": "app", "wait_s": 100, "amount_cny": 0.0, "result": "ok"}
+
+    rec = Windows()
+    clock = [T0]
+    e = make(rules=[rec], clock=clock)
+    for i in range(10):  # the last ten minutes of the hospital's day
+        e.process("health.card-events", 0, i, b(visit(i, T0 + i * 60)))
+    for i in range(6 * 60):  # six more hours of taps, a checkpoint a minute
+        e.process(TAPS, 0, i, b(tap(i, T0 + i * 60)))
+        clock[0] = T0 + i * 60
+        e.checkpoint()
+    health = {k: n for k, n in rec.windows.items() if k[0] == "health_service"}
+    assert health and max(health.values()) == 1, health
