@@ -118,8 +118,12 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
         if spec is None or spec.kind != "kpi_anomaly":
             print(f"error: --rule {args.rule}: no kpi_anomaly rule of that name in {rules_dir}", file=sys.stderr)
             return 2
-        sensitivity = float(spec.params.get("sensitivity", 1.0))
-        detector = dict(spec.params.get("detector") or {})
+        from cityops.alerts.kinds import KpiAnomaly
+
+        rule = KpiAnomaly(spec)
+        sensitivity = float(rule.params["sensitivity"])
+        # The rule's detector arguments and its calendar; not min_history (NAB has its own probation).
+        detector = {**rule.calendar_kwargs(), **dict(rule.params["detector"])}
         print(f"rule {args.rule}: sensitivity={sensitivity} detector={detector}", file=sys.stderr)
     if args.detector:
         try:

@@ -673,12 +673,17 @@ class KpiAnomaly(RuleKind):
             hist = 2880 if "seasonal" in ([chans] if isinstance(chans, str) else list(chans)) else 30
             kw.setdefault("profile_warmup_pts", 30)
         kw.setdefault("warmup_pts", hist)
-        if self.params["calendar"] == "weekdays":
-            kw.setdefault("weekend", True)
-            # A fixed offset (the zone's standard one): Chinese cities have no daylight saving time.
-            off = ZoneInfo(self.params["timezone"]).utcoffset(datetime(2026, 1, 1))
-            kw.setdefault("utc_offset_s", off.total_seconds() if off is not None else 0.0)
+        for k, v in self.calendar_kwargs().items():
+            kw.setdefault(k, v)
         return KpiDetector(sensitivity=self.params["sensitivity"], **kw)
+
+    def calendar_kwargs(self) -> dict[str, Any]:
+        """The detector arguments ``calendar`` and ``timezone`` stand for (also used by `nab-detect --rule`)."""
+        if self.params["calendar"] != "weekdays":
+            return {}
+        # A fixed offset (the zone's standard one): Chinese cities have no daylight saving time.
+        off = ZoneInfo(self.params["timezone"]).utcoffset(datetime(2026, 1, 1))
+        return {"weekend": True, "utc_offset_s": off.total_seconds() if off is not None else 0.0}
 
     def _detector(self, table: Table[Any, Any], key: Any) -> KpiDetector:
         stored = table.get(key)

@@ -169,9 +169,11 @@ def test_nab_detect_cli_scores_a_rules_exact_settings(tmp_path: Path, capsys: py
 
     plain = scores()
     by_rule = scores("--rule", "ProbeAnomaly", "--rules-dir", str(rules))
-    by_args = scores("--sensitivity", "2.0", "--detector", '{"noise": "poisson"}')
+    by_args = scores("--sensitivity", "2.0", "--detector",
+                     '{"noise": "poisson", "weekend": true, "utc_offset_s": 28800}')
     assert by_rule == by_args and by_rule != plain
-    assert "rule ProbeAnomaly: sensitivity=2.0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rule ProbeAnomaly: sensitivity=2.0" in err and "'weekend': True" in err  # its calendar too
     assert cli.main(["nab-detect", str(data), str(tmp_path / "x"), "--detector", '{"no_such": 1}']) == 2
     assert "no_such" in capsys.readouterr().err
     assert cli.main(["nab-detect", str(data), str(tmp_path / "x"), "--rule", "Nope", "--rules-dir", str(rules)]) == 2
