@@ -14,6 +14,12 @@ _HIGH = "high"
 _LOW = "low"
 
 
+def _restore(det: Any, state: dict[str, Any]) -> None:
+    """Set a detector's state attributes from a `to_state()["state"]` dict (lists copied, not shared)."""
+    for k, v in state.items():
+        setattr(det, k, list(v) if isinstance(v, list) else v)
+
+
 class SeasonalDetector:
     """Streaming detector for one series (one metro line's `taps_in`, one segment's `speed_kmh`, ...).
 
@@ -194,8 +200,7 @@ class SeasonalDetector:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"unsupported detector state version {state.get('version')!r}")
         det = cls(**state["params"])
-        for k, v in state["state"].items():
-            setattr(det, k, list(v) if isinstance(v, list) else v)
+        _restore(det, state["state"])
         return det
 
     # ---------------------------------------------------------------- scoring
@@ -208,6 +213,11 @@ class SeasonalDetector:
         if self.week and self.wk_n[w] >= self.week_min_visits:
             return self.wk[w]
         return self.day[b] if self.day_n[b] else 0.0
+
+    def predict(self, ts: float) -> float:
+        """The seasonal model's expected value at `ts` (level + season + drift); no side effects."""
+        b, w = self._bins(ts)
+        return self.level + self._season(b, w) + self.drift
 
     def _z(self, ts: float, value: float) -> tuple[float, float, float, int, int]:
         """(point z, sustained z, residual, day bin, week bin); no side effects."""
@@ -496,10 +506,10 @@ class ProfileDetector:
         self.run_resid = 0.0               # running mean residual of the run (for relearning)
         self.run_z = 0.0                   # sum of the run's z-scores
         self.run_flagged = False           # the current run has flagged already (its onset is past)
-        self.evidence = 0.0                # the last point's run evidence (0 outside a run)
+        self.evidence = 0.0                # the last point's run evidence (0 outside a run; per point)
         self.cal_n = 0                     # judged points that fed the calibration rate
         self.cal_rate = 0.0                # running share of judged, unflagged points with |z| >= run_min_z
-        self.judged = False                # the last point was judged (its time of day is learned)
+        self.judged = False                # the last point was judged (its time of day is learned; per point)
         self.onset = False                 # the last point was its run's first flag (not state: per point)
         self.last_z = 0.0                  # the last judged point's z (not state: per point)
         self.calm_ts: float | None = None  # ts of the last point that was not a run candidate
@@ -512,7 +522,7 @@ class ProfileDetector:
                "rel_floor", "min_expected", "relearn_s", "clip_z", "step_unc", "weekend", "utc_offset_s",
                "cal_tau_pts", "cal_min_pts", "cal_max_rate")
     _STATE = ("n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start", "run_resid", "run_z",
-              "run_flagged", "evidence", "cal_n", "cal_rate", "judged", "calm_ts")
+              "run_flagged", "cal_n", "cal_rate", "calm_ts")
 
     def to_state(self) -> dict[str, Any]:
         """Plain dict (floats, ints, lists) that survives pickling/JSON; `from_state` restores it."""
@@ -524,8 +534,7 @@ class ProfileDetector:
         if state.get("version") != _PROFILE_VERSION:
             raise ValueError(f"unsupported detector state version {state.get('version')!r}")
         det = cls(**state["params"])
-        for k, v in state["state"].items():
-            setattr(det, k, list(v) if isinstance(v, list) else v)
+        _restore(det, state["state"])
         det._check_size()
         return det
 
@@ -869,8 +878,7 @@ class KpiDetector:
             raise ValueError(f"unsupported detector state version {version!r}")
         for d, sub in ((det._s, subs.get("seasonal")), (det._p, subs.get("profile"))):
             if d is not None and sub is not None:
-                for k, v in sub.items():
-                    setattr(d, k, list(v) if isinstance(v, list) else v)
+                _restore(d, sub)
         if det._p is not None:
             det._p._check_size()
         err = subs.get("err")
@@ -901,8 +909,7 @@ class KpiDetector:
         s = self._s
         if not self._anscombe or s is None or not s.seasonal or s.n == 0:
             return False
-        b, w = s._bins(ts)
-        y = s.level + s._season(b, w) + s.drift
+        y = s.predict(ts)
         return max(0.0, (y / 2.0) ** 2 - 0.375) < self._min_expected
 
     def _ys(self, value: float) -> float:
@@ -920,17 +927,11 @@ class KpiDetector:
         if s is not None and s.seasonal and s.n >= 2 and p.n >= p.warmup_pts:
             e = p._expect(ts)
             if e is not None:
-                b, w = s._bins(ts)
                 self.err_n += 1
                 a = 1.0 / min(self.err_n, self.skill_tau_pts)
-                # Both models' one-step errors on the scale they judge (the profile's y for counts).
-                pred_s = s.level + s._season(b, w) + s.drift
-                if self._anscombe:
-                    self.err_s += a * (abs(yv - pred_s) - self.err_s)
-                    self.err_p += a * (abs(yv - e[0]) - self.err_p)
-                else:
-                    self.err_s += a * (abs(value - pred_s) - self.err_s)
-                    self.err_p += a * (abs(value - p._count(e[0])) - self.err_p)
+                # Both models' one-step errors on the scale they judge (yv: the profile's y, also for counts).
+                self.err_s += a * (abs(yv - s.predict(ts)) - self.err_s)
+                self.err_p += a * (abs(yv - e[0]) - self.err_p)
         ps, pd, pf = p.update(ts, value)
         if s is None:
             return ps, pd, pf
