@@ -160,7 +160,7 @@ def test_to_postable_formats() -> None:
     firing = {"status": "firing", "am_action": "firing", "labels": {"alertname": "A"}, "annotations": {},
               "starts_at": now - 30, "ends_at": None}
     assert to_postable(firing, now, resend_s=60) == {
-        "labels": {"alertname": "A"}, "annotations": {},
+        "labels": {"alertname": "A"}, "annotations": {"event_starts_at": "2023-11-14T22:12:50.000Z"},
         "startsAt": "2023-11-14T22:12:50.000Z", "endsAt": "2023-11-14T22:17:20.000Z",
     }
     resolved = {**firing, "status": "resolved", "am_action": "resolved", "ends_at": now + 999}
@@ -169,3 +169,70 @@ def test_to_postable_formats() -> None:
     assert to_postable({**firing, "status": "resolved", "am_action": None}, now) is None
     resend = to_postable({"labels": {"alertname": "A"}, "startsAt": "2023-11-14T22:12:50.000Z"}, now, 60)
     assert resend is not None and resend["endsAt"] == "2023-11-14T22:17:20.000Z"
+
+
+@pytest.mark.parametrize("skew_s", [3 * 3600.0, -3 * 86400.0], ids=["event-time-ahead", "event-time-behind"])
+async def test_alertmanager_shows_exactly_what_cityops_has_firing(alertmanager: ManagedProcess,
+                                                                   skew_s: float) -> None:
+    """Issue 9 kind 6: event time ahead of (or far behind) the wall clock.
+
+    Every post (firing, periodic re-sends, resolve, firing again) is accepted, and after each step the
+    active alerts in Alertmanager are exactly ``engine.firing()``; the event time is in an annotation.
+    """
+    registry = CollectorRegistry()
+    engine = _engine()
+    cards = [_card() for _ in range(3)]
+    matcher = [f'card=~"{"|".join(c["card"] for c in cards)}"']
+    t0 = time.time() + skew_s  # event time
+
+    async def active_cards() -> set[str]:
+        return {a["labels"]["card"] for a in await sink.get_alerts(active=True, filter=matcher)}
+
+    async def converged() -> list[dict[str, Any]]:
+        want = {a["labels"]["card"] for a in engine.firing()}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if await active_cards() == want:
+                break
+            await asyncio.sleep(0.1)
+        assert await active_cards() == want
+        return await sink.get_alerts(active=True, filter=matcher)
+
+    async with AlertmanagerSink(alertmanager.url, registry=registry) as sink:
+        for i, card in enumerate(cards):
+            engine.signal("CardImpossibleTravel", card, t0 + i, active=True, value=500.0 + i)
+        assert await sink.post(_outbox(engine)) is True
+        got = await converged()
+        assert len(got) == 3
+        by_card = {a["labels"]["card"]: a for a in got}
+        # Event time stays visible; Alertmanager's times are never in its future.
+        from cityops.alerts.lifecycle import rfc3339
+        assert by_card[cards[0]["card"]]["annotations"]["event_starts_at"] == rfc3339(t0)
+        for _ in range(3):  # periodic re-sends are accepted (the demo had them refused with 400)
+            assert await sink.post(engine.firing()) is True
+        await converged()
+
+        # Two of the three resolve (30 min of event time later, the third is signalled again first).
+        engine.signal("CardImpossibleTravel", cards[2], t0 + 1700, active=True, value=600.0)
+        engine.advance(t0 + 1801)
+        items = _outbox(engine)
+        assert sorted(i["status"] for i in items) == ["firing", "resolved", "resolved"] or \
+            sorted(i["status"] for i in items) == ["resolved", "resolved"]
+        assert await sink.post(items) is True
+        assert await sink.post(engine.firing()) is True
+        got = await converged()
+        assert {a["labels"]["card"] for a in got} == {cards[2]["card"]}
+
+        # The resolved card fires again: a new episode, shown as active again.
+        engine.signal("CardImpossibleTravel", cards[0], t0 + 1900, active=True, value=700.0)
+        assert await sink.post(_outbox(engine)) is True
+        assert await sink.post(engine.firing()) is True
+        got = await converged()
+        assert {a["labels"]["card"] for a in got} == {cards[0]["card"], cards[2]["card"]}
+
+        engine.advance(t0 + 1900 + 3600)
+        assert await sink.post(_outbox(engine)) is True
+        assert engine.firing() == []
+        assert await converged() == []
+    assert _sent(registry, "rejected") == 0
+    assert _sent(registry, "sent") > 0

@@ -12,6 +12,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -50,34 +51,58 @@ def _counter(registry: CollectorRegistry) -> Counter:
 def to_postable(item: dict[str, Any], now: float, resend_s: float = 60.0) -> dict[str, Any] | None:
     """One Alertmanager v2 postable alert from an outbox transition or a ``firing()`` entry; None = skip.
 
-    Firing: ``endsAt`` = now + 4 × ``resend_s`` (Alertmanager resolves it by itself if we stop re-sending,
-    e.g. when this worker dies). Resolved: ``endsAt`` = the resolve time (never later than ``now``, so it
-    resolves at once even if event time runs ahead of the wall clock). Pending, flapping and cancelled
-    pending alerts are not Alertmanager's business. All times RFC 3339 UTC; ``now`` in epoch seconds.
+    Alertmanager judges ``startsAt``/``endsAt`` against its own wall clock: an alert whose ``endsAt`` is
+    past is resolved, a firing alert's ``endsAt`` is a lease that each re-send renews, and a post with
+    ``endsAt`` before ``startsAt`` is refused (``400 start time must be before end time``). cityops' alert
+    times are event times, which may run ahead of the wall clock (a replay at ``--speedup``, a device clock)
+    or far behind it (a backlog). So the wall clock ``now`` (epoch seconds) decides what Alertmanager sees:
+
+    - ``startsAt`` = min(event-time start, ``now``): never in Alertmanager's future;
+    - firing: ``endsAt`` = ``now`` + 4 × ``resend_s``: a lease; if this worker stops re-sending,
+      Alertmanager resolves the alert by itself;
+    - resolved: ``endsAt`` = min(event-time end, ``now``), and never before ``startsAt``: in the past, so
+      Alertmanager resolves it at once.
+
+    The event times stay visible as the annotations ``event_starts_at`` (and ``event_ends_at`` on resolve),
+    RFC 3339 UTC. Pending, flapping and cancelled pending alerts are not Alertmanager's business.
     """
     if "status" in item:
         action = item.get("am_action", item["status"] if item["status"] in ("firing", "resolved") else None)
         if action is None:
             return None
-        starts_at = float(item["starts_at"])
-        alert: dict[str, Any] = {"labels": dict(item["labels"]), "annotations": dict(item.get("annotations") or {})}
+        event_start = float(item["starts_at"])
+        annotations = dict(item.get("annotations") or {})
+        annotations["event_starts_at"] = rfc3339(event_start)
+        alert: dict[str, Any] = {"labels": dict(item["labels"]), "annotations": annotations}
+        starts_at = min(event_start, now)
         if action == "firing":
-            ends_at = max(now, starts_at) + 4 * resend_s
+            ends_at = now + 4 * resend_s
         else:
             ends = item.get("ends_at")
-            ends_at = min(float(ends) if ends is not None else now, now)
-        # Alertmanager rejects endsAt before startsAt.
-        ends_at = max(ends_at, starts_at)
+            event_end = float(ends) if ends is not None else now
+            if ends is not None:
+                annotations["event_ends_at"] = rfc3339(event_end)
+            ends_at = max(min(event_end, now), starts_at)
         alert["startsAt"] = rfc3339(starts_at)
         alert["endsAt"] = rfc3339(ends_at)
         if item.get("generator_url"):
             alert["generatorURL"] = item["generator_url"]
         return alert
-    # Already in Alertmanager's format (AlertEngine.firing()): a re-send of a firing alert.
+    # Already in Alertmanager's format (AlertEngine.firing()): a re-send of a firing alert, whose
+    # ``startsAt`` is its event-time start.
     alert = dict(item)
-    if "endsAt" not in alert:
-        alert["endsAt"] = rfc3339(now + 4 * resend_s)
+    annotations = dict(alert.get("annotations") or {})
+    event_start = _parse_rfc3339(alert["startsAt"])
+    annotations.setdefault("event_starts_at", rfc3339(event_start))
+    alert["annotations"] = annotations
+    alert["startsAt"] = rfc3339(min(event_start, now))
+    alert["endsAt"] = rfc3339(now + 4 * resend_s)
     return alert
+
+
+def _parse_rfc3339(value: str) -> float:
+    """Epoch seconds of an RFC 3339 time (``Z`` or an offset)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 class AlertmanagerSink:
