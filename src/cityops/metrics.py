@@ -24,6 +24,9 @@ class Metrics:
         self.sink_writes = Counter("cityops_sink_writes", "Successful sink batch writes", ["sink"], registry=r)
         self.sink_errors = Counter("cityops_sink_write_errors", "Failed sink writes by cause "
                                    "(unavailable|throttled|rejected)", ["sink", "kind"], registry=r)
+        self.points_refused = Counter("cityops_points_refused", "Points a sink refused for their data "
+                                      "(dead-lettered with the sink's reason)", ["sink", "measurement"],
+                                      registry=r)
         self.backpressure = Gauge("cityops_backpressure", "1 while consumption is paused for the sink",
                                   ["stream"], registry=r)
         self.checkpoint_duration = Histogram("cityops_checkpoint_duration_seconds",

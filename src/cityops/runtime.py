@@ -73,7 +73,8 @@ class Runtime:
         token = settings.influx_token.get_secret_value() if settings.influx_token else None
         self.influx = InfluxSink(str(settings.influx_url), settings.influx_database, token=token,
                                  org=settings.influx_org, batch_size=settings.influx_batch_size,
-                                 max_pending=settings.max_pending_points, metrics=self.metrics)
+                                 max_pending=settings.max_pending_points, metrics=self.metrics,
+                                 on_rejected=self._influx_refused)
         self.alertmanager: Any = None
         if settings.alertmanager_url is not None:
             from cityops.sinks.alertmanager import AlertmanagerSink
@@ -201,12 +202,31 @@ class Runtime:
         confirmed = await self.influx.flush()
         self.engine.confirm_written(confirmed)
 
+    def _influx_refused(self, line: str, measurement: str, reason: str) -> None:
+        """InfluxDB refused one point: dead-letter it (durably, with InfluxDB's reason) and count it."""
+        self.metrics.points_refused.labels(sink="influxdb", measurement=measurement).inc()
+        self.engine.dead_letter_point("influxdb", line, measurement, reason)
+        self._wake.set()
+
     async def _deliver_dead_letters(self) -> None:
         batch = self.engine.pending_dead_letters()
         if not batch or self.producer is None:
             return
         futures = []
         for seq, rec in batch:
+            if rec.get("measurement") is not None:
+                # A point a sink refused: the value is its line protocol, as sent (replayable after a fix).
+                headers = [
+                    ("cityops-reason", rec["reason"].encode()),
+                    ("cityops-stream", rec["stream"].encode()),
+                    ("cityops-sink", rec["topic"].encode()),
+                    ("cityops-measurement", rec["measurement"].encode()),
+                    ("cityops-outcome", rec["outcome"].encode()),
+                    ("cityops-dlq-id", rec["id"].encode()),
+                ]
+                futures.append((seq, rec, await self.producer.send(DEAD_LETTER_TOPIC, value=rec["raw"],
+                                                                    headers=headers)))
+                continue
             headers = [
                 ("cityops-reason", rec["reason"].encode()),
                 ("cityops-stream", rec["stream"].encode()),

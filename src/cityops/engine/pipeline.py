@@ -7,6 +7,7 @@ partition and of the restored state, so a replay after a crash reproduces the sa
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import logging
 import time
@@ -20,12 +21,15 @@ import orjson
 
 from cityops.engine.context import Context, Decoded, Rejected, StreamKind
 from cityops.engine.state import StateStore
-from cityops.engine.windows import Kpi, WindowKey, Windows
+from cityops.engine.windows import Kpi, WindowKey, Windows, outside_storable
 from cityops.streams.city_streams import QUALITY, QUALITY_INDEX
 
 log = logging.getLogger("cityops.engine")
 
 DEAD_LETTER_TOPIC = "cityops.dead-letter"
+# Event times well inside InfluxDB's range skip the exact check (windows.outside_storable): one compare.
+_STORABLE_MIN_S = -9_000_000_000.0
+_STORABLE_MAX_S = 9_000_000_000.0
 
 
 @dataclass
@@ -116,6 +120,8 @@ class Engine:
         meta.setdefault("partition_watermark", {})
         meta.setdefault("dlq_seq", 0)
         meta.setdefault("rule_seq", 0)
+        # Dead letters up to this sequence number are committed: only those may leave (outbox rule).
+        self._dlq_committed = meta["dlq_seq"]
         # Newest event time per (topic, partition). Lateness is judged per partition: a partition's
         # order is fixed, so the decision is the same in a replay after a crash whatever the
         # interleaving of partitions (a stream-wide maximum would depend on which partition the
@@ -200,6 +206,17 @@ class Engine:
                 self._reject(topic, partition, offset, raw, res, now)
                 continue
             try:
+                ts = res.ts
+                if not _STORABLE_MIN_S <= ts < _STORABLE_MAX_S:
+                    # Rejected at ingest: counted and dead-lettered here, never handed to a sink that
+                    # would refuse its point after it was counted.
+                    reason = outside_storable(ts, self.windows.width_s)
+                    if reason is not None:
+                        if quality_run:
+                            self._quality_run(topic, quality_run, on_quality_many)
+                        self._reject(topic, partition, offset, raw,
+                                     Rejected(f"contract: {reason}", res.index), now)
+                        continue
                 if registry is not None:
                     verdict = registry.check(topic, res, raw)
                     if verdict is not None:
@@ -209,7 +226,6 @@ class Engine:
                         continue
                 key = (topic, res.event_id)
                 seen = dedup_data.get(key)
-                ts = res.ts
                 if seen is not None:
                     if quality_run:
                         self._quality_run(topic, quality_run, on_quality_many)
@@ -518,6 +534,7 @@ class Engine:
         result.closed = closed
         offsets, self.pending_offsets = self.pending_offsets, {}
         result.bytes_written = self.store.commit(offsets)
+        self._dlq_committed = self.store.meta["dlq_seq"]
         return result
 
     def confirm_written(self, keys: Iterable[tuple[str, dict[str, str], int]]) -> None:
@@ -532,8 +549,30 @@ class Engine:
 
     # -- dead letters -------------------------------------------------------------------------------
     def pending_dead_letters(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
-        """Committed dead-letter records not yet confirmed sent (oldest first)."""
-        return sorted(self.dlq.data.items())[:limit]
+        """Committed dead-letter records not yet confirmed sent (oldest first).
+
+        A record created since the last commit waits for it: if the worker crashed first, its input would
+        be processed again and dead-letter it again, so sending it now could send it twice.
+        """
+        committed = self._dlq_committed
+        return sorted(item for item in self.dlq.data.items() if item[0] <= committed)[:limit]
+
+    def dead_letter_point(self, sink: str, line: str, measurement: str, reason: str) -> None:
+        """A point ``sink`` refused: queue it for the dead-letter topic with the sink's reason.
+
+        The record joins the durable dead-letter outbox; it is committed by the next checkpoint together
+        with the forgetting of the point (``confirm_written``), so after a crash either both happened or
+        the point is written (and refused, and dead-lettered) again. Its id is a hash of the line: a repeat
+        of the same point version carries the same ``cityops-dlq-id``.
+        """
+        seq = self.store.meta["dlq_seq"] = self.store.meta["dlq_seq"] + 1
+        raw = line.encode()
+        self.dlq[seq] = {
+            "stream": self.kpi_stream.get(measurement) or "cityops", "topic": sink, "partition": -1,
+            "offset": -1, "index": None, "reason": f"{sink} refused the point: {reason}", "outcome": "refused",
+            "raw": raw, "element": None, "measurement": measurement,
+            "id": f"{sink}:{measurement}:{hashlib.blake2b(raw, digest_size=12).hexdigest()}",
+        }
 
     def confirm_dead_letters(self, seqs: Iterable[int]) -> None:
         for seq in seqs:

@@ -30,6 +30,27 @@ class Kpi:
 
 WindowKey = tuple[str, tuple[str, ...], int]  # (measurement, tag values, window start epoch s)
 
+# The instants InfluxDB can store: signed 64-bit nanoseconds since the epoch, less one at each end
+# (InfluxDB's models.MinNanoTime / MaxNanoTime): 1677-09-21T00:12:43.145224194Z .. 2262-04-11T23:47:16.854775806Z.
+INFLUX_MIN_NS = -9_223_372_036_854_775_806
+INFLUX_MAX_NS = 9_223_372_036_854_775_806
+INFLUX_RANGE = "1677-09-21T00:12:43.145224194Z..2262-04-11T23:47:16.854775806Z"
+
+
+def outside_storable(ts: float, width_s: int = 60) -> str | None:
+    """Why an event at ``ts`` (epoch s) cannot be stored, or None when it can.
+
+    A KPI point's time is its window's start (``width_s`` seconds wide), so the whole window, start and
+    end, must lie within InfluxDB's range, not only the event time: a window start below the minimum would
+    be refused by InfluxDB after the event was counted.
+    """
+    start = int(ts // width_s) * width_s
+    end = start + width_s
+    if start * 1_000_000_000 < INFLUX_MIN_NS or end * 1_000_000_000 > INFLUX_MAX_NS:
+        return (f"event time outside InfluxDB's range: ts={ts!r} (window {start}..{end} epoch s) "
+                f"not within {INFLUX_RANGE}")
+    return None
+
 
 class Windows:
     """Accumulators per (measurement, tag values, window start), aligned to UTC multiples of ``width_s``."""

@@ -55,7 +55,12 @@ def to_line(point: Point) -> str:
 
 
 class InfluxSink:
-    """Batching writer with a keyed backlog. Lifecycle: ``setup()``, ``add()``, ``flush()``, ``close()``."""
+    """Batching writer with a keyed backlog. Lifecycle: ``setup()``, ``add()``, ``flush()``, ``close()``.
+
+    ``on_rejected(line, measurement, reason)`` receives each point InfluxDB refuses (HTTP 4xx for that
+    line alone: field type conflict, series or tag limits, key too long...) with InfluxDB's own reason; the
+    worker dead-letters it. Without it a refused point raises instead of being dropped.
+    """
 
     def __init__(
         self,
@@ -67,7 +72,7 @@ class InfluxSink:
         batch_size: int = 5000,
         max_pending: int = 200_000,
         timeout_s: float = 10.0,
-        on_rejected: Callable[[list[str], str], None] | None = None,
+        on_rejected: Callable[[str, str, str], None] | None = None,
         metrics: Any = None,
     ) -> None:
         self.url = url.rstrip("/")
@@ -157,9 +162,12 @@ class InfluxSink:
                     except _Rejected as exc:
                         self.stats.rejected += 1
                         self._err("rejected")
-                        log.error("influx rejected point reason=%r line=%r", str(exc), entry[0][:300])
-                        if self.on_rejected is not None:
-                            self.on_rejected([entry[0]], str(exc))
+                        log.error("influx rejected point measurement=%s reason=%r line=%r", entry[1][0],
+                                  str(exc), entry[0][:300])
+                        if self.on_rejected is None:
+                            raise CityopsError("InfluxDB refused a point and no dead-letter output is "
+                                               "connected (on_rejected)") from exc
+                        self.on_rejected(entry[0], entry[1][0], str(exc))
                     if self.pending.get(k) is entry:
                         del self.pending[k]
                         confirmed.append(entry[1])  # written or given up on: either way it is done

@@ -63,6 +63,8 @@ def test_batch_with_one_bad_element_rejects_only_it() -> None:
     e = make()
     e.process(TAPS, 0, 0, b([tap(1, T0), tap(2, T0, direction="up"), tap(3, T0)]))
     assert window(e, T0)[0] == 2
+    assert e.pending_dead_letters() == []  # not committed yet: outputs leave only from committed state
+    e.checkpoint()
     (seq, rec), = e.pending_dead_letters()
     assert rec["index"] == 1 and "$[1].direction" in rec["reason"]
     assert e.counts[(TAPS, "invalid")] == 1
@@ -177,3 +179,51 @@ def test_a_quiet_streams_open_windows_reach_the_rules_once() -> None:
         e.checkpoint()
     health = {k: n for k, n in rec.windows.items() if k[0] == "health_service"}
     assert health and max(health.values()) == 1, health
+
+
+def test_event_times_influxdb_cannot_store_are_dead_lettered_at_ingest() -> None:
+    """Issue 9 kind 3: the window a point is written at (start and end) must be within InfluxDB's range."""
+    from datetime import datetime, timezone
+
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text).timestamp()
+
+    e = make()
+    cases = [  # (event time, stored?)
+        ("1500-01-01T00:00:00+00:00", False),
+        ("0001-01-01T00:00:00+00:00", False),
+        ("1677-09-21T00:12:43.145224+00:00", False),  # in range, but its window starts at 00:12:00
+        ("1677-09-21T00:13:00+00:00", True),  # first whole window
+        ("2262-04-11T23:46:59+00:00", True),  # last whole window: 23:46..23:47
+        ("2262-04-11T23:47:00+00:00", False),  # window 23:47..23:48 ends after 23:47:16.85
+        ("9999-12-31T23:59:59+00:00", False),
+    ]
+    for i, (text, stored) in enumerate(cases):
+        # Each on its own partition: lateness (an other clock's business) plays no part here.
+        e.process(TAPS, i, 0, b(tap(i, at(text))))
+    e.checkpoint()
+    letters = [rec for _seq, rec in e.pending_dead_letters()]
+    rejected = [c for c in cases if not c[1]]
+    assert len(letters) == len(rejected)
+    for rec in letters:
+        assert rec["reason"].startswith("contract: event time outside InfluxDB's range")
+        assert "1677-09-21T00:12:43.145224194Z..2262-04-11T23:47:16.854775806Z" in rec["reason"]
+    assert e.counts[(TAPS, "invalid")] == len(rejected)
+    assert e.counts[(TAPS, "accepted")] == len(cases) - len(rejected)
+    starts = {k[2] for k in e.windows.table.data if k[0] == "traffic_ridership"}
+    assert starts == {int(at("1677-09-21T00:13:00+00:00")), int(at("2262-04-11T23:46:00+00:00"))}
+
+
+def test_refused_point_is_dead_lettered_after_the_commit_with_a_stable_id() -> None:
+    e = make()
+    line = 'traffic_ridership,line=L1,mode=metro taps_in=3i 1795564800'
+    e.dead_letter_point("influxdb", line, "traffic_ridership", 'HTTP 400: {"error":"field type conflict"}')
+    assert e.pending_dead_letters() == []
+    e.checkpoint()
+    (seq, rec), = e.pending_dead_letters()
+    assert rec["raw"] == line.encode() and rec["outcome"] == "refused" and rec["stream"] == TAPS
+    assert rec["reason"] == 'influxdb refused the point: HTTP 400: {"error":"field type conflict"}'
+    e.dead_letter_point("influxdb", line, "traffic_ridership", "again")
+    e.checkpoint()
+    ids = {r["id"] for _s, r in e.pending_dead_letters()}
+    assert len(ids) == 1  # the same point version twice: one id, consumers can drop the repeat
