@@ -293,7 +293,9 @@ def alert_point(tr: dict[str, Any]) -> Any:
     from cityops.engine.pipeline import Point
 
     labels = tr["labels"]
-    entity = ",".join(f"{k}={v}" for k, v in sorted(labels.items())
+    # k=v pairs joined by ",", with "%", "," and "=" percent-encoded inside names and values: two
+    # different label sets never make one entity (card "a,b=c" vs cards "a" and b "c").
+    entity = ",".join(f"{_entity_part(k)}={_entity_part(v)}" for k, v in sorted(labels.items())
                       if k not in ("alertname", "severity", "domain"))
     # entity is a tag so two alerts of one rule in the same second stay two points.
     return Point("alerts", {"alertname": labels["alertname"], "severity": labels.get("severity", ""),
@@ -301,6 +303,13 @@ def alert_point(tr: dict[str, Any]) -> Any:
                  {"summary": tr.get("annotations", {}).get("summary", ""),
                   "value": float(tr.get("value") or 0.0), "id": tr["id"]},
                  int(tr["ts"]))
+
+
+_ENTITY_ESCAPE = str.maketrans({"%": "%25", ",": "%2C", "=": "%3D"})
+
+
+def _entity_part(text: str) -> str:
+    return text.translate(_ENTITY_ESCAPE)
 
 
 def _reason_kind(reason: str) -> str:

@@ -143,3 +143,21 @@ def test_points_influxdb_refuses_are_dead_lettered_with_its_reason(kafka: Any, i
     assert any(b"taps_in=5i" in rec.value and rec.value.endswith(str(WINDOW).encode()) for rec in letters)
     # Not in InfluxDB for that series (refused), and no write of it was dropped with only a log line.
     assert influx_query(influx, "SELECT * FROM traffic_ridership WHERE mode = 'metro'") == []
+
+
+def test_lines_b12_backslash_and_b12_space_are_two_series(kafka: Any, influx: Any, worker_factory: Any) -> None:
+    """Issue 9 kind 4, example: 3 taps on line ``B12\\`` and 2 on ``B12 `` in the same minute."""
+    from cityops.sinks.influx import decode_tag
+
+    taps = [tap(100 + i, line="B12\\", mode="bus") for i in range(3)] + \
+           [tap(200 + i, line="B12 ", mode="bus") for i in range(2)]
+    produce(kafka.url, [(TAPS, dumps(taps))])
+    w = worker_factory(**NO_RULES).start()
+    w.wait(lambda: w.counted(TAPS) >= 5, what="taps decided")
+
+    def series() -> dict[str, int]:
+        return {decode_tag(r["line"]): r["taps_in"] for r in influx_rows(influx, "traffic_ridership")
+                if r["mode"] == "bus" and r["time"] == WINDOW}
+
+    w.wait(lambda: series() == {"B12\\": 3, "B12 ": 2}, what=f"two series; got {series()}")
+    assert metric(w, "cityops_points_refused_total") == 0

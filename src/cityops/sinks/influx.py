@@ -12,12 +12,16 @@ caller for the dead-letter topic; anything else → raised.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 from influxdb_client import Point as InfluxPoint
 from influxdb_client import WritePrecision
 
@@ -42,12 +46,46 @@ class SinkStats:
     rejected: int = 0
 
 
+# Tag values that line protocol cannot carry as they are. InfluxDB 1.x unescapes only ``\,`` ``\=`` and
+# ``\ `` in a tag value, and influxdb-client escapes a trailing backslash as ``\ `` and a newline, tab or
+# CR as ``\n`` ``\t`` ``\r``, which InfluxDB keeps as two characters: so ``B12\`` and ``B12 `` would be
+# one series, and so would a newline and a backslash followed by ``n``. Any value with a backslash or a
+# control character (Unicode category Cc) is therefore written encoded, and so is any value that starts
+# with the marker (else an input could pose as an encoded value): the mapping stays one to one.
+TAG_MARKER = "~b64:"
+_TAG_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f]")
+
+
+@functools.lru_cache(maxsize=65536)
+def encode_tag(value: str) -> str:
+    """The tag value as written to InfluxDB: ``value`` itself, or ``~b64:`` + unpadded base64url(UTF-8).
+
+    Reversible (``decode_tag``) and one to one: two different values are never the same series. Values
+    without a backslash or control character that do not start with ``~b64:`` are written unchanged.
+    """
+    if _TAG_UNSAFE.search(value) is None and not value.startswith(TAG_MARKER):
+        return value
+    return TAG_MARKER + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_tag(stored: str) -> str:
+    """The original tag value of a value read back from InfluxDB (inverse of ``encode_tag``)."""
+    if not stored.startswith(TAG_MARKER):
+        return stored
+    body = stored[len(TAG_MARKER):]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+
+
 def to_line(point: Point) -> str:
-    """Serialize one point with influxdb-client's own line-protocol encoder (escaping, int vs float)."""
+    """Serialize one point with influxdb-client's own line-protocol encoder (escaping, int vs float).
+
+    Tag values go through ``encode_tag``; an empty tag value is written as no tag (InfluxDB 1.x cannot
+    store an empty tag value).
+    """
     p = InfluxPoint(point.measurement)
     for k, v in sorted(point.tags.items()):
         if v != "":
-            p.tag(k, v)
+            p.tag(k, encode_tag(v))
     for k, v in point.fields.items():
         p.field(k, v)
     p.time(point.ts, WritePrecision.S)
@@ -212,7 +250,7 @@ class InfluxSink:
                 raise InfluxUnavailable(f"HTTP {status}: {exc.reason}") from exc
             if status in (401, 403):
                 raise CityopsError(f"InfluxDB refused the write ({status}): check CITYOPS_INFLUX_TOKEN") from exc
-            raise _Rejected(f"HTTP {status}: {exc.body!r:.300}") from exc
+            raise _Rejected(f"HTTP {status}: {_reason(str(exc.body), body)}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self._unavailable()
             raise InfluxUnavailable(f"unreachable: {exc}") from exc
@@ -242,7 +280,7 @@ class InfluxSink:
                     raise InfluxUnavailable("database was missing; created it")
                 if r.status in (401, 403):
                     raise CityopsError(f"InfluxDB refused the write ({r.status}): check CITYOPS_INFLUX_TOKEN")
-                raise _Rejected(f"HTTP {r.status}: {text[:300]}")
+                raise _Rejected(f"HTTP {r.status}: {_reason(text, body)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self._unavailable()
             raise InfluxUnavailable(f"unreachable: {exc!r}") from exc
@@ -250,6 +288,19 @@ class InfluxSink:
 
 class _Rejected(CityopsError):
     pass
+
+
+def _reason(text: str, body: bytes) -> str:
+    """InfluxDB's answer to a refused write, without the echo of the line itself (which can be 64 KiB
+    long and is in the dead letter anyway): ``unable to parse '<line>': max key length exceeded ...``."""
+    try:
+        text = orjson.loads(text).get("error", text)
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    for line in body.decode(errors="replace").split("\n"):
+        if len(line) > 40:
+            text = text.replace(line, "<line>")
+    return text.strip()[:500]
 
 
 async def query(url: str, database: str, q: str, token: str | None = None) -> list[dict[str, Any]]:

@@ -17,14 +17,19 @@ from cityops.streams.models import MODELS
 
 CONTRACTS_DIR = Path(__file__).resolve().parents[3] / "streams"
 
+_TAG = (" InfluxDB tag `{}`: written as it is, or, when it holds a backslash or a control character or starts "
+        "with `~b64:`, as `~b64:` + unpadded base64url of its UTF-8 (one to one, reversible; see README).")
+
 DESCRIPTIONS: dict[str, str] = {
     "event_id": "Unique per event; an id seen again within 24 h of event time is counted once "
                 "(same content: duplicate; different content: EventTampering).",
-    "ts": "Event time, RFC 3339 with an explicit offset, e.g. 2026-11-25T08:00:00.123+08:00.",
+    "ts": "Event time, RFC 3339 with an explicit offset, e.g. 2026-11-25T08:00:00.123+08:00. Its 60 s window "
+          "must lie within what InfluxDB stores (1677-09-21T00:12:43.145224194Z..2262-04-11T23:47:16.854775806Z), "
+          "else the event is dead-lettered.",
     "source": "The device or system that produced the event (reader, terminal, detector id).",
     "card_id": "One-card / health-card number. Pseudonymized at ingest with a keyed hash; never stored raw.",
     "mode": "Transport mode.",
-    "line": "Metro line, bus route, bike area, coach route or parking lot (any UTF-8).",
+    "line": "Metro line, bus route, bike area, coach route or parking lot (any UTF-8)." + _TAG.format("line"),
     "station": "Station, stop or dock, when known.",
     "direction": "in = tap on entry/boarding, out = tap on exit.",
     "fare_cny": "Fare charged, CNY.",
@@ -33,12 +38,12 @@ DESCRIPTIONS: dict[str, str] = {
     "lon": "Reader longitude, WGS84 degrees.",
     "sig": "Hex HMAC-SHA256 with the source's key over the event's canonical JSON without sig "
            "(keys sorted, no whitespace, UTF-8). Required from sources the registry marks must_sign.",
-    "segment": "Road segment id.",
+    "segment": "Road segment id (any UTF-8)." + _TAG.format("segment"),
     "flow": "Vehicles counted in the interval.",
     "speed_kmh": "Mean speed in the interval, km/h.",
     "occupancy": "Share of the interval the detector was occupied, 0..1.",
     "interval_s": "Length of the reporting interval, seconds.",
-    "hospital": "Hospital name.",
+    "hospital": "Hospital name (any UTF-8)." + _TAG.format("hospital"),
     "department": "Department, when known.",
     "kind": "Step of the visit.",
     "channel": "Where the step was done.",
