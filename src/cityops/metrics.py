@@ -27,6 +27,9 @@ class Metrics:
         self.points_refused = Counter("cityops_points_refused", "Points a sink refused for their data "
                                       "(dead-lettered with the sink's reason)", ["sink", "measurement"],
                                       registry=r)
+        self.offsets_backwards = Counter("cityops_offsets_backwards", "Partitions whose log went backwards "
+                                         "(topic re-created or log truncated) and were read again from their "
+                                         "start", ["topic", "partition"], registry=r)
         self.backpressure = Gauge("cityops_backpressure", "1 while consumption is paused for the sink",
                                   ["stream"], registry=r)
         self.checkpoint_duration = Histogram("cityops_checkpoint_duration_seconds",

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine
+from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, record_digest
 from cityops.engine.state import StateStore
 from cityops.metrics import Metrics
 from cityops.settings import Settings
@@ -83,6 +83,13 @@ class Runtime:
             self.alertmanager = AlertmanagerSink(str(settings.alertmanager_url), counter=self.metrics.alert_notifications,
                                                  resend_s=settings.alert_resend_s, attempts=1)
         self.producer: Any = None
+        self._probe: Any = None  # a group-less consumer that reads the record at a committed offset
+        self.assigned: set[tuple[str, int]] = set()
+        self.verified: set[tuple[str, int]] = set()  # partitions checked since their last assignment
+        # Set by the app: moves the input consumer of a partition to an offset (after a rewind).
+        self.seek: Callable[[tuple[str, int], int], Awaitable[None]] | None = None
+        self._last_offset_check = clock()
+        self._check_lock = asyncio.Lock()
         self._acks: list[Any] = []
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -108,6 +115,12 @@ class Runtime:
                                          max_request_size=self.settings.max_message_bytes + (64 << 10),
                                          linger_ms=5)
         await self.producer.start()
+        from aiokafka import AIOKafkaConsumer
+
+        self._probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
+                                       enable_auto_commit=False, auto_offset_reset="none",
+                                       max_partition_fetch_bytes=self.settings.max_message_bytes + (64 << 10))
+        await self._probe.start()
         self._dispatcher = asyncio.ensure_future(self._dispatch_loop())
         self.ready = True
 
@@ -127,6 +140,8 @@ class Runtime:
         log.info("stop: delivered; closing clients")
         if self.producer is not None:
             await asyncio.wait_for(self.producer.stop(), 10)
+        if self._probe is not None:
+            await asyncio.wait_for(self._probe.stop(), 10)
         await self.influx.close()
         if self.alertmanager is not None:
             await self.alertmanager.close()
@@ -150,6 +165,101 @@ class Runtime:
             await asyncio.sleep(0.2)
         self.backpressure = False
         self.metrics.backpressure.labels(stream=topic).set(0)
+
+    # -- offsets that go backwards -------------------------------------------------------------------
+    async def check_offsets(self, tps: Iterable[tuple[str, int]], timeout_s: float = 3.0) -> list[tuple[str, int]]:
+        """Check that each partition's log still holds the record at its committed offset; rewind those whose
+        log went backwards (topic deleted and re-created, log truncated). Returns the rewound partitions.
+
+        The engine skips records at or below its committed offsets (they were applied before a crash), so
+        a log whose offsets start over would be skipped silently up to the old offset. A partition's log
+        went backwards when the record at its committed offset is gone (the fetch there returns nothing and
+        the log end offset is not past it, or returns a later offset) or is another record (its digest
+        differs from the one committed). The worker then logs it once with both offsets, counts it in
+        ``cityops_offsets_backwards_total{topic,partition}``, and reads the partition again from its log
+        start offset (``Engine.rewind``): the new records are applied, and events it shares with the old
+        log are counted once by the dedup table. Called at partition assignment and every
+        ``offset_check_s`` seconds; ``timeout_s`` bounds the fetch.
+        """
+        async with self._check_lock:  # one probe consumer: one check at a time
+            return await self._check_offsets(tps, timeout_s)
+
+    async def _check_offsets(self, tps: Iterable[tuple[str, int]], timeout_s: float) -> list[tuple[str, int]]:
+        from aiokafka import TopicPartition
+        from aiokafka.errors import OffsetOutOfRangeError
+
+        committed = self.engine.committed_records()
+        todo = {tp: committed[tp] for tp in tps if tp in committed and tp[0] in self.engine.streams}
+        if not todo or self._probe is None:
+            return []
+        probe = self._probe
+        ktps = {TopicPartition(*tp): tp for tp in todo}
+        probe.assign(list(ktps))
+        for ktp, tp in ktps.items():
+            probe.seek(ktp, todo[tp][0])
+        found: dict[tuple[str, int], Any] = {}
+        out_of_range: set[tuple[str, int]] = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        waiting = [k for k in ktps]
+        while waiting and loop.time() < deadline:
+            try:
+                got = await probe.getmany(*waiting, timeout_ms=int(max(0.05, deadline - loop.time()) * 1000),
+                                          max_records=len(waiting))
+            except OffsetOutOfRangeError as exc:
+                for ktp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else waiting:
+                    out_of_range.add(ktps[ktp])
+                    probe.pause(ktp)
+                waiting = [k for k in waiting if ktps[k] not in out_of_range]
+                continue
+            for ktp, records in got.items():
+                if records and ktps[ktp] not in found:
+                    found[ktps[ktp]] = records[0]
+                    probe.pause(ktp)
+            waiting = [k for k in waiting if ktps[k] not in found]
+        unanswered = [k for k in ktps if ktps[k] not in found]
+        ends: dict[Any, int] = await probe.end_offsets(unanswered) if unanswered else {}
+        starts: dict[Any, int] = await probe.beginning_offsets(list(ktps))
+        probe.assign([])
+        rewound = []
+        for ktp, tp in ktps.items():
+            offset, digest = todo[tp]
+            rec = found.get(tp)
+            start = starts.get(ktp, 0)
+            if rec is None:
+                end = ends.get(ktp)
+                if offset < start:
+                    continue  # retention removed it: the log moved forward, not back
+                if end is None or end > offset:
+                    continue  # not answered in time: inconclusive, checked again later
+                why = f"log end offset {end} is not past it"
+            elif rec.offset != offset:
+                why = f"the record at it is gone (the log continues at {rec.offset})"
+            elif digest is not None and record_digest(rec.value) != digest:
+                why = "the record at it is another one"
+            else:
+                continue
+            self._went_backwards(tp, offset, start, why)
+            rewound.append(tp)
+        for tp in rewound:
+            if self.seek is not None:
+                await self.seek(tp, starts.get(TopicPartition(*tp), 0))
+        return rewound
+
+    async def verify_offsets(self, tps: set[tuple[str, int]]) -> None:
+        """``check_offsets`` for partitions about to be read for the first time since their assignment."""
+        while not self.ready:  # the check needs the runtime's clients
+            await asyncio.sleep(0.1)
+        await self.check_offsets(tps)
+        self.verified |= tps
+
+    def _went_backwards(self, tp: tuple[str, int], committed: int, start: int, why: str) -> None:
+        topic, partition = tp
+        log.warning("offsets went backwards at=%s[%d] committed_offset=%d log_start_offset=%d reason=%r: "
+                    "topic re-created or log truncated; applying the partition again from offset %d",
+                    topic, partition, committed, start, why, start)
+        self.metrics.offsets_backwards.labels(topic=topic, partition=str(partition)).inc()
+        self.engine.rewind(tp, start)
 
     # -- checkpoint ---------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -183,6 +293,12 @@ class Runtime:
                 pass
             self._wake.clear()
             self.metrics.checkpoint_age.set(self.checkpoint_age())
+            if self.clock() - self._last_offset_check >= self.settings.offset_check_s:
+                self._last_offset_check = self.clock()
+                try:
+                    await self.check_offsets(self.assigned)
+                except Exception:  # a check that fails is tried again at the next interval
+                    log.exception("offset check failed")
             try:
                 await self.deliver()
                 delay = 0.0

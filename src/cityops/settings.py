@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_pending_points: int = Field(200_000, ge=100, description="sink backlog that stops consumption")
     influx_batch_size: int = Field(5000, ge=1)
     consumer_session_timeout_s: float = Field(30.0, gt=0)
+    offset_check_s: float = Field(30.0, gt=0, description="how often the worker checks that each partition's "
+                                  "log still holds the record at its committed offset (topic re-created or "
+                                  "log truncated: offsets went backwards)")
     max_message_bytes: int = Field(4 << 20, ge=1024)
     gc_threshold: int = Field(50_000, ge=0, description="the worker's generation-0 threshold for Python's cyclic "
                               "garbage collector (0 = Python's default, 700): the engine keeps hundreds of "

@@ -58,6 +58,14 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
         # The clocks wait (briefly) for every assigned partition's first records before judging.
         runtime.engine.expect_partitions((tp.topic, tp.partition) for tp in assigned)
+        runtime.assigned = {(tp.topic, tp.partition) for tp in assigned}
+        # Faust has sought to its own committed offsets: check each partition's log again before use.
+        runtime.verified.clear()
+
+    async def seek(tp: tuple[str, int], offset: int) -> None:
+        await _seek_faust(app, tp, offset)
+
+    runtime.seek = seek
 
     @app.task
     async def start_runtime() -> None:
@@ -93,14 +101,53 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     return app, runtime
 
 
+async def _seek_faust(app: faust.App, tp: tuple[str, int], offset: int) -> None:
+    """Move Faust's consumer of ``tp`` back to ``offset`` after its log went backwards.
+
+    Faust drops records below the offset it last read, and ignores acks below the offset it last
+    committed; both belong to the old log now, so they are forgotten for this partition (Faust has no public
+    call for it).
+    """
+    from faust.types import TP
+
+    consumer = app.consumer
+    ftp = TP(tp[0], tp[1])
+    for name in ("_committed_offset", "_read_offset"):
+        table = getattr(consumer, name, None)
+        if table is not None:
+            table[ftp] = None
+    acked = getattr(consumer, "_acked", None)
+    if acked is not None:
+        acked[ftp] = []
+    index = getattr(consumer, "_acked_index", None)
+    if index is not None:
+        index[ftp] = set()
+    await consumer.seek(ftp, offset)
+
+
 def _add_agent(app: faust.App, runtime: Runtime, topic_name: str, settings: Settings) -> None:
     topic = app.topic(topic_name, value_serializer="raw", key_serializer="raw",
                       partitions=settings.topic_partitions, allow_empty=True)
 
     async def agent(stream: Any) -> None:
         process = runtime.process
+        verified = runtime.verified
         async for events in stream.noack_take(TAKE_MAX, within=TAKE_WITHIN_S):
             await runtime.wait_writable(topic_name)
+            # Before the first records of a partition are applied (or skipped as already applied), check
+            # that its log did not go backwards. Records come in runs per partition: test at each change.
+            last: Any = None
+            unverified: set[tuple[str, int]] | None = None
+            for event in events:
+                msg = event.message
+                tp = (msg.topic, msg.partition)
+                if tp != last:
+                    last = tp
+                    if tp not in verified:
+                        unverified = unverified or set()
+                        unverified.add(tp)
+            if unverified:
+                await runtime.verify_offsets(unverified)
             for event in events:
                 msg = event.message
                 # Acks are released only after the commit that covers this record (runtime.tick).

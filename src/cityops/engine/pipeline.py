@@ -141,6 +141,10 @@ class Engine:
         for key, (_digest, ts) in self.dedup.items():
             self._dedup_buckets[int(ts // 3600)].append(key)
         self.pending_offsets: dict[tuple[str, int], int] = {}
+        # The value of the last record applied per partition since the last commit: its digest is committed
+        # with the offset, so a later check can tell the same log from a re-created one (see offset_digest).
+        self._last_raw: dict[tuple[str, int], bytes] = {}
+        meta.setdefault("offset_digest", {})
         self.counts: dict[tuple[str, str], int] = defaultdict(int)  # (stream, outcome) -> n, since start
         self._hook_cache: dict[str, dict[str, list[Any]]] = {}
         # On recovery every stored window is rewritten: its last write may not have landed.
@@ -266,6 +270,7 @@ class Engine:
             self._last_seen_wall[tp] = now
             self._count(topic, "accepted", now, accepted)
         self.pending_offsets[tp] = offset
+        self._last_raw[tp] = raw
 
     def _quality_run(self, topic: str, run: list[tuple[float, str | None]], hooks: list[Any]) -> None:
         """Send a run of accepted events to the quality hooks, then empty it (the caller's list)."""
@@ -533,6 +538,12 @@ class Engine:
             result.points.append(Point(measurement, tags, fields, start))
         result.closed = closed
         offsets, self.pending_offsets = self.pending_offsets, {}
+        if self._last_raw:
+            digests = self.store.meta["offset_digest"]
+            for tp, raw in self._last_raw.items():
+                if tp in offsets:
+                    digests[tp] = record_digest(raw)
+            self._last_raw = {}
         result.bytes_written = self.store.commit(offsets)
         self._dlq_committed = self.store.meta["dlq_seq"]
         return result
@@ -546,6 +557,24 @@ class Engine:
             key = (measurement, tuple(tags.get(t, "") for t in kpi.tags), ts)
             if key in self.closed.data:
                 del self.closed[key]
+
+    # -- offsets that go backwards -------------------------------------------------------------------
+    def committed_records(self) -> dict[tuple[str, int], tuple[int, str | None]]:
+        """Per partition, the committed offset and the digest of the record at it (None: not known)."""
+        digests = self.store.meta["offset_digest"]
+        return {tp: (off, digests.get(tp)) for tp, off in self.store.offsets.items() if off >= 0}
+
+    def rewind(self, tp: tuple[str, int], next_offset: int) -> None:
+        """The partition's log went backwards: apply its records again from ``next_offset``.
+
+        The committed offset becomes ``next_offset - 1`` (committed with the next checkpoint). Events the
+        new log shares with the old one (a producer re-sending them) are counted once by the dedup table;
+        the partition's clock (its watermark) is kept, as the stream's event time did not go back.
+        """
+        self.store.offsets[tp] = next_offset - 1
+        self.pending_offsets[tp] = next_offset - 1
+        self._last_raw.pop(tp, None)
+        self.store.meta["offset_digest"].pop(tp, None)
 
     # -- dead letters -------------------------------------------------------------------------------
     def pending_dead_letters(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
@@ -577,6 +606,11 @@ class Engine:
     def confirm_dead_letters(self, seqs: Iterable[int]) -> None:
         for seq in seqs:
             self.dlq.pop(seq)
+
+
+def record_digest(raw: bytes | None) -> str:
+    """Hex digest of a Kafka record's value (16 bytes of BLAKE2b): identifies the record at an offset."""
+    return hashlib.blake2b(raw or b"", digest_size=16).hexdigest()
 
 
 def _event_time(value: Any) -> float | None:

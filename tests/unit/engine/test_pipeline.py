@@ -227,3 +227,26 @@ def test_refused_point_is_dead_lettered_after_the_commit_with_a_stable_id() -> N
     e.checkpoint()
     ids = {r["id"] for _s, r in e.pending_dead_letters()}
     assert len(ids) == 1  # the same point version twice: one id, consumers can drop the repeat
+
+
+def test_the_record_at_the_committed_offset_is_identified_and_a_rewind_applies_the_new_log() -> None:
+    """Issue 9 kind 8: offsets that go backwards. The digest of the record at each committed offset is
+    committed with it; after ``rewind`` records at offsets at or below the old ones are applied again."""
+    from cityops.engine.pipeline import record_digest
+
+    e = make()
+    raws = [b(tap(i, T0)) for i in range(5)]
+    for off, raw in enumerate(raws):
+        e.process(TAPS, 0, off, raw)
+    e.checkpoint()
+    assert e.committed_records() == {(TAPS, 0): (4, record_digest(raws[4]))}
+    e.process(TAPS, 0, 1, b(tap(100, T0)))  # a new log's record at an old offset: skipped as applied
+    assert e.counts[(TAPS, "accepted")] == 5
+    e.rewind((TAPS, 0), 0)
+    for off in range(3):
+        e.process(TAPS, 0, off, b(tap(100 + off, T0)))
+    e.process(TAPS, 0, 3, raws[0])  # an event the old log had: counted once (dedup)
+    e.checkpoint()
+    assert e.counts[(TAPS, "accepted")] == 8 and e.counts[(TAPS, "duplicate")] == 1
+    assert window(e, T0)[0] == 8
+    assert e.committed_records() == {(TAPS, 0): (3, record_digest(raws[0]))}
