@@ -250,7 +250,10 @@ class Runtime:
         """``check_offsets`` for partitions about to be read for the first time since their assignment."""
         while not self.ready:  # the check needs the runtime's clients
             await asyncio.sleep(0.1)
-        await self.check_offsets(tps)
+        try:
+            await self.check_offsets(tps)
+        except Exception:  # (e.g. the topic is being re-created) the periodic check tries again
+            log.exception("offset check failed partitions=%s", sorted(tps))
         self.verified |= tps
 
     def _went_backwards(self, tp: tuple[str, int], committed: int, start: int, why: str) -> None:
