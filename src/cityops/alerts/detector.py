@@ -851,7 +851,7 @@ class KpiDetector:
         state = {
             "seasonal": self._s.to_state()["state"] if self._s is not None else None,
             "profile": self._p.to_state()["state"] if self._p is not None else None,
-            "err": [self.err_s, self.err_p, self.err_n],
+            "err": {"err_s": self.err_s, "err_p": self.err_p, "err_n": self.err_n},
         }
         return {"version": _KPI_VERSION, "params": params, "state": state}
 
@@ -882,7 +882,9 @@ class KpiDetector:
         if det._p is not None:
             det._p._check_size()
         err = subs.get("err")
-        if err:
+        if isinstance(err, dict):
+            det.err_s, det.err_p, det.err_n = float(err["err_s"]), float(err["err_p"]), int(err["err_n"])
+        elif err:  # states written before the skill tracker's fields were named: [err_s, err_p, err_n]
             det.err_s, det.err_p, det.err_n = float(err[0]), float(err[1]), int(err[2])
         return det
 

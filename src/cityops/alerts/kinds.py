@@ -16,9 +16,11 @@ Hooks the engine calls (each a no-op by default):
     on_tampering(stream, event_id, source, ts, ctx) an event_id arrived again with different content
     on_rejected_source(stream, source, reason, ts, ctx)  'untrusted_source' | 'bad_signature'
 
-State: each rule keeps its per-entity state in ``ctx.store.table(f"rule:{name}")`` as plain data, so two
-rules of the same kind never share it and it survives a crash exactly; ``on_tick`` evicts entries older
-than the kind's ``horizon_s`` (event time). Context extras: ``ctx.extra["sources"]`` (a ``SourceRegistry``,
+State: each rule keeps its per-entity state in ``ctx.store.table(f"rule:{name}", codec)`` as plain data, so
+two rules of the same kind never share it and it survives a crash exactly; ``on_tick`` evicts entries older
+than the kind's ``horizon_s`` (event time). The codec (shape ``rule:<kind>``) is derived from the kind:
+``Condition`` for the entities ``report`` keeps open, and the kind's ``entry_type`` (or ``entry_type_of(key)``)
+for its own entries, with ``entry_v0`` reading them from the pickled format (see ``cityops.engine.codec``). Context extras: ``ctx.extra["sources"]`` (a ``SourceRegistry``,
 needed by ``source_silent`` and used by ``impossible_travel`` for taps without coordinates) and optionally
 ``ctx.extra["engine_start_ts"]`` (epoch s; silence of never-heard sources counts from it).
 """
@@ -35,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cityops.alerts.detector import KpiDetector
 from cityops.alerts.sources import DEFAULT_TZ, SourceRegistry
 from cityops.alerts.spec import RuleSpec
+from cityops.engine.codec import Codec, StateFormatError, StateStruct
 from cityops.engine.context import Context, Decoded
 from cityops.engine.state import Table
 
@@ -50,6 +53,17 @@ STREAMS = ("traffic.card-taps", "traffic.road-detectors", "health.card-events", 
 OUTCOMES = ("accepted", "invalid", "duplicate", "late", "untrusted", "bad_signature")
 
 _OPEN = "__open__"  # table keys (_OPEN, *entity items): entities whose condition was reported active
+
+
+class Condition(StateStruct, kw_only=True, gc=False):
+    """An entity whose two-way condition was reported: active since/at ``ts``, or recovering since ``ts``."""
+
+    active: bool
+    ts: float  # event time, epoch s: last active report, or start of the recovery
+
+
+def _is_open(key: Any) -> bool:
+    return isinstance(key, tuple) and bool(key) and key[0] == _OPEN
 
 
 class _Required:
@@ -124,6 +138,8 @@ class RuleKind:
 
     kind: ClassVar[str] = ""
     params_schema: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    # The msgspec type of the kind's own state entries (None: it keeps none besides open conditions).
+    entry_type: ClassVar[Any] = None
     one_shot: ClassVar[bool] = False
     min_sweep_every_s: ClassVar[float] = 300.0
 
@@ -188,15 +204,48 @@ class RuleKind:
         return max(self.spec.resolve_after_s, 3600.0)
 
     # -- state ---------------------------------------------------------------------------------------
+    @classmethod
+    def entry_type_of(cls, key: Any) -> Any:
+        """The declared type of the kind's entry at ``key`` (not an open condition)."""
+        if cls.entry_type is None:
+            raise StateFormatError(f"rule kind {cls.kind!r} keeps no state under key {key!r}")
+        return cls.entry_type
+
+    @classmethod
+    def entry_v0(cls, key: Any, plain: Any) -> Any:
+        """The kind's entry at ``key`` as the pickled format held it (plain data) -> its version-1 shape."""
+        return plain
+
+    @classmethod
+    def state_codec(cls) -> Codec:
+        """The codec of this kind's rule tables (one per kind, built once)."""
+        codec = cls.__dict__.get("_codec")
+        if codec is None:
+            def type_of(key: Any) -> Any:
+                return Condition if _is_open(key) else cls.entry_type_of(key)
+
+            def v0(key: Any, plain: Any) -> Any:
+                if _is_open(key):
+                    return {"active": plain[0], "ts": plain[1]}  # format 0: (active, ts)
+                return cls.entry_v0(key, plain)
+
+            codec = Codec(f"rule:{cls.kind}", by_key=type_of, migrations={0: v0})
+            cls._codec = codec  # type: ignore[attr-defined]
+        return codec
+
     def table(self, ctx: Context) -> Table[Any, Any]:
         # Called for most events: keep the table of the store last asked for (a store never replaces
         # its Table objects, a restore refills them in place).
         cached = self._table
         if cached is not None and cached[0] is ctx.store:
             return cached[1]
-        table = ctx.store.table(f"rule:{self.spec.name}")
+        table = ctx.store.table(f"rule:{self.spec.name}", self.state_codec())
         self._table = (ctx.store, table)
         return table
+
+    def restore(self, ctx: Context) -> None:
+        """Declare the rule's table now: its restored state is checked at start-up, not at the first event."""
+        self.table(ctx)
 
     def registry(self, ctx: Context) -> SourceRegistry | None:
         reg = ctx.extra.get(SOURCES)
@@ -219,16 +268,16 @@ class RuleKind:
         table = self.table(ctx)
         key = (_OPEN, *sorted(entity.items()))
         if active:
-            table[key] = (True, ts)
+            table[key] = Condition(active=True, ts=ts)
         else:
             st = table.get(key)
             if st is None:
                 return
-            if st[0]:
-                table[key] = (False, ts)
+            if st.active:
+                table[key] = Condition(active=False, ts=ts)
                 since = ts
             else:
-                since = st[1]
+                since = st.ts
             if ts - since >= self.spec.resolve_after_s:
                 del table[key]
         self.signal(ctx, entity, ts, active=active, value=value, summary=summary, description=description)
@@ -238,12 +287,12 @@ class RuleKind:
         table = self.table(ctx)
         stale = self.open_stale_s
         for key, value in list(table.items()):
-            if isinstance(key, tuple) and key and key[0] == _OPEN:
-                active, ts = value
+            if _is_open(key):
+                active, ts = value.active, value.ts
                 entity = dict(key[1:])
                 if active and now_ts - ts > stale:
                     # Its source of updates went away while active (a series stopped): recover, do not fire forever.
-                    table[key] = (False, now_ts)
+                    table[key] = Condition(active=False, ts=now_ts)
                     self.signal(ctx, entity, now_ts, active=False, description="no update within horizon")
                 elif not active and now_ts - ts >= self.spec.resolve_after_s:
                     del table[key]
@@ -292,6 +341,15 @@ def _stream_ok(params: dict[str, Any], stream: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- cards
+class LastTap(StateStruct, kw_only=True, gc=False):
+    """impossible_travel: a card's latest tap with a location."""
+
+    ts: float  # event time, epoch s
+    lat: float
+    lon: float
+    source: str
+
+
 @register("impossible_travel")
 class ImpossibleTravel(RuleKind):
     """One card's consecutive taps imply travel faster than ``max_speed_kmh`` over more than ``min_km``.
@@ -307,6 +365,12 @@ class ImpossibleTravel(RuleKind):
         "horizon_s": (float, 6 * 3600.0),  # a card's last tap is forgotten after this (by then any trip is possible)
     }
     one_shot = True
+    entry_type = LastTap
+
+    @classmethod
+    def entry_v0(cls, key: Any, plain: Any) -> Any:
+        ts, lat, lon, source = plain  # format 0: (ts, lat, lon, source)
+        return {"ts": ts, "lat": lat, "lon": lon, "source": source}
 
     def check(self) -> None:
         self._positive("max_speed_kmh", "horizon_s")
@@ -334,7 +398,7 @@ class ImpossibleTravel(RuleKind):
         table = self.table(ctx)
         prev = table.get(card)
         if prev is not None:
-            pts, plat, plon, psrc = prev
+            pts, plat, plon, psrc = prev.ts, prev.lat, prev.lon, prev.source
             km = haversine_km(plat, plon, lat, lon)
             if km > self.params["min_km"]:
                 dt = abs(ev.ts - pts)
@@ -347,11 +411,11 @@ class ImpossibleTravel(RuleKind):
                         summary=f"card travelled {km:.1f} km in {dt:.0f} s ({speed:.0f} km/h)",
                         description=f"from {psrc} to {ev.source}; limit {self.params['max_speed_kmh']:g} km/h",
                     )
-        if prev is None or ev.ts >= prev[0]:
-            table[card] = (ev.ts, float(lat), float(lon), ev.source)
+        if prev is None or ev.ts >= prev.ts:
+            table[card] = LastTap(ts=ev.ts, lat=float(lat), lon=float(lon), source=ev.source)
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
-        return now_ts - value[0] > self.horizon_s
+        return now_ts - value.ts > self.horizon_s
 
 
 @register("declined_burst")
@@ -365,6 +429,7 @@ class DeclinedBurst(RuleKind):
         "result": (str, "declined"),
     }
     one_shot = True
+    entry_type = list[float]  # a card's recent tap times with that result, event time epoch s, ascending
 
     def check(self) -> None:
         self._positive("count", "window_s")
@@ -388,7 +453,7 @@ class DeclinedBurst(RuleKind):
         times = sorted(t for t in times if t > newest - window)
         # Bounded: more than `count` inside the window tells nothing more.
         times = times[-self.params["count"] * 2 :]
-        table[card] = tuple(times)
+        table[card] = times
         # The burst is complete at the event time of the count-th tap inside one window, whatever order
         # the taps were read in (a card's taps can sit on different partitions).
         count = self.params["count"]
@@ -424,6 +489,7 @@ class ConcurrentUse(RuleKind):
         "event_kind": (str, "register"),
     }
     one_shot = True
+    entry_type = dict[str, float]  # a card's latest event time per hospital
 
     def check(self) -> None:
         self._positive("window_s")
@@ -465,6 +531,14 @@ class ConcurrentUse(RuleKind):
         return not value or now_ts - max(value.values()) > self.horizon_s
 
 
+class DayCount(StateStruct, kw_only=True):
+    """registration_hoarding: one card's events on one local calendar day."""
+
+    count: int
+    day_end: float  # end of the day, epoch s
+    times: list[float] = []  # the earliest max_per_day + 1 event times, ascending
+
+
 @register("registration_hoarding")
 class RegistrationHoarding(RuleKind):
     """One card makes more than ``max_per_day`` ``event_kind`` events (result ok) in a calendar day in ``tz``.
@@ -480,6 +554,12 @@ class RegistrationHoarding(RuleKind):
         "grace_s": (float, 3600.0),  # late events of a day still count this long after it ended
     }
     one_shot = True
+    entry_type = DayCount
+
+    @classmethod
+    def entry_v0(cls, key: Any, plain: Any) -> Any:
+        # format 0: (count, day end, times); older states lacked the times
+        return {"count": plain[0], "day_end": plain[1], "times": plain[2] if len(plain) > 2 else []}
 
     def check(self) -> None:
         self._positive("max_per_day")
@@ -513,12 +593,12 @@ class RegistrationHoarding(RuleKind):
         table = self.table(ctx)
         key = (card, day)
         limit = self.params["max_per_day"]
-        old = table.get(key, (0, end, ()))
-        count = old[0] + 1
+        old = table.get(key)
+        count = (old.count if old is not None else 0) + 1
         # The earliest limit+1 registration times: the day's limit was passed at the (limit+1)-th of them
         # in event time, whatever order partitions delivered them in.
-        times = tuple(sorted((*old[2:][0], ev.ts) if len(old) > 2 else (ev.ts,))[: limit + 1])
-        table[key] = (count, end, times)
+        times = sorted([*(old.times if old is not None else ()), ev.ts])[: limit + 1]
+        table[key] = DayCount(count=count, day_end=end, times=times)
         if count > limit:
             self.signal(
                 ctx, {"card": card}, times[limit] if len(times) > limit else ev.ts, active=True,
@@ -528,7 +608,7 @@ class RegistrationHoarding(RuleKind):
             )
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
-        return now_ts > value[1] + self.params["grace_s"]
+        return now_ts > value.day_end + self.params["grace_s"]
 
 
 # ------------------------------------------------------------------------------------------------ security
@@ -611,6 +691,16 @@ class KpiAnomaly(RuleKind):
         "calendar": (str, "weekdays"),  # "weekdays" (weekday/weekend profiles) | "none"
         "timezone": (str, DEFAULT_TZ),  # the city's: where its days begin
     }
+    # ("det", series) -> the series' KpiDetector.to_state(): named fields, versioned by the detector itself.
+    entry_type = dict[str, Any]
+
+    @classmethod
+    def entry_v0(cls, key: Any, plain: Any) -> Any:
+        sub = plain.get("state") if isinstance(plain, dict) else None
+        err = sub.get("err") if isinstance(sub, dict) else None
+        if isinstance(err, list):  # format 0 kept the skill tracker as [err_s, err_p, err_n]
+            sub["err"] = {"err_s": err[0], "err_p": err[1], "err_n": err[2]}
+        return plain
 
     @classmethod
     def example_params(cls) -> dict[str, Any]:
@@ -749,6 +839,13 @@ class KpiAnomaly(RuleKind):
 
 
 # ----------------------------------------------------------------------------------- silence and quality
+class Silence(StateStruct, kw_only=True, gc=False):
+    """source_silent: a candidate silence of a source, event time epoch s."""
+
+    begin: float
+    end: float
+
+
 @register("source_silent")
 class SourceSilent(RuleKind):
     """An expected source (source registry) sends nothing for longer than its ``max_gap_s`` while in service.
@@ -764,6 +861,23 @@ class SourceSilent(RuleKind):
         "max_gap_s": ((float, None), None),  # overrides every source's own max_gap_s
         "check_every_s": (float, 60.0),
     }
+
+    @classmethod
+    def entry_type_of(cls, key: Any) -> Any:
+        # ("seen", source) -> last event time; ("gaps", source) -> candidate silences; ("start",) -> time
+        # the rule first ran (epoch s)
+        kind = key[0] if isinstance(key, tuple) and key else None
+        if kind == "gaps":
+            return list[Silence]
+        if kind in ("seen", "start"):
+            return float
+        raise StateFormatError(f"rule kind 'source_silent' keeps no state under key {key!r}")
+
+    @classmethod
+    def entry_v0(cls, key: Any, plain: Any) -> Any:
+        if key[0] == "gaps":  # format 0: [[begin, end], ...]
+            return [{"begin": b, "end": e} for b, e in plain]
+        return plain
 
     def check(self) -> None:
         self._positive("check_every_s")
@@ -807,21 +921,22 @@ class SourceSilent(RuleKind):
         """
         gap = self.params["max_gap_s"] or info.max_gap_s
         gkey = ("gaps", source)
-        gaps: list[list[float]] = table.get(gkey) or []
+        gaps: list[Silence] = table.get(gkey) or []
         changed = False
         for g in list(gaps):
-            if g[0] < ts < g[1]:  # an event inside a candidate silence: it was not silent then
+            if g.begin < ts < g.end:  # an event inside a candidate silence: it was not silent then
                 gaps.remove(g)
-                gaps.extend([x for x in ([g[0], ts], [ts, g[1]]) if x[1] - x[0] > gap])
+                gaps.extend([x for x in (Silence(begin=g.begin, end=ts), Silence(begin=ts, end=g.end))
+                             if x.end - x.begin > gap])
                 changed = True
         if last is not None and ts - last > gap:  # begin >= last: shorter gaps need no service hours
             svc = reg.service_start(source, ts)
             begin = max(last, svc) if svc is not None else last
             if ts - begin > gap and len(gaps) < 16:
-                gaps.append([begin, ts])
+                gaps.append(Silence(begin=begin, end=ts))
                 changed = True
         if changed:
-            table[gkey] = sorted(gaps)
+            table[gkey] = sorted(gaps, key=lambda g: (g.begin, g.end))
 
     def _confirm_gaps(self, now_ts: float, ctx: Context) -> None:
         table = self.table(ctx)
@@ -833,9 +948,10 @@ class SourceSilent(RuleKind):
             clock = now_ts
             if info is not None and "stream_clock" in ctx.extra:
                 clock = ctx.extra["stream_clock"].get(info.stream, float("-inf"))
-            for begin, end in gaps:
+            for g in gaps:
+                begin, end = g.begin, g.end
                 if end > min(now_ts, clock) or info is None:
-                    keep.append([begin, end])
+                    keep.append(g)
                     continue
                 gap = self.params["max_gap_s"] or info.max_gap_s
                 if not self.registry(ctx).in_service(source, begin + gap):
@@ -909,6 +1025,21 @@ class SourceSilent(RuleKind):
         return False
 
 
+class BucketCounts(StateStruct, kw_only=True, gc=False):
+    """invalid_share: events of one bucket."""
+
+    accepted: int = 0
+    bad: int = 0  # events with one of the rule's bad_outcomes
+
+
+class ShareState(StateStruct, kw_only=True):
+    """invalid_share: one stream's buckets (start, epoch s -> counts) and how far it was judged."""
+
+    buckets: dict[float, BucketCounts] = {}
+    done: float | None = None  # end of the last window judged
+    first: float  # start of the earliest bucket seen
+
+
 @register("invalid_share")
 class InvalidShare(RuleKind):
     """A stream's share of ``bad_outcomes`` among (accepted + bad) exceeds ``max_share`` over ``window_s``.
@@ -926,6 +1057,12 @@ class InvalidShare(RuleKind):
         "stream": ((str, None), None),
         "bad_outcomes": (list, ["invalid"]),
     }
+    entry_type = ShareState  # keyed by stream
+
+    @classmethod
+    def entry_v0(cls, key: Any, plain: Any) -> Any:
+        buckets = {b: {"accepted": c[0], "bad": c[1]} for b, c in plain["buckets"].items()}  # format 0: [good, bad]
+        return {"buckets": buckets, "done": plain["done"], "first": plain["first"]}
 
     def check(self) -> None:
         self._positive("window_s", "bucket_s")
@@ -957,35 +1094,38 @@ class InvalidShare(RuleKind):
         if not _stream_ok(self.params, stream) or not items:
             return
         if outcome == "accepted":
-            slot = 0
+            good = True
         elif outcome in self.params["bad_outcomes"]:
-            slot = 1
+            good = False
         else:
             return
         table = self.table(ctx)
         state = table.get(stream)
         if state is None:
-            state = {"buckets": {}, "done": None, "first": self._bucket(items[0][0])}
+            state = ShareState(first=self._bucket(items[0][0]))
         size = self.params["bucket_s"]
         window = self.params["window_s"]
-        buckets = state["buckets"]
+        buckets = state.buckets
         changed = False
         for ts, _source in items:
             b = math.floor(ts / size) * size
-            if b < state["first"] and state["done"] is None:
-                state["first"] = b  # read out of order: history starts at the earliest event seen
-            done = state["done"]
+            if b < state.first and state.done is None:
+                state.first = b  # read out of order: history starts at the earliest event seen
+            done = state.done
             if done is not None and b < done - window:
                 continue  # older than any window still to be judged
             counts = buckets.get(b)
             if counts is None:
-                counts = buckets[b] = [0, 0]
-            counts[slot] += 1
+                counts = buckets[b] = BucketCounts()
+            if good:
+                counts.accepted += 1
+            else:
+                counts.bad += 1
             changed = True
         if changed or table.get(stream) is None:
             table[stream] = state  # also marks the in-place change
 
-    def _judge(self, stream: str, buckets: dict[float, list[int]], end: float, ctx: Context) -> None:
+    def _judge(self, stream: str, buckets: dict[float, BucketCounts], end: float, ctx: Context) -> None:
         size = self.params["bucket_s"]
         good = bad = 0
         # Bucket keys are whole multiples of bucket_s: look the window's buckets up directly.
@@ -993,8 +1133,8 @@ class InvalidShare(RuleKind):
         while k < end:
             counts = buckets.get(k)
             if counts is not None:
-                good += counts[0]
-                bad += counts[1]
+                good += counts.accepted
+                bad += counts.bad
             k += size
         total = good + bad
         share = bad / total if total else 0.0
@@ -1023,11 +1163,11 @@ class InvalidShare(RuleKind):
                 continue  # the stream's partitions have not all been read yet: wait
             limit = self._bucket(min(now_ts, clock))
             state = table.get(stream)
-            buckets = state["buckets"]
-            end = state["done"]
+            buckets = state.buckets
+            end = state.done
             if end is None:
                 # The first window judged is the first one with a whole window of history behind it.
-                end = state["first"] + self.params["window_s"] - size
+                end = state.first + self.params["window_s"] - size
             # Every window in order, even after a long jump of the clock: a partition read ahead may have
             # filled buckets far behind the clock, and those windows must still be judged.
             changed = False
@@ -1036,13 +1176,13 @@ class InvalidShare(RuleKind):
                 self._judge(stream, buckets, end, ctx)
                 changed = True
             if changed:
-                state["done"] = end
+                state.done = end
                 lo = end - self.params["window_s"]
-                state["buckets"] = {k: v for k, v in buckets.items() if k >= lo}
+                state.buckets = {k: v for k, v in buckets.items() if k >= lo}
                 table[stream] = state
         super().on_tick(now_ts, ctx)
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
         if isinstance(key, str):
-            return not value["buckets"] and (value["done"] or 0) < now_ts - self.params["window_s"]
+            return not value.buckets and (value.done or 0) < now_ts - self.params["window_s"]
         return False

@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from cityops.alerts.spec import RuleSpec
+from cityops.engine.codec import Codec
 from cityops.engine.state import StateStore, Table
 from cityops.errors import CityopsError
 
@@ -53,6 +54,11 @@ _FLAPPING = "flapping"
 _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
 _META_SEQ = "alert_seq"
 _META_CONTINUOUS = "alert_continuous_rules"
+
+# Durable shapes: an alert's record and an outbox transition are maps of named fields (the names used in
+# this module), unchanged from format 0.
+ALERT_CODEC = Codec("alert", dict[str, Any], migrations={0: lambda k, v: v})
+TRANSITION_CODEC = Codec("alert_transition", dict[str, Any], migrations={0: lambda k, v: v})
 
 
 class UnknownRuleError(CityopsError, KeyError):
@@ -139,8 +145,8 @@ class AlertEngine:
         self.rules = dict(rules)
         self.sinks = frozenset(sinks)
         self.generator_url = generator_url
-        self.alerts: Table[AlertKey, dict[str, Any]] = store.table("alerts")
-        self.outbox: Table[int, dict[str, Any]] = store.table("alert_outbox")
+        self.alerts: Table[AlertKey, dict[str, Any]] = store.table("alerts", ALERT_CODEC)
+        self.outbox: Table[int, dict[str, Any]] = store.table("alert_outbox", TRANSITION_CODEC)
         store.meta.setdefault(_META_SEQ, 0)
         self._continuous: set[str] = set(store.meta.get(_META_CONTINUOUS, ()))
         # A single occurrence cannot "hold for" a duration: a rule with a `for` is continuous.
@@ -175,7 +181,7 @@ class AlertEngine:
             raise UnknownRuleError(f"signal for unknown rule {rule!r}: no agents/*.yml manifest defines it")
         if not active and rule not in self._continuous:
             self._continuous.add(rule)
-            self.store.meta[_META_CONTINUOUS] = tuple(sorted(self._continuous))
+            self.store.meta[_META_CONTINUOUS] = sorted(self._continuous)
         key = entity_key(rule, entity)
         rec = self.alerts.get(key)
         if rec is None or "active" not in rec:

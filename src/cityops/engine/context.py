@@ -61,6 +61,10 @@ class StreamKind(Protocol):
 
     name: str
     topic: str
+    # Optional ``event_type`` (or ``model``): the msgspec type of ``Decoded.event``, how an event waiting
+    # for the rules is read back from durable state (default: plain maps).
+    # Optional ``restore(ctx)``: declare the stream's durable tables (``ctx.store.table(name, codec)``);
+    # the engine calls it at start-up.
 
     def decode(self, raw: bytes) -> list[Decoded | Rejected]: ...
 

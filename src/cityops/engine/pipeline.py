@@ -19,9 +19,12 @@ from typing import Any
 
 import orjson
 
+import msgspec
+
+from cityops.engine.codec import Codec, StateStruct
 from cityops.engine.context import Context, Decoded, Rejected, StreamKind
 from cityops.engine.state import StateStore
-from cityops.engine.windows import Kpi, WindowKey, Windows, outside_storable
+from cityops.engine.windows import Kpi, WindowCodec, WindowKey, Windows, outside_storable
 from cityops.streams.city_streams import QUALITY, QUALITY_INDEX
 
 log = logging.getLogger("cityops.engine")
@@ -51,6 +54,83 @@ class CheckpointResult:
     points: list[Point] = field(default_factory=list)
     closed: list[WindowKey] = field(default_factory=list)
     bytes_written: int = 0
+
+
+# -- durable shapes of the engine's tables (see cityops.engine.codec) ------------------------------------
+class Seen(StateStruct, kw_only=True, gc=False):
+    """``dedup``: an accepted event's content hash and event time (epoch s), keyed (topic, event_id)."""
+
+    digest: bytes
+    ts: float
+
+
+class DeadLetter(StateStruct, kw_only=True):
+    """``dlq_outbox``: a dead-lettered record awaiting delivery to the dead-letter topic (a dict in memory)."""
+
+    stream: str
+    topic: str
+    partition: int
+    offset: int
+    index: int | None
+    reason: str
+    outcome: str
+    raw: bytes
+    element: bytes | None = None  # the rejected batch element as JSON, when known
+    measurement: str | None = None  # a point a sink refused: its measurement
+    id: str | None = None  # a point a sink refused: its stable dead-letter id
+
+
+class BufferedEvent(StateStruct, kw_only=True):
+    """``rule_buffer``: an accepted event waiting for the rules, keyed (event time, sequence number)."""
+
+    topic: str
+    event_id: str
+    ts: float
+    source: str
+    digest: bytes
+    index: int = 0
+    event: Any  # the stream's decoded event (its ``event_type``), by field name
+
+
+def _seen_v0(key: Any, plain: list[Any]) -> dict[str, Any]:
+    return {"digest": plain[0], "ts": plain[1]}  # format 0: (digest, event time)
+
+
+SEEN_CODEC = Codec("dedup_seen", Seen, migrations={0: _seen_v0})
+_DLQ_ONLY_IF_SET = ("measurement", "id")  # fields only some records carry (refused points)
+
+
+def _dead_letter_dict(key: Any, dl: DeadLetter) -> dict[str, Any]:
+    rec = msgspec.structs.asdict(dl)
+    for name in _DLQ_ONLY_IF_SET:
+        if rec[name] is None:
+            del rec[name]
+    return rec
+
+
+DEAD_LETTER_CODEC = Codec("dead_letter", DeadLetter, to_plain=lambda k, rec: DeadLetter(**rec),
+                          from_plain=_dead_letter_dict, migrations={0: lambda k, v: v})
+NOTIFIED_CODEC = Codec("window_start", int, migrations={0: lambda k, v: v})
+
+
+def buffer_codec(event_types: dict[str, Any]) -> Codec:
+    """Codec of ``rule_buffer``: (topic, Decoded) in memory; the event read back as its stream's type."""
+
+    def out(key: Any, entry: tuple[str, Decoded]) -> BufferedEvent:
+        topic, ev = entry
+        return BufferedEvent(topic=topic, event_id=ev.event_id, ts=ev.ts, source=ev.source, digest=ev.digest,
+                             index=ev.index, event=ev.event)
+
+    def back(key: Any, b: BufferedEvent) -> tuple[str, Decoded]:
+        typ = event_types.get(b.topic, Any)
+        event = b.event if typ is Any else msgspec.convert(b.event, typ)
+        return b.topic, Decoded(b.event_id, b.ts, b.source, b.digest, event, b.index)
+
+    def v0(key: Any, plain: list[Any]) -> dict[str, Any]:
+        topic, ev = plain  # format 0: (topic, Decoded as its field map)
+        return {"topic": topic, **ev}
+
+    return Codec("buffered_event", BufferedEvent, to_plain=out, from_plain=back, migrations={0: v0})
 
 
 class NullSignals:
@@ -107,15 +187,25 @@ class Engine:
                 kpis[name] = kpi
                 self.kpi_stream[name] = s.topic
         kpis.update(extra_kpis or {})
-        self.closed = store.table("closed_windows")  # key -> (point, accumulator): not yet confirmed written
-        self.windows = Windows(store.table("windows"), kpis, window_s, reopen=self._reopen)
-        self.dedup = store.table("dedup")  # (topic, event_id) -> (digest, event ts)
-        self.dlq = store.table("dlq_outbox")  # seq -> dead-letter record
-        self.rule_buffer = store.table("rule_buffer")  # (event ts, seq) -> (topic, event) not yet ruled on
+        wc = WindowCodec(kpis)
+        self.closed = store.table("closed_windows", wc.closed)  # key -> (point, accumulator): not yet confirmed written
+        self.windows = Windows(store.table("windows", wc.windows), kpis, window_s, reopen=self._reopen)
+        self.dedup = store.table("dedup", SEEN_CODEC)  # (topic, event_id) -> Seen
+        self.dlq = store.table("dlq_outbox", DEAD_LETTER_CODEC)  # seq -> dead-letter record (DeadLetter's fields)
+        event_types = {s.topic: getattr(s, "event_type", None) or getattr(s, "model", None) or Any
+                       for s in self.streams.values()}
+        # key (event ts, seq) -> (topic, event) not yet ruled on
+        self.rule_buffer = store.table("rule_buffer", buffer_codec(event_types))
         self._rule_heap: list[tuple[float, int]] = list(self.rule_buffer.data)
         heapq.heapify(self._rule_heap)
         self.signals = signals if signals is not None else NullSignals()
         self.ctx = Context(store=store, windows=self.windows, signals=self.signals, settings=settings)
+        # Streams and rules with durable tables declare them now, so state this release cannot read stops
+        # the start (StateFormatError) instead of failing at some later event.
+        for part in (*self.streams.values(), *self.rules):
+            restore = getattr(part, "restore", None)
+            if restore is not None:
+                restore(self.ctx)
         meta = store.meta
         meta.setdefault("partition_watermark", {})
         meta.setdefault("dlq_seq", 0)
@@ -138,8 +228,8 @@ class Engine:
         self.notify_delay_s = 60.0  # event-time seconds past a window's end before rules judge it
         # Expiry index of the dedup table by event-time hour; rebuilt from the table, never persisted.
         self._dedup_buckets: dict[int, list[tuple[str, str]]] = defaultdict(list)
-        for key, (_digest, ts) in self.dedup.items():
-            self._dedup_buckets[int(ts // 3600)].append(key)
+        for key, seen in self.dedup.items():
+            self._dedup_buckets[int(seen.ts // 3600)].append(key)
         self.pending_offsets: dict[tuple[str, int], int] = {}
         # The value of the last record applied per partition since the last commit: its digest is committed
         # with the offset, so a later check can tell the same log from a re-created one (see offset_digest).
@@ -233,7 +323,7 @@ class Engine:
                 if seen is not None:
                     if quality_run:
                         self._quality_run(topic, quality_run, on_quality_many)
-                    self._duplicate(topic, res, now, seen[0] != res.digest, hooks)
+                    self._duplicate(topic, res, now, seen.digest != res.digest, hooks)
                     continue
                 wm = wms.get(tp)
                 if wm is not None and ts < wm - lateness:
@@ -245,7 +335,7 @@ class Engine:
                     continue
                 if wm is None or ts > wm:
                     wms[tp] = ts
-                dedup[key] = (res.digest, ts)
+                dedup[key] = Seen(digest=res.digest, ts=ts)
                 buckets[int(ts // 3600)].append(key)
                 apply(res, ctx)
                 accepted += 1
@@ -433,7 +523,7 @@ class Engine:
         for bucket in [b for b in self._dedup_buckets if b < limit]:
             for key in self._dedup_buckets.pop(bucket):
                 entry = self.dedup.data.get(key)
-                if entry is not None and int(entry[1] // 3600) == bucket:
+                if entry is not None and int(entry.ts // 3600) == bucket:
                     del self.dedup[key]
 
     def _due_windows(self, now: float) -> tuple[list[WindowKey], list[WindowKey]]:
@@ -493,7 +583,7 @@ class Engine:
             if advance is not None:
                 advance(engine_ts)
         closed, notify = self._due_windows(now)
-        notified = self.store.table("windows_notified")  # windows whose close the rules have seen
+        notified = self.store.table("windows_notified", NOTIFIED_CODEC)  # windows whose close the rules have seen
         # Rules (per-series detectors) must see each series' windows once and in time order.
         for key in sorted((k for k in closed + notify if k not in notified), key=lambda k: k[2]):
             point = self.windows.point(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cityops.engine.codec import Codec, StateStruct
 from cityops.engine.state import StateStore, Table
 from cityops.food.epcis import canonical_id
 
@@ -16,6 +17,8 @@ __all__ = [
     "SOLD",
     "TRACED",
     "UNTRACED_ALERTED",
+    "Lot",
+    "Cert",
 ]
 
 # Fact bits of a lot's own history.
@@ -27,8 +30,26 @@ SOLD = 16  # retail_selling
 UNTRACED_ALERTED = 32  # FoodUntracedSale already signalled for this lot
 TRACED = COMMISSIONED | INSPECTED_OK | RECEIVED
 
-# Lot record, a plain list so it pickles small: [facts bitmask, last seen (event time, epoch s), upstream ids].
-_FACTS, _SEEN, _UP = 0, 1, 2
+
+
+class Lot(StateStruct, kw_only=True):
+    """``food_lots``: what is known of one lot (canonical id)."""
+
+    facts: int = 0  # bitmask of COMMISSIONED, INSPECTED_OK, ...
+    seen: float  # last event time that named it, epoch s
+    upstream: list[str] = []  # its inputs and containers, canonical ids (at most max_links)
+
+
+class Cert(StateStruct, kw_only=True):
+    """``food_certs``: where one quarantine certificate was used."""
+
+    locations: list[str]  # distinct inspection locations (at most 64)
+    seen: float  # last use, event time epoch s
+
+
+LOT_CODEC = Codec("food_lot", Lot, migrations={0: lambda k, v: {"facts": v[0], "seen": v[1], "upstream": v[2]}})
+CERT_CODEC = Codec("food_cert", Cert, migrations={0: lambda k, v: {"locations": v[0], "seen": v[1]}})
+FOOD_META_CODEC = Codec("food_clock", float, migrations={0: lambda k, v: v})  # max_ts / last_sweep, epoch s
 
 _SWEEP_EVERY_S = 3600.0
 
@@ -50,19 +71,19 @@ class Lineage:
         self.retention_s = float(retention_s)
         self.max_nodes = max_nodes
         self.max_links = max_links
-        self.lots: Table[str, list[Any]] = store.table("food_lots")
-        self.certs: Table[str, list[Any]] = store.table("food_certs")
-        self.meta: Table[str, float] = store.table("food_meta")
+        self.lots: Table[str, Lot] = store.table("food_lots", LOT_CODEC)
+        self.certs: Table[str, Cert] = store.table("food_certs", CERT_CODEC)
+        self.meta: Table[str, float] = store.table("food_meta", FOOD_META_CODEC)
 
     # -- writes --------------------------------------------------------------------------------------------
-    def _lot(self, lot: str, ts: float) -> list[Any]:
+    def _lot(self, lot: str, ts: float) -> Lot:
         rec = self.lots.data.get(lot)
         if rec is None:
-            rec = [0, ts, []]
+            rec = Lot(seen=ts)
             self.lots[lot] = rec
         else:
-            if ts > rec[_SEEN]:
-                rec[_SEEN] = ts
+            if ts > rec.seen:
+                rec.seen = ts
             self.lots.mark(lot)
         return rec
 
@@ -72,7 +93,7 @@ class Lineage:
 
     def add_fact(self, lots: list[str], fact: int, ts: float) -> None:
         for lot in lots:
-            self._lot(lot, ts)[_FACTS] |= fact
+            self._lot(lot, ts).facts |= fact
 
     def link(self, lots: list[str], upstream: list[str], ts: float) -> None:
         """Each of ``lots`` now has ``upstream`` (inputs or container) in its history."""
@@ -80,7 +101,7 @@ class Lineage:
             return
         self.touch(upstream, ts)
         for lot in lots:
-            ups = self._lot(lot, ts)[_UP]
+            ups = self._lot(lot, ts).upstream
             for u in upstream:
                 if u != lot and u not in ups and len(ups) < self.max_links:
                     ups.append(u)
@@ -113,28 +134,28 @@ class Lineage:
         """Note ``cert`` on an inspection at ``location``; returns how many distinct locations used it."""
         rec = self.certs.data.get(cert)
         if rec is None:
-            self.certs[cert] = [[location], ts]
+            self.certs[cert] = Cert(locations=[location], seen=ts)
             return 1
-        locs = rec[0]
+        locs = rec.locations
         if location not in locs and len(locs) < 64:
             locs.append(location)
-        rec[1] = max(rec[1], ts)
+        rec.seen = max(rec.seen, ts)
         self.certs.mark(cert)
         return len(locs)
 
     def mark_alerted(self, lot: str) -> bool:
         """Set the lot's untraced-sale alert bit; True if it was not set before."""
         rec = self.lots.data.get(lot)
-        if rec is None or rec[_FACTS] & UNTRACED_ALERTED:
+        if rec is None or rec.facts & UNTRACED_ALERTED:
             return False
-        rec[_FACTS] |= UNTRACED_ALERTED
+        rec.facts |= UNTRACED_ALERTED
         self.lots.mark(lot)
         return True
 
     # -- reads ---------------------------------------------------------------------------------------------
     def own_facts(self, lot: str) -> int:
         rec = self.lots.data.get(canonical_id(lot))
-        return rec[_FACTS] if rec is not None else 0
+        return rec.facts if rec is not None else 0
 
     def facts(self, lot: str, want: int = TRACED) -> int:
         """Union of fact bits over the lot's history: itself, its inputs and containers, transitively.
@@ -151,10 +172,10 @@ class Lineage:
             rec = data.get(stack.pop())
             if rec is None:
                 continue  # never seen, or dropped by retention
-            got |= rec[_FACTS]
+            got |= rec.facts
             if got & want == want:
                 break
-            for u in rec[_UP]:
+            for u in rec.upstream:
                 if u not in seen:
                     seen.add(u)
                     stack.append(u)
@@ -166,7 +187,7 @@ class Lineage:
 
     def upstream(self, lot: str) -> list[str]:
         rec = self.lots.data.get(canonical_id(lot))
-        return list(rec[_UP]) if rec is not None else []
+        return list(rec.upstream) if rec is not None else []
 
     # -- retention -----------------------------------------------------------------------------------------
     @property
@@ -187,10 +208,10 @@ class Lineage:
     def sweep(self, now: float) -> int:
         """Drop lots and certificates last seen before ``now - retention_s``; returns how many were dropped."""
         horizon = now - self.retention_s
-        old = [k for k, rec in self.lots.data.items() if rec[_SEEN] < horizon]
+        old = [k for k, rec in self.lots.data.items() if rec.seen < horizon]
         for k in old:
             del self.lots[k]
-        old_certs = [k for k, rec in self.certs.data.items() if rec[1] < horizon]
+        old_certs = [k for k, rec in self.certs.data.items() if rec.seen < horizon]
         for k in old_certs:
             del self.certs[k]
         self.meta["last_sweep"] = now

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from cityops.engine.codec import Codec
 from cityops.engine.context import Context, Decoded, Rejected
 from cityops.engine.windows import Fields, Kpi
 from cityops.food.epcis import (
@@ -30,7 +31,7 @@ RULE_COLD_BREACH = "FoodColdChainBreach"
 
 
 # -- KPIs ------------------------------------------------------------------------------------------------------
-# Accumulators are plain lists (pickled into the windows table); module-level functions so Kpi stays picklable.
+# Accumulators are plain lists mutated by position; ``slots`` names each position in durable state.
 
 
 def _new_count() -> list[Any]:
@@ -67,17 +68,23 @@ def _cold_fields(acc: list[Any]) -> Fields | None:
 
 FOOD_KPIS: dict[str, Kpi] = {
     "food_trace": Kpi("food_trace", ("biz_step",), _new_count, _trace_fields,
-                      doc={"events": "accepted EPCIS events by CBV bizStep ('none' if absent, 'extension' if not CBV)"}),
+                      doc={"events": "accepted EPCIS events by CBV bizStep ('none' if absent, 'extension' if not CBV)"},
+                      slots=("events",)),
     "food_chain": Kpi("food_chain", (), _new_chain, _chain_fields,
                       doc={"lots_sold": "distinct lots with a retail_selling event",
                            "lots_traced": "of those, lots whose history (own, inputs', containers') held commissioning,"
                                           " a conformant inspection and a receiving when the sale was processed",
-                           "trace_rate": "lots_traced / lots_sold"}),
+                           "trace_rate": "lots_traced / lots_sold"},
+                      slots=("lots",)),
     "food_inspection": Kpi("food_inspection", ("location",), _new_pair, _inspection_fields,
-                           doc={"inspections": "inspecting events", "non_conformant": "with disposition non_conformant"}),
+                           doc={"inspections": "inspecting events", "non_conformant": "with disposition non_conformant"},
+                           slots=("inspections", "non_conformant")),
     "food_cold_chain": Kpi("food_cold_chain", ("location",), _new_pair, _cold_fields,
-                           doc={"readings": "temperature sensor reports", "out_of_range": "outside the chilled range"}),
+                           doc={"readings": "temperature sensor reports", "out_of_range": "outside the chilled range"},
+                           slots=("readings", "out_of_range")),
 }
+# ``food_cold``: location -> True while its last readings were out of range.
+COLD_CODEC = Codec("cold_breach", bool, migrations={0: lambda k, v: v})
 _K_TRACE = FOOD_KPIS["food_trace"]
 _K_CHAIN = FOOD_KPIS["food_chain"]
 _K_INSPECT = FOOD_KPIS["food_inspection"]
@@ -137,6 +144,7 @@ class FoodStream:
     topic = "food.trace-events"
 
     kpis = FOOD_KPIS  # the engine writes these windows (same rules as the city streams)
+    event_type = dict[str, Any]  # Decoded.event: the plain view of ``normalise``
 
     def __init__(self, *, cold_min_c: float = 0.0, cold_max_c: float = 4.0, retention_s: float = 7 * 86400.0,
                  schema_path: Path | str | None = None, legacy_cbv_urns: bool = False) -> None:
@@ -178,6 +186,11 @@ class FoodStream:
         return out
 
     # -- apply ---------------------------------------------------------------------------------------------
+    def restore(self, ctx: Context) -> None:
+        """Declare this stream's durable tables now: restored state is checked at start-up, not at first use."""
+        self.lineage(ctx)
+        ctx.store.table("food_cold", COLD_CODEC)
+
     def lineage(self, ctx: Context) -> Lineage:
         lin = self._lineage
         if lin is None or lin.store is not ctx.store:
@@ -226,7 +239,7 @@ class FoodStream:
                                                " receiving in its history")
 
     def _cold(self, ctx: Context, location: str, ts: float, bad: list[float], temps: list[float]) -> None:
-        table = ctx.store.table("food_cold")
+        table = ctx.store.table("food_cold", COLD_CODEC)
         was_out = table.data.get(location, False)
         if bad:
             worst = max(bad, key=lambda t: max(self.cold_min_c - t, t - self.cold_max_c))

@@ -111,6 +111,7 @@ RIDERSHIP = Kpi(
     doc={"taps_in": "taps with direction=in, result=ok", "taps_out": "direction=out, result=ok",
          "declined": "result=declined", "revenue_cny": "sum of fare_cny over result=ok",
          "errors": "result=error (reader or back-end fault)"},
+    slots=("taps_in", "taps_out", "declined", "revenue_cny", "errors"),
 )
 
 
@@ -144,6 +145,7 @@ ROAD = Kpi(
     "traffic_road", ("segment",), lambda: [0, 0.0, 0.0, 0.0, 0], _road_fields,
     doc={"flow": "sum of flow", "speed_kmh": "flow-weighted mean speed (plain mean when flow sum is 0)",
          "occupancy": "mean occupancy", "readings": "detector readings in the window"},
+    slots=("flow", "speed_x_flow", "speed_sum", "occupancy_sum", "readings"),
 )
 
 
@@ -177,6 +179,7 @@ HEALTH = Kpi(
     doc={"registrations": "kind=register, result=ok", "payments": "kind=pay, result=ok",
          "failed": "result=failed", "wait_s_mean": "mean wait_s over events that carry it",
          "wait_s_max": "max wait_s", "events": "all accepted events"},
+    slots=("registrations", "payments", "failed", "wait_s_sum", "wait_n", "wait_s_max", "events"),
 )
 
 
@@ -212,6 +215,7 @@ QUALITY = Kpi(
     doc={"accepted": "events in KPIs", "invalid": "events dead-lettered for breaking the contract",
          "duplicates": "event_id seen before (same content)", "late": "beyond allowed lateness",
          "untrusted": "unknown source or bad signature (dead-lettered)"},
+    slots=("accepted", "invalid", "duplicates", "late", "untrusted"),
 )
 QUALITY_INDEX = {"accepted": 0, "invalid": 1, "duplicate": 2, "late": 3, "untrusted": 4, "bad_signature": 4,
                  "tampered": 2}

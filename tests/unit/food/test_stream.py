@@ -281,7 +281,7 @@ def test_normal_day_volume_is_city_scale(normal_day: Harness) -> None:
     carcasses = 0
     # commissioning ObjectEvents carry the carcasses; about 1,400 a day by the documented estimate
     for (lot, rec) in h.store.table("food_lots").items():
-        if "/21/" in lot and rec[0] & 1:
+        if "/21/" in lot and rec.facts & 1:
             carcasses += 1
     assert 1100 <= carcasses <= 1700
 
