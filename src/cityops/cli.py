@@ -11,9 +11,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cityops import __version__
-from cityops.errors import CityopsError, ConfigError
+from cityops.errors import CityopsError, ConfigError, Unreachable
 
 CST = timezone(timedelta(hours=8))
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+# `cityops worker` after SIGTERM: the final flush left committed outputs undelivered (they stay in
+# CITYOPS_DATA_DIR and the next start delivers them). 1 = error, 2 = bad configuration.
+EXIT_UNDELIVERED = 3
 
 
 def _logging(level: str = "INFO") -> None:
@@ -46,17 +50,26 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     _logging(args.log_level or settings.log_level)
+    from cityops.topics import ensure_topics, topic_specs
+
+    # First, and before the heavy imports: without the broker the worker cannot go on.
+    ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_partitions))
     import faust
 
     from cityops.agents.app import create_app
-    from cityops.topics import ensure_topics, topic_specs
 
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_partitions))
-    app, _runtime = create_app(settings)
+    app, runtime = create_app(settings)
     tune_gc(settings.gc_threshold)
     worker = faust.Worker(app, loglevel=args.log_level or settings.log_level, quiet=True,
                           redirect_stdouts=False, override_logging=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:  # mode's Worker always ends with sys.exit
+        if exc.code not in (0, None):
+            raise
+    # The exit code tells a supervisor (or `cityops demo`) whether "stopped" also means "delivered".
+    if runtime.shutdown is not None and not runtime.shutdown.clean:
+        return EXIT_UNDELIVERED
     return 0
 
 
@@ -76,10 +89,26 @@ def tune_gc(threshold: int) -> None:
     gc.freeze()
 
 
+def _address(value: str | None, option: str, variable: str, default: str,
+             env: dict[str, str] | None = None) -> tuple[str, str]:
+    """An address from ``option`` if given, else ``variable``, else ``default``; and what set it.
+
+    The second value goes into error messages, so a reader knows which setting to fix.
+    """
+    env = dict(os.environ) if env is None else env
+    if value:
+        return value, option
+    if env.get(variable):
+        return env[variable], variable
+    return default, f"the default; set {variable} or {option}"
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from cityops.simulate.run import run_simulation
 
     _logging("WARNING")
+    args.bootstrap, args.bootstrap_setting = _address(args.bootstrap, "--bootstrap", "CITYOPS_KAFKA_BOOTSTRAP",
+                                                      DEFAULT_BOOTSTRAP)
     return run_simulation(args)
 
 
@@ -93,7 +122,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_topics(args: argparse.Namespace) -> int:
     from cityops.topics import ensure_topics, topic_specs
 
-    created = ensure_topics(args.bootstrap, topic_specs(args.partitions))
+    bootstrap, setting = _address(args.bootstrap, "--bootstrap", "CITYOPS_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    created = ensure_topics(bootstrap, topic_specs(args.partitions), setting=setting)
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
     return 0
 
@@ -161,9 +191,22 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     if bad:
         print("not pushing: fix the problems above first", file=sys.stderr)
         return 1
+    url, setting = _address(args.url, "--url", "CITYOPS_GRAFANA_URL", "http://127.0.0.1:3000")
     token = os.environ.get("CITYOPS_GRAFANA_TOKEN")
-    dashboards.push(boards, args.url, token, args.folder)
-    print(f"pushed {len(boards)} dashboards to {args.url}")
+    from grafana_client.client import GrafanaException, GrafanaTimeoutError, GrafanaUnauthorizedError
+
+    from cityops.reach import describe
+
+    try:
+        dashboards.push(boards, url, token, args.folder)
+    except (OSError, GrafanaTimeoutError) as exc:  # the HTTP client's connection errors are OSErrors
+        raise Unreachable("Grafana", url, setting, describe(exc)) from None
+    except GrafanaUnauthorizedError as exc:
+        raise CityopsError(f"Grafana at {url} refused the credentials (CITYOPS_GRAFANA_TOKEN, or user:password "
+                           f"in {setting}): {describe(exc)}") from None
+    except GrafanaException as exc:
+        raise CityopsError(f"Grafana at {url} (set by {setting}) refused the push: {describe(exc)}") from None
+    print(f"pushed {len(boards)} dashboards to {url}")
     return 0
 
 
@@ -173,14 +216,40 @@ def cmd_evaluate_alerts(args: argparse.Namespace) -> int:
     from cityops import evaluate
     from cityops.streams.city_streams import Pseudonymizer
 
-    key = os.environ.get(args.pseudonym_key_env)
+    env = dict(os.environ)
+    if args.env_file:
+        # A worker's settings file (e.g. the one `cityops demo` writes); its values win over the environment.
+        from dotenv import dotenv_values
+
+        if not Path(args.env_file).is_file():
+            raise ConfigError(f"--env-file {args.env_file}: no such file")
+        env.update({k: v for k, v in dotenv_values(args.env_file).items() if v is not None})
+    key = env.get(args.pseudonym_key_env)
     if not key:
         raise ConfigError(f"{args.pseudonym_key_env} is not set: card labels are pseudonyms, so the worker's "
                           f"CITYOPS_PSEUDONYM_KEY is needed to map the truth's card numbers "
-                          f"(or name another variable with --pseudonym-key-env)")
-    rows = json.loads(Path(args.truth).read_text())
+                          f"(pass the worker's settings with --env-file, or name another variable with "
+                          f"--pseudonym-key-env)")
+    truth = Path(args.truth)
+    if not truth.is_file():
+        raise ConfigError(f"--truth {truth}: no such file (written by `cityops simulate --incidents --truth ...`)")
+    rows = json.loads(truth.read_text())
     incidents = evaluate.incidents_from_truth(rows, Pseudonymizer(key.encode()))
-    alerts = evaluate.firing_alerts(evaluate.read_alerts(args.bootstrap, args.topic))
+    if args.alerts:
+        try:
+            transitions = evaluate.load_alerts(Path(args.alerts))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--alerts {args.alerts}: {exc}") from None
+    else:
+        from cityops.reach import check_kafka
+
+        bootstrap, setting = _address(args.bootstrap, "--bootstrap", "CITYOPS_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP,
+                                      env)
+        if setting == "CITYOPS_KAFKA_BOOTSTRAP" and args.env_file:
+            setting = f"CITYOPS_KAFKA_BOOTSTRAP in {args.env_file}"
+        check_kafka(bootstrap, setting)
+        transitions = evaluate.read_alerts(bootstrap, args.topic)
+    alerts = evaluate.firing_alerts(transitions)
     result = evaluate.score(incidents, alerts)
     print(evaluate.format_table(result))
     if args.json:
@@ -222,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of traffic, health, road, food (default: traffic,health,food — road is "
                         "part of traffic)")
     s.add_argument("--to", choices=("kafka", "file"), default="kafka", help="destination (default kafka)")
-    s.add_argument("--bootstrap", default=os.environ.get("CITYOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                   help="Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP)")
+    s.add_argument("--bootstrap", default=None,
+                   help=f"Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
     s.add_argument("--out", default="events.jsonl", help="with --to file: JSONL path (topic + value per line)")
     s.add_argument("--incidents", action="store_true", help="inject incidents and write the ground truth")
     s.add_argument("--truth", default="incidents.json", help="where --incidents writes the ground truth")
@@ -248,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("topics", help="create the Kafka topics with their configs")
-    t.add_argument("--bootstrap", default=os.environ.get("CITYOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    t.add_argument("--bootstrap", default=None,
+                   help=f"Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
     t.add_argument("--partitions", type=int, default=6)
     t.set_defaults(func=cmd_topics)
 
@@ -273,15 +343,23 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("dashboards", help="validate dashboards/ or push them to Grafana (grafana-client)")
     g.add_argument("action", choices=("validate", "push"))
     g.add_argument("--dir", default="dashboards")
-    g.add_argument("--url", default=os.environ.get("CITYOPS_GRAFANA_URL", "http://127.0.0.1:3000"))
+    g.add_argument("--url", default=None,
+                   help="Grafana base URL (default $CITYOPS_GRAFANA_URL, else http://127.0.0.1:3000); token in "
+                        "$CITYOPS_GRAFANA_TOKEN")
     g.add_argument("--folder", default="cityops")
     g.set_defaults(func=cmd_dashboards)
     e = sub.add_parser("evaluate-alerts", help="score the alerts topic against `simulate --incidents` truth",
                        description="Per rule: incidents, firing alerts, TP/FP/FN, precision, recall and "
                                    "time-to-alert (event time, seconds); see cityops.evaluate for the rules.")
     e.add_argument("--truth", default="incidents.json", help="ground truth written by simulate --incidents")
-    e.add_argument("--bootstrap", default=os.environ.get("CITYOPS_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                   help="Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP)")
+    e.add_argument("--env-file", default=None,
+                   help="the worker's settings as KEY=value lines (e.g. the cityops.env that `cityops demo` writes "
+                        "into its folder): CITYOPS_PSEUDONYM_KEY and CITYOPS_KAFKA_BOOTSTRAP are read from it")
+    e.add_argument("--alerts", default=None,
+                   help="read the alert transitions from this JSONL file (one cityops.alerts value per line, e.g. "
+                        "the alerts.jsonl `cityops demo` writes when it stops) instead of the Kafka topic")
+    e.add_argument("--bootstrap", default=None,
+                   help=f"Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
     e.add_argument("--topic", default="cityops.alerts", help="alert transitions topic (default cityops.alerts)")
     e.add_argument("--pseudonym-key-env", default="CITYOPS_PSEUDONYM_KEY",
                    help="environment variable holding the worker's pseudonym key (default CITYOPS_PSEUDONYM_KEY)")

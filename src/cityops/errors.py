@@ -1,4 +1,4 @@
-"""The project's exceptions: one root, and configuration errors that stop start-up."""
+"""The project's exceptions: one root, configuration errors that stop start-up, unreachable servers."""
 
 
 class CityopsError(Exception):
@@ -7,3 +7,20 @@ class CityopsError(Exception):
 
 class ConfigError(CityopsError):
     """A setting is missing or wrong; the message names it and what to do."""
+
+
+class Unreachable(CityopsError):
+    """A server cityops needs did not answer: one line naming the server, the address tried and the setting.
+
+    ``setting`` is the variable or option the address came from (e.g. ``CITYOPS_KAFKA_BOOTSTRAP``), so the
+    reader knows what to fix, or a phrase starting with "the default" when none was given; ``cause`` is the
+    last error seen (e.g. ``connection refused``).
+    """
+
+    def __init__(self, server: str, address: str, setting: str, cause: str) -> None:
+        self.server = server
+        self.address = address
+        self.setting = setting
+        self.cause = " ".join(str(cause).split())  # one line, whatever the library put in its message
+        source = setting if setting.startswith("the default") else f"set by {setting}"
+        super().__init__(f"cannot reach {server} at {address} ({source}): {self.cause}")

@@ -28,6 +28,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -43,12 +44,14 @@ __all__ = [
     "firing_alerts",
     "format_table",
     "incidents_from_truth",
+    "load_alerts",
     "matches",
     "missing_in_alertmanager",
     "raw_cards",
     "read_alerts",
     "score",
     "to_json",
+    "write_alerts",
 ]
 
 ALERTS_TOPIC = "cityops.alerts"
@@ -336,6 +339,33 @@ def to_json(result: Score) -> dict[str, Any]:
 
 
 # -- I/O -----------------------------------------------------------------------------------------------
+def write_alerts(path: Path, transitions: Iterable[Mapping[str, Any]]) -> int:
+    """Write alert transitions (``cityops.alerts`` values) as JSONL, one per line; returns how many."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for tr in transitions:
+            fh.write(json.dumps(tr, ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+    return n
+
+
+def load_alerts(path: Path) -> list[dict[str, Any]]:
+    """Alert transitions from a JSONL file written by ``write_alerts`` (blank lines skipped).
+
+    Raises ValueError naming the line that is not a JSON object.
+    """
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            value = json.loads(line)
+            if not isinstance(value, dict):
+                raise ValueError(f"{path}:{n}: not a JSON object")
+            out.append(value)
+    return out
+
+
 def read_alerts(bootstrap: str, topic: str = ALERTS_TOPIC, timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """Every transition on ``topic`` from the beginning up to its current end (no consumer group)."""
     import time

@@ -1,4 +1,10 @@
-"""Start the servers cityops talks to as local child processes (demo and integration tests)."""
+"""Start the servers cityops talks to as local child processes (demo and integration tests).
+
+Each server runs in its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process group)
+must not reach it, because its owner stops it in order — `cityops demo` only after the worker's final
+flush, which needs InfluxDB, Alertmanager and the broker still up. (Blocking SIGINT is not enough: the Go
+servers unblock the signals they handle.)
+"""
 
 from __future__ import annotations
 
@@ -61,7 +67,8 @@ def start_alertmanager(workdir: Path, port: int | None = None, *, timeout_s: flo
         # Empty = no gossip cluster: one instance, no extra ports, ready at once.
         "--cluster.listen-address=",
     ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     managed = ManagedProcess("alertmanager", proc, f"http://127.0.0.1:{port}", workdir, log_path, log)
     try:
         wait_http_ok(f"{managed.url}/-/ready", timeout_s, managed)
@@ -99,7 +106,7 @@ def start_kafka(workdir: Path, port: int | None = None, *, timeout_s: float = 30
     proc = subprocess.Popen(
         [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
          "--storage-engine", "memory://tansu/"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     managed = ManagedProcess("kafka (tansu)", proc, f"127.0.0.1:{port}", workdir, log_path, log)
     deadline = time.monotonic() + timeout_s
@@ -138,7 +145,7 @@ def start_influxdb(workdir: Path, port: int | None = None, *, timeout_s: float =
     log_path = workdir / "influxd.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen([binary, "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, start_new_session=True)
     managed = ManagedProcess("influxdb", proc, f"http://127.0.0.1:{port}", workdir, log_path, log)
     try:
         wait_http_ok(f"{managed.url}/ping", timeout_s, managed)

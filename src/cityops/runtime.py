@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,33 @@ from cityops.streams.city_streams import STREAM_CLASSES, Pseudonymizer
 log = logging.getLogger("cityops.runtime")
 
 ALERTS_TOPIC = "cityops.alerts"
+
+
+@dataclass(frozen=True)
+class ShutdownReport:
+    """What the final flush at stop left undelivered (counts of committed outputs); all zero = clean.
+
+    Whatever is left stays committed in ``data_dir`` and is delivered by the next worker started on it.
+    """
+
+    influx_pending_points: int
+    alert_outbox: int
+    dead_letter_outbox: int
+    data_dir: str
+    cause: str = ""
+
+    @property
+    def clean(self) -> bool:
+        return not (self.influx_pending_points or self.alert_outbox or self.dead_letter_outbox)
+
+    def line(self) -> str:
+        """The worker's last log line: ``stop: flushed cleanly ...`` or ``stop: flush incomplete ...``."""
+        counts = (f"influx_pending_points={self.influx_pending_points} alert_outbox={self.alert_outbox} "
+                  f"dead_letter_outbox={self.dead_letter_outbox}")
+        if self.clean:
+            return f"stop: flushed cleanly: every committed output delivered {counts}"
+        return (f"stop: flush incomplete: {counts} kept_in={self.data_dir} (committed; delivered by the next "
+                f"start on this data dir) cause={self.cause or 'unknown'}")
 
 
 def build_streams(settings: Settings) -> list[Any]:
@@ -96,7 +124,9 @@ class Runtime:
         self._last_commit = clock()
         self._last_resend = 0.0
         self.ready = False
+        self._ready = asyncio.Event()
         self.backpressure = False
+        self.shutdown: ShutdownReport | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,7 +138,10 @@ class Runtime:
                 await self.influx.setup()
                 break
             except InfluxUnavailable as exc:
-                log.warning("influxdb not ready, retrying in %.1fs: %s", delay, exc)
+                # As during an outage mid-run: keep trying, and consume nothing until it answers (the
+                # agents wait for readiness), so nothing is lost and no backlog builds up in memory.
+                log.warning("cannot reach InfluxDB at %s (set by CITYOPS_INFLUX_URL): %s; retrying in %.1fs, "
+                            "consuming nothing until it answers", self.settings.influx_url, exc.__cause__ or exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
@@ -123,21 +156,38 @@ class Runtime:
         await self._probe.start()
         self._dispatcher = asyncio.ensure_future(self._dispatch_loop())
         self.ready = True
+        self._ready.set()
 
-    async def stop(self, timeout_s: float = 15.0) -> None:
-        """Final commit and flush (SIGTERM path): what was consumed is committed and written if possible."""
+    async def stop(self, timeout_s: float = 15.0) -> ShutdownReport:
+        """Final commit and flush (SIGTERM path): what was consumed is committed and written if possible.
+
+        Returns (and keeps in ``self.shutdown``) what could not be delivered within ``timeout_s`` seconds.
+        """
         self.tick()
         log.info("stop: committed; delivering")
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.wait({self._dispatcher}, timeout=5.0)
             log.info("stop: dispatcher stopped")
+        cause = ""
         try:
             await asyncio.wait_for(self.deliver(), timeout_s)
-        except (asyncio.TimeoutError, InfluxUnavailable) as exc:
-            log.warning("shutdown flush incomplete (state is committed; next start delivers): %r", exc)
+        except asyncio.TimeoutError:
+            cause = f"not done within {timeout_s:g}s"
+        except InfluxUnavailable as exc:
+            cause = str(exc)
+        except Exception as exc:  # a Kafka or Alertmanager error: the report below says what is left
+            log.exception("stop: delivery failed")
+            cause = f"{type(exc).__name__}: {exc}"
         self.tick()
-        log.info("stop: delivered; closing clients")
+        self.shutdown = ShutdownReport(
+            influx_pending_points=len(self.influx.pending),
+            alert_outbox=self.alerts.outbox_size() if self.alerts is not None else 0,
+            dead_letter_outbox=len(self.engine.dlq.data),
+            data_dir=str(self.settings.data_dir),
+            cause=" ".join(cause.split()),
+        )
+        log.info("stop: closing clients")
         if self.producer is not None:
             await asyncio.wait_for(self.producer.stop(), 10)
         if self._probe is not None:
@@ -146,6 +196,8 @@ class Runtime:
         if self.alertmanager is not None:
             await self.alertmanager.close()
         self.store.close()
+        (log.info if self.shutdown.clean else log.warning)("%s", self.shutdown.line())
+        return self.shutdown
 
     # -- input --------------------------------------------------------------------------------------
     def process(self, topic: str, partition: int, offset: int, value: bytes | None, ack: Any = None) -> None:
@@ -154,7 +206,9 @@ class Runtime:
             self._acks.append(ack)
 
     async def wait_writable(self, topic: str) -> None:
-        """Backpressure: hold the agent while the sink backlog is full."""
+        """Hold the agent until the runtime is ready (InfluxDB answered), and while the sink backlog is full."""
+        if not self.ready:
+            await self._ready.wait()
         if not self.influx.full:
             return
         self.metrics.backpressure.labels(stream=topic).set(1)

@@ -34,39 +34,51 @@ def topic_specs(partitions: int = 6) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0, *,
+                  setting: str = "CITYOPS_KAFKA_BOOTSTRAP") -> list[str]:
     """Create the missing topics (kafka-python admin) with their explicit configs; returns those created.
 
     Explicit configs matter: some Kafka-API brokers report only the settings a topic was created with.
+    A broker that does not answer raises ``Unreachable`` naming ``bootstrap`` and ``setting`` (the variable
+    or option the address came from): at once if nothing accepts a connection within ``reach.KAFKA_WAIT_S``,
+    else after ``timeout_s`` seconds of failed admin requests.
     """
     import time
 
     from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+    from cityops.errors import Unreachable
+    from cityops.reach import check_kafka, describe, quiet_logs
+
+    check_kafka(bootstrap, setting)
     specs = specs if specs is not None else topic_specs()
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityops-admin",
-                                     request_timeout_ms=10_000)
-            break
-        except KafkaError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    try:
-        existing = set(admin.list_topics())
-        todo = [s for s in specs if s.name not in existing]
-        created = []
-        for s in todo:
+    # kafka-python logs every failed attempt at ERROR; the one line that matters is ours.
+    with quiet_logs("kafka"):
+        while True:
             try:
-                admin.create_topics([NewTopic(s.name, s.partitions, 1, topic_configs=s.configs)])
-                created.append(s.name)
-            except TopicAlreadyExistsError:
-                pass
-        if created:
-            log.info("created topics %s", ",".join(created))
-        return created
-    finally:
-        admin.close()
+                admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityops-admin",
+                                         request_timeout_ms=10_000)
+                break
+            except KafkaError as exc:
+                if time.monotonic() > deadline:
+                    raise Unreachable("the Kafka broker", bootstrap, setting, describe(exc)) from None
+                time.sleep(0.5)
+        try:
+            existing = set(admin.list_topics())
+            todo = [s for s in specs if s.name not in existing]
+            created = []
+            for s in todo:
+                try:
+                    admin.create_topics([NewTopic(s.name, s.partitions, 1, topic_configs=s.configs)])
+                    created.append(s.name)
+                except TopicAlreadyExistsError:
+                    pass
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            raise Unreachable("the Kafka broker", bootstrap, setting, describe(exc)) from None
+        finally:
+            admin.close()
+    if created:
+        log.info("created topics %s", ",".join(created))
+    return created

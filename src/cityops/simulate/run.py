@@ -104,13 +104,13 @@ def run_simulation(args: argparse.Namespace) -> int:
         print(f"cityops simulate: unknown stream(s) {sorted(unknown)}; use traffic, road, taps, health, food",
               file=sys.stderr)
         return 2
+    send, close = _sink(args)  # first: a missing broker stops the command before anything is written
     it, truth = events(seed=args.seed, start=start, duration_s=args.duration, rate=args.rate, streams=streams,
                        incidents=args.incidents, food_batch=max(1, min(args.batch, 50)), warmup_s=args.warmup)
     if args.incidents:
         Path(args.truth).write_text(json.dumps([truth_row(i) for i in truth], ensure_ascii=False, indent=1))
         if not args.quiet:
             print(f"ground truth: {len(truth)} incidents → {args.truth}", file=sys.stderr)
-    send, close = _sink(args)
     batcher = Batcher(args.batch)
     t_wall0 = time.monotonic()
     t_ev0: float | None = None
@@ -174,9 +174,19 @@ def _sink(args: argparse.Namespace) -> tuple[Any, Any]:
 
         return send_file, fh.close
     from kafka import KafkaProducer
+    from kafka.errors import KafkaError
 
-    producer = KafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=20, batch_size=1 << 20,
-                             max_request_size=8 << 20, acks=1)
+    from cityops.errors import Unreachable
+    from cityops.reach import check_kafka, describe, quiet_logs
+
+    setting = getattr(args, "bootstrap_setting", "--bootstrap")
+    check_kafka(args.bootstrap, setting)
+    try:
+        with quiet_logs("kafka"):
+            producer = KafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=20, batch_size=1 << 20,
+                                     max_request_size=8 << 20, acks=1)
+    except KafkaError as exc:
+        raise Unreachable("the Kafka broker", args.bootstrap, setting, describe(exc)) from None
 
     def send_kafka(topic: str, raw: bytes) -> None:
         producer.send(topic, raw)
