@@ -1,12 +1,26 @@
-"""`cityops demo` end to end: real Tansu, influxd (and Alertmanager if installed), worker and simulator."""
+"""`cityops demo` end to end: real Tansu, influxd, Alertmanager, worker and simulator.
+
+Also: Ctrl-C (SIGINT to the whole process group, as a terminal sends it) stops the simulator, then the
+worker — whose final flush needs the servers — and only then the servers; "flushed cleanly" is printed
+only when the worker reports it, otherwise what was left and where; the folder holds what
+`cityops evaluate-alerts` needs, and the printed command scores the demo's alerts.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import signal
+import stat
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -22,6 +36,80 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def _assert_nothing_left(workdir: Path) -> dict[str, object]:
+    pids = json.loads((workdir / "pids.json").read_text())
+    left = {name: pid for name, pid in pids["children"].items() if _running(pid)}
+    assert not left, f"still running after the demo exited: {left}"
+    return pids  # type: ignore[no-any-return]
+
+
+def _assert_stop_order(pids: dict[str, object]) -> None:
+    """Simulator, then the worker, then the servers: each stopped only after the one before it had exited."""
+    order = [s["name"] for s in pids["stopped"]]  # type: ignore[index, union-attr]
+    assert order[:2] == ["simulator", "worker"], order
+    assert set(order[2:]) == {"alertmanager", "influxdb", "kafka"}, order
+
+
+class Demo:
+    """`cityops demo` in its own process group, its stdout read line by line while it runs."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "cityops.cli", "demo", "--dir", str(workdir), *args],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True)]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream: IO[str] | None, into: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            into.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines + self.err)
+
+    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                m = rx.search(line)
+                if m:
+                    return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        raise AssertionError(f"no line matching {pattern!r} after {timeout_s:.0f}s:\n{self.output[-8000:]}")
+
+    def ctrl_c(self) -> None:
+        """What a terminal does on Ctrl-C: SIGINT to every process of the foreground process group."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def finish(self, timeout_s: float = 180.0) -> int:
+        rc = self.proc.wait(timeout_s)
+        for t in self._readers:
+            t.join(10)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        pids_file = self.workdir / "pids.json"
+        if pids_file.exists():  # the children are in their own sessions: end them one by one
+            for pid in json.loads(pids_file.read_text())["children"].values():
+                if _running(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_demo_runs_shows_kpis_and_leaves_nothing_running(tmp_path: Path) -> None:
@@ -41,10 +129,102 @@ def test_demo_runs_shows_kpis_and_leaves_nothing_running(tmp_path: Path) -> None
     kpi = re.compile(r"kpi (metro taps_in|bus top lines|road speed) +\d\d:\d\d +\S+.*\d")
     assert any(kpi.search(line) for line in proc.stdout.splitlines()), output
     assert "worker flushed cleanly" in proc.stdout, output
+    assert "flushed cleanly" in (workdir / "worker.log").read_text(errors="replace")
 
-    pids = json.loads((workdir / "pids.json").read_text())["children"]
-    assert {"kafka", "influxdb", "worker", "simulator"} <= set(pids), pids
-    left = {name: pid for name, pid in pids.items() if _running(pid)}
-    assert not left, f"still running after the demo exited: {left}"
+    # Working ways to see alerts, not Debian's placeholder UI page; the view lists the active ones.
+    am = re.search(r"Alertmanager API (http://127\.0\.0\.1:\d+)/api/v2/alerts", proc.stdout)
+    assert am, output
+    assert f"amtool --alertmanager.url={am.group(1)} alert query" in proc.stdout, output
+    assert "/#/alerts" not in proc.stdout
+    assert re.search(r"active alerts: (none|\d+) \(from Alertmanager\)", proc.stdout), output
+
+    # Incidents are on by default; the folder keeps what `cityops evaluate-alerts` needs.
+    truth = json.loads((workdir / "incidents.json").read_text())
+    assert truth and all({"rule", "entity", "start"} <= set(row) for row in truth)
+    env_file = workdir / "cityops.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    settings = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+                    if line and not line.startswith("#"))
+    assert len(settings["CITYOPS_PSEUDONYM_KEY"]) >= 16
+    # The simulator's registry is configured explicitly (there is no default registry).
+    assert Path(settings["CITYOPS_SOURCE_REGISTRY"]).is_file()
+    assert (workdir / "alerts.jsonl").exists()
+
+    pids = _assert_nothing_left(workdir)
+    assert {"kafka", "influxdb", "worker", "simulator"} <= set(pids["children"]), pids  # type: ignore[arg-type]
+    _assert_stop_order(pids)
     for log in ("worker.log", "simulator.log", "kafka/tansu.log", "influxdb/influxd.log"):
         assert (workdir / log).exists(), log
+
+
+def test_ctrl_c_stops_in_order_after_the_final_flush_and_alerts_can_be_scored(tmp_path: Path) -> None:
+    """Ctrl-C to the process group while alerts are active; then the printed evaluate-alerts command."""
+    workdir = tmp_path / "demo"
+    # No warm-up: the simulator's first card incident (CardImpossibleTravel, from 07:00) comes early. The
+    # default speed (60x): the alert stays active for 30 min of event time, 30 s here, to be looked at.
+    demo = Demo(workdir, "--warmup", "0s")
+    try:
+        am = demo.wait_for(r"Alertmanager API (http://127\.0\.0\.1:\d+)/api/v2/alerts", 120).group(1)
+        demo.wait_for(r"CardImpossibleTravel \[critical\] card=p-", 420)
+        # The ways to see alerts that the demo shows work while it runs.
+        with urllib.request.urlopen(f"{am}/api/v2/alerts", timeout=10) as r:
+            active = json.loads(r.read())
+        assert any(a["labels"]["alertname"] == "CardImpossibleTravel" for a in active), active
+        amtool = demo.wait_for(r"(amtool --alertmanager\.url=\S+ alert query)", 5).group(1)
+        shown = subprocess.run(shlex.split(amtool), capture_output=True, text=True, timeout=30)
+        assert shown.returncode == 0 and "CardImpossibleTravel" in shown.stdout, shown.stdout + shown.stderr
+        demo.ctrl_c()
+        rc = demo.finish()
+    finally:
+        demo.kill()
+    out = demo.output
+    assert rc == 0, out
+    assert "Traceback" not in out, out
+    assert "worker flushed cleanly" in out, out
+    pids = _assert_nothing_left(workdir)
+    _assert_stop_order(pids)
+    worker_log = (workdir / "worker.log").read_text(errors="replace")
+    assert re.search(r"stop: flushed cleanly: .*influx_pending_points=0 alert_outbox=0 dead_letter_outbox=0",
+                     worker_log), worker_log[-4000:]
+    # The servers were not hit by the terminal's SIGINT: each was still up until the demo stopped it.
+    stopped_at = {s["name"]: s["at"] for s in pids["stopped"]}  # type: ignore[index, union-attr]
+    assert all(stopped_at[name] >= stopped_at["worker"] for name in ("alertmanager", "influxdb", "kafka"))
+    assert "exited unexpectedly" not in out, out
+
+    # The command the demo prints scores this run's alerts from its folder, the broker long gone.
+    m = re.search(r"^\s*(cityops evaluate-alerts .*)$", out, re.M)
+    assert m, out
+    cmd = shlex.split(m.group(1))
+    assert cmd[cmd.index("--alerts") + 1] == str(workdir / "alerts.jsonl")
+    scored = subprocess.run([sys.executable, "-m", "cityops.cli", *cmd[1:]], capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert scored.returncode == 0, scored.stdout + scored.stderr
+    row = re.search(r"^CardImpossibleTravel +(\d+) +(\d+) +(\d+) +(\d+) +(\d+)", scored.stdout, re.M)
+    assert row, scored.stdout
+    incidents, alerts, tp, fp, fn = map(int, row.groups())
+    # The card label is a pseudonym: a TP proves the demo's key (from cityops.env) mapped the truth's card.
+    assert incidents >= 1 and tp >= 1 and fp == 0, scored.stdout
+
+
+def test_flushed_cleanly_only_when_true(tmp_path: Path) -> None:
+    """InfluxDB dies mid-run: the demo stops everything and says what the worker could not deliver, and where."""
+    workdir = tmp_path / "demo"
+    demo = Demo(workdir, "--speedup", "120", "--no-incidents")
+    try:
+        demo.wait_for(r"status t=\d+s event time \d{4}-", 120)
+        demo.wait_for(r"accepted=[1-9]", 120)
+        influxd = json.loads((workdir / "pids.json").read_text())["children"]["influxdb"]
+        os.kill(influxd, signal.SIGKILL)
+        rc = demo.finish()
+    finally:
+        demo.kill()
+    out = demo.output
+    assert rc == 1, out
+    assert "influxdb exited unexpectedly" in out, out
+    assert "flushed cleanly" not in out, out
+    m = re.search(r"could NOT deliver everything before it stopped: ([\d,]+) KPI points not written to InfluxDB",
+                  out)
+    assert m and int(m.group(1).replace(",", "")) > 0, out
+    assert f"committed in {workdir / 'worker-data'}" in out, out
+    assert "Traceback" not in out, out
+    _assert_nothing_left(workdir)
