@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
@@ -141,13 +142,16 @@ def alertmanager_alerts(url: str) -> list[ActiveAlert] | None:
     out = []
     for a in data:
         labels = a.get("labels") or {}
+        annotations = a.get("annotations") or {}
+        # Alertmanager's startsAt is on its wall clock; the worker keeps the event time in an annotation.
+        started = annotations.get("event_starts_at") or a.get("startsAt")
         try:
-            since: float | None = datetime.fromisoformat(str(a.get("startsAt")).replace("Z", "+00:00")).timestamp()
+            since: float | None = datetime.fromisoformat(str(started).replace("Z", "+00:00")).timestamp()
         except ValueError:
             since = None
         entity = " ".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in _NOT_ENTITY)
         out.append(ActiveAlert(labels.get("alertname", "?"), labels.get("severity", ""), entity, since,
-                               (a.get("annotations") or {}).get("summary", "")))
+                               annotations.get("summary", "")))
     return sorted(out, key=lambda a: (a.since or 0.0, a.alertname, a.entity))
 
 
@@ -164,17 +168,6 @@ def influx_alerts(influx_url: str) -> list[ActiveAlert] | None:
                        r.get("time"), r.get("summary") or "")
            for r in newest.values() if r.get("status") == "firing"]
     return sorted(out, key=lambda a: (a.since or 0.0, a.alertname, a.entity))
-
-
-def simulated_start(now: datetime, duration_s: float) -> datetime:
-    """The latest 06:00 (+08:00) whose simulated span of ``duration_s`` seconds ends before ``now``.
-
-    So every event time lies in the past: Alertmanager takes an alert as resolved when the simulation
-    resolves it (a resolve time in the future would keep it active there until the wall clock gets there).
-    """
-    latest = now.astimezone(CST) - timedelta(seconds=duration_s)
-    start = latest.replace(hour=6, minute=0, second=0, microsecond=0)
-    return start if start <= latest else start - timedelta(days=1)
 
 
 def _hm(ts: float | int | None) -> str:
@@ -452,7 +445,7 @@ class Demo:
         self.done(t, f"ready on {self.procs['worker'].url}")
 
         t = self.step("starting the simulator")
-        start = simulated_start(datetime.now(CST), a.duration)
+        start = datetime.now(CST).replace(hour=6, minute=0, second=0, microsecond=0)
         cmd = [sys.executable, "-m", "cityops.cli", "simulate", "--to", "kafka",
                "--bootstrap", self.procs["kafka"].url, "--speedup", str(a.speedup),
                "--duration", f"{a.duration}s", "--seed", str(a.seed), "--batch", "20",
@@ -509,8 +502,8 @@ class Demo:
         cmd = (f"cityops evaluate-alerts --env-file {shlex.quote(str(self.dir / ENV_FILE))} "
                f"--truth {shlex.quote(str(self.dir / TRUTH_FILE))} --alerts {shlex.quote(str(self.dir / ALERTS_FILE))}")
         et = self.event_time()
-        if et is not None:
-            cmd += f" --until {datetime.fromtimestamp(et, CST).isoformat()}"
+        if et is not None:  # whole seconds, rounded up: an incident at the last event still counts
+            cmd += f" --until {datetime.fromtimestamp(math.ceil(et), CST).isoformat()}"
         return cmd
 
     # -- status ---------------------------------------------------------------------------------------
