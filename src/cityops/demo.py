@@ -407,7 +407,7 @@ class Demo:
             self.done(t, self.procs["alertmanager"].url)
         else:
             self.say("  Alertmanager not installed: alerts go only to Kafka (topic cityops.alerts) and InfluxDB "
-                     "(measurement alerts).\n  For its UI: apt-get install prometheus-alertmanager")
+                     "(measurement alerts).\n  For its API and amtool: apt-get install prometheus-alertmanager")
 
         t = self.step("creating topics")
         created = ensure_topics(self.procs["kafka"].url, topic_specs(PARTITIONS))
