@@ -102,11 +102,13 @@ class Demo:
         return rc
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        """After a failed test only: end the demo and the children it left (each in its own session)."""
+        if self.proc.poll() is not None:
+            return  # it stopped its children itself (the tests check that none is left)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
         pids_file = self.workdir / "pids.json"
-        if pids_file.exists():  # the children are in their own sessions: end them one by one
+        if pids_file.exists():
             for pid in json.loads(pids_file.read_text())["children"].values():
                 if _running(pid):
                     os.kill(pid, signal.SIGKILL)
