@@ -169,3 +169,24 @@ def produce(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
         p.send(topic, raw)
     p.flush()
     p.close()
+
+
+# ============================================================================ secured servers (issue 8) ====
+INFLUX_ADMIN = ("cityops", "influx-pass-1")
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A test CA with server and client certificates (tests/pki.py)."""
+    from tests.pki import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def secure_influx(tmp_path: Path, pki: Any) -> Iterator[ManagedProcess]:
+    """influxd with ``[http] auth-enabled = true`` (admin INFLUX_ADMIN) and ``https-enabled`` (test CA)."""
+    proc = start_influxdb(tmp_path / "influxdb-secure", admin=INFLUX_ADMIN, https=(pki.server_cert, pki.server_key),
+                          client_ssl=pki.client_context())
+    yield proc
+    proc.stop()

@@ -50,14 +50,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     _logging(args.log_level or settings.log_level)
+    from cityops.connections import kafka_client_security
     from cityops.topics import ensure_topics, topic_specs
 
     # First, and before the heavy imports: without the broker the worker cannot go on.
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_partitions))
+    ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_partitions),
+                  security=kafka_client_security(settings))
     import faust
 
     from cityops.agents.app import create_app
+    from cityops.connections import run_preflight
 
+    run_preflight(settings)  # refused credentials / bad certificates stop here, naming the setting
     app, runtime = create_app(settings)
     tune_gc(settings.gc_threshold)
     worker = faust.Worker(app, loglevel=args.log_level or settings.log_level, quiet=True,
@@ -109,7 +113,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _logging("WARNING")
     args.bootstrap, args.bootstrap_setting = _address(args.bootstrap, "--bootstrap", "CITYOPS_KAFKA_BOOTSTRAP",
                                                       DEFAULT_BOOTSTRAP)
-    return run_simulation(args)
+    return run_simulation(args, _kafka_security(args.bootstrap) if args.to == "kafka" else None)
+
+
+def _kafka_security(bootstrap: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    """SASL/TLS client arguments from the CITYOPS_KAFKA_* settings (``env``: default the process
+    environment), for the commands that are given --bootstrap."""
+    from cityops.connections import kafka_client_security
+    from cityops.settings import load_kafka_settings
+
+    return kafka_client_security(load_kafka_settings(env, kafka_bootstrap=bootstrap))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -123,7 +136,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from cityops.topics import ensure_topics, topic_specs
 
     bootstrap, setting = _address(args.bootstrap, "--bootstrap", "CITYOPS_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
-    created = ensure_topics(bootstrap, topic_specs(args.partitions), setting=setting)
+    created = ensure_topics(bootstrap, topic_specs(args.partitions), setting=setting,
+                            security=_kafka_security(bootstrap))
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
     return 0
 
@@ -255,7 +269,7 @@ def cmd_evaluate_alerts(args: argparse.Namespace) -> int:
         if setting == "CITYOPS_KAFKA_BOOTSTRAP" and args.env_file:
             setting = f"CITYOPS_KAFKA_BOOTSTRAP in {args.env_file}"
         check_kafka(bootstrap, setting)
-        transitions = evaluate.read_alerts(bootstrap, args.topic)
+        transitions = evaluate.read_alerts(bootstrap, args.topic, security=_kafka_security(bootstrap, env))
     alerts = evaluate.firing_alerts(transitions)
     result = evaluate.score(incidents, alerts)
     print(evaluate.format_table(result))

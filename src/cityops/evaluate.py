@@ -366,14 +366,18 @@ def load_alerts(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def read_alerts(bootstrap: str, topic: str = ALERTS_TOPIC, timeout_s: float = 30.0) -> list[dict[str, Any]]:
-    """Every transition on ``topic`` from the beginning up to its current end (no consumer group)."""
+def read_alerts(bootstrap: str, topic: str = ALERTS_TOPIC, timeout_s: float = 30.0, *,
+                security: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every transition on ``topic`` from the beginning up to its current end (no consumer group).
+
+    ``security``: SASL/TLS client arguments (cityops.connections.kafka_client_security; default PLAINTEXT).
+    """
     import time
 
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000, **(security or {}))
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -71,8 +71,12 @@ class ManagedProcess:
         self.stop()
 
 
-def wait_http_ok(url: str, timeout_s: float = 30.0, process: ManagedProcess | None = None) -> None:
-    """Poll ``url`` until it answers 2xx; fail early if ``process`` dies, or after ``timeout_s`` seconds."""
+def wait_http_ok(url: str, timeout_s: float = 30.0, process: ManagedProcess | None = None, *,
+                 context: Any = None, headers: dict[str, str] | None = None) -> None:
+    """Poll ``url`` until it answers 2xx; fail early if ``process`` dies, or after ``timeout_s`` seconds.
+
+    ``context``: an ``ssl.SSLContext`` for https (e.g. trusting a test CA); ``headers``: e.g. Authorization.
+    """
     deadline = time.monotonic() + timeout_s
     last: str = "no answer yet"
     while time.monotonic() < deadline:
@@ -82,7 +86,8 @@ def wait_http_ok(url: str, timeout_s: float = 30.0, process: ManagedProcess | No
                 f"log {process.log_path}:\n{process.log_tail()}"
             )
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as resp:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2.0,
+                                        context=context) as resp:
                 if 200 <= resp.status < 300:
                     return
                 last = f"HTTP {resp.status}"

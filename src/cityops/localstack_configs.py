@@ -91,22 +91,36 @@ def _toml_str(value: str) -> str:
 
 
 def render_influx_config(
-    data_dir: str | Path, http_port: int, bind_port: int, *, host: str = "127.0.0.1"
+    data_dir: str | Path, http_port: int, bind_port: int, *, host: str = "127.0.0.1",
+    auth_enabled: bool = False, https_cert: str | Path | None = None, https_key: str | Path | None = None,
 ) -> str:
     """The influxd 1.x config for a local server keeping its files under ``data_dir``.
 
     ``http_port`` is the HTTP API (``/write``, ``/query``, ``/ping``); ``bind_port`` the RPC
     service influxd always opens (backup/restore). Both listen on ``host`` only (default
     loopback). Write the result to a file and start ``influxd -config FILE``.
+    ``auth_enabled``: ``[http] auth-enabled`` (users and passwords). ``https_cert``/``https_key``:
+    PEM server certificate and key; with them the HTTP API is HTTPS only.
     """
     for name, port in (("http_port", http_port), ("bind_port", bind_port)):
         if not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"{name}={port!r}: give a TCP port between 1 and 65535")
     if http_port == bind_port:
         raise ValueError(f"http_port and bind_port are both {http_port}: give two free ports")
+    if (https_cert is None) != (https_key is None):
+        raise ValueError("https_cert and https_key go together: give both or neither")
     directory = Path(data_dir).expanduser().resolve().as_posix()
-    return INFLUX_CONFIG_TEMPLATE.format(
+    text = INFLUX_CONFIG_TEMPLATE.format(
         data_dir=_toml_str(directory),
         http_bind=_toml_str(f"{host}:{http_port}"),
         bind_address=_toml_str(f"{host}:{bind_port}"),
     )
+    # The template (kept equal to deploy/) is the plain server; security is switched on line by line.
+    if auth_enabled:
+        text = text.replace("  auth-enabled = false\n", "  auth-enabled = true\n", 1)
+    if https_cert is not None and https_key is not None:
+        cert = _toml_str(Path(https_cert).resolve().as_posix())
+        key = _toml_str(Path(https_key).resolve().as_posix())
+        text = text.replace("  https-enabled = false\n", f'  https-enabled = true\n  https-certificate = "{cert}"\n'
+                            f'  https-private-key = "{key}"\n', 1)
+    return text

@@ -98,18 +98,21 @@ class Runtime:
             from cityops.alerts.wiring import context_extras
 
             self.engine.ctx.extra.update(context_extras(self.store, registry, None))
-        token = settings.influx_token.get_secret_value() if settings.influx_token else None
+        from cityops.connections import alertmanager_http, influx_http
+
+        token = settings.influx_secret.get_secret_value() if settings.influx_secret else None
         self.influx = InfluxSink(str(settings.influx_url), settings.influx_database, token=token,
                                  org=settings.influx_org, batch_size=settings.influx_batch_size,
                                  max_pending=settings.max_pending_points, metrics=self.metrics,
-                                 on_rejected=self._influx_refused)
+                                 on_rejected=self._influx_refused, http=influx_http(settings))
         self.alertmanager: Any = None
         if settings.alertmanager_url is not None:
             from cityops.sinks.alertmanager import AlertmanagerSink
             # One attempt per delivery round: the outbox keeps the alert and the dispatcher retries with
             # backoff, so an outage never blocks KPI writes behind Alertmanager's retries.
             self.alertmanager = AlertmanagerSink(str(settings.alertmanager_url), counter=self.metrics.alert_notifications,
-                                                 resend_s=settings.alert_resend_s, attempts=1)
+                                                 resend_s=settings.alert_resend_s, attempts=1,
+                                                 http=alertmanager_http(settings))
         self.producer: Any = None
         self._probe: Any = None  # a group-less consumer that reads the record at a committed offset
         self.assigned: set[tuple[str, int]] = set()
@@ -133,6 +136,8 @@ class Runtime:
     async def start(self) -> None:
         from aiokafka import AIOKafkaProducer
 
+        from cityops.connections import kafka_client_security
+
         delay = 0.5
         while True:
             try:
@@ -145,15 +150,17 @@ class Runtime:
                             "consuming nothing until it answers", self.settings.influx_url, exc.__cause__ or exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        # Dead letters and alert transitions: the same SASL/TLS as the Faust app's clients.
         self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
                                          max_request_size=self.settings.max_message_bytes + (64 << 10),
-                                         linger_ms=5)
+                                         linger_ms=5, **kafka_client_security(self.settings))
         await self.producer.start()
         from aiokafka import AIOKafkaConsumer
 
         self._probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, group_id=None,
                                        enable_auto_commit=False, auto_offset_reset="none",
-                                       max_partition_fetch_bytes=self.settings.max_message_bytes + (64 << 10))
+                                       max_partition_fetch_bytes=self.settings.max_message_bytes + (64 << 10),
+                                       **kafka_client_security(self.settings))
         await self._probe.start()
         self._dispatcher = asyncio.ensure_future(self._dispatch_loop())
         self.ready = True

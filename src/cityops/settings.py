@@ -3,29 +3,129 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import (AfterValidator, AnyHttpUrl, Field, FilePath, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cityops.errors import ConfigError
 
 
-class Settings(BaseSettings):
-    """Worker configuration. Every field maps to CITYOPS_<FIELD> (e.g. CITYOPS_KAFKA_BOOTSTRAP)."""
+def _read_secret(path: Path) -> SecretStr:
+    # Docker/Kubernetes secrets are files: read once at start, trailing newline dropped (as `echo` adds one).
+    try:
+        text = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the secret file {path}: {exc}") from None
+    if not text:
+        raise ValueError(f"the secret file {path} is empty")
+    return SecretStr(text)
+
+
+# A ``*_FILE`` setting names a file; the field holds the secret read from it (never the path).
+SecretFile = Annotated[FilePath, AfterValidator(_read_secret)]
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka: bootstrap servers and security (SASL, TLS). Every CITYOPS_* command that talks
+    to Kafka (worker, simulate, topics, evaluate-alerts) reads these, so all its clients connect alike."""
 
     model_config = SettingsConfigDict(env_prefix="CITYOPS_", frozen=True, extra="ignore")
 
     kafka_bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka's security.protocol")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: SecretFile | None = Field(None, description="file holding the SASL password")
+    kafka_ssl_cafile: FilePath | None = Field(None, description="PEM CA bundle that signed the brokers' "
+                                              "certificates (unset: the system's CAs)")
+    kafka_ssl_certfile: FilePath | None = Field(None, description="PEM client certificate (mutual TLS)")
+    kafka_ssl_keyfile: FilePath | None = Field(None, description="PEM private key of the client certificate")
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_key_password_file: SecretFile | None = None
+    kafka_ssl_check_hostname: bool = Field(True, description="verify the broker's name against its certificate")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: str) -> str:
+        for part in v.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> "KafkaSettings":
+        _one_of(self, "kafka_sasl_password", "kafka_sasl_password_file")
+        _one_of(self, "kafka_ssl_key_password", "kafka_ssl_key_password_file")
+        proto = self.kafka_security_protocol
+        sasl = {"kafka_sasl_mechanism": self.kafka_sasl_mechanism, "kafka_sasl_username": self.kafka_sasl_username,
+                "kafka_sasl_password": self.kafka_sasl_password or self.kafka_sasl_password_file}
+        if proto.startswith("SASL_"):
+            missing = [k for k, v in sasl.items() if not v]
+            if missing:
+                raise ValueError(f"CITYOPS_KAFKA_SECURITY_PROTOCOL={proto} needs "
+                                 + ", ".join(_env(k) for k in missing) + " (or CITYOPS_KAFKA_SASL_PASSWORD_FILE)")
+        else:
+            given = [k for k, v in sasl.items() if v]
+            if given:
+                raise ValueError(f"{_env(given[0])} is set but CITYOPS_KAFKA_SECURITY_PROTOCOL={proto}: "
+                                 "set it to SASL_SSL (or SASL_PLAINTEXT on a trusted network)")
+        tls = [k for k in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password",
+                           "kafka_ssl_key_password_file") if getattr(self, k) is not None]
+        if tls and not proto.endswith("SSL"):
+            raise ValueError(f"{_env(tls[0])} is set but CITYOPS_KAFKA_SECURITY_PROTOCOL={proto}: "
+                             "set it to SSL or SASL_SSL")
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("CITYOPS_KAFKA_SSL_KEYFILE is set without CITYOPS_KAFKA_SSL_CERTFILE")
+        if proto.endswith("SSL"):
+            from cityops.connections import kafka_ssl_context
+
+            kafka_ssl_context(self)  # loads the CA and the client certificate now: a bad file stops start-up
+        return self
+
+    @property
+    def kafka_broker_url(self) -> str:
+        return ",".join(f"kafka://{p.strip()}" for p in self.kafka_bootstrap.split(","))
+
+
+def _env(field: str) -> str:
+    return "CITYOPS_" + field.upper()
+
+
+def _one_of(settings: BaseSettings, a: str, b: str) -> None:
+    if getattr(settings, a) is not None and getattr(settings, b) is not None:
+        raise ValueError(f"{_env(a)} and {_env(b)} are both set: give one")
+
+
+class Settings(KafkaSettings):
+    """Worker configuration. Every field maps to CITYOPS_<FIELD> (e.g. CITYOPS_KAFKA_BOOTSTRAP)."""
+
     influx_url: AnyHttpUrl = Field(description="InfluxDB base URL, e.g. http://127.0.0.1:8086")
     influx_database: str = Field("cityops", min_length=1, description="v1 database (2.x/3.x: bucket)")
     influx_token: SecretStr | None = Field(None, description="2.x/3.x token; unset for InfluxDB 1.x")
+    influx_token_file: SecretFile | None = None
+    influx_username: str | None = Field(None, description="1.x user (with [http] auth-enabled)")
+    influx_password: SecretStr | None = None
+    influx_password_file: SecretFile | None = None
+    influx_ca_file: FilePath | None = Field(None, description="PEM CA bundle for an https:// InfluxDB")
+    influx_verify_tls: bool = Field(True, description="verify InfluxDB's certificate (false: encrypt only)")
     influx_org: str | None = Field(None, description="2.x org: set to use the v2 write API with a bucket")
     pseudonym_key: SecretStr = Field(description="key of the keyed hash that pseudonymizes card numbers")
     data_dir: Path = Field(description="durable engine state (snapshot + commit log)")
     web_port: int = Field(6066, ge=1, le=65535, description="serves /metrics and /healthz")
     web_host: str = "127.0.0.1"
     alertmanager_url: AnyHttpUrl | None = Field(None, description="Alertmanager base URL; unset = none")
+    alertmanager_username: str | None = Field(None, description="basic auth user (--web.config.file)")
+    alertmanager_password: SecretStr | None = None
+    alertmanager_password_file: SecretFile | None = None
+    alertmanager_token: SecretStr | None = Field(None, description="bearer token (e.g. behind a proxy)")
+    alertmanager_token_file: SecretFile | None = None
+    alertmanager_ca_file: FilePath | None = Field(None, description="PEM CA bundle for an https:// Alertmanager")
+    alertmanager_verify_tls: bool = True
     topic_partitions: int = Field(6, ge=1, le=1024)
     allowed_lateness_s: float = Field(600.0, ge=0)
     dedup_horizon_s: float = Field(86400.0 * 1.05, ge=86400.0, description="at least 24 h of event time")
@@ -53,15 +153,6 @@ class Settings(BaseSettings):
     alert_resend_s: float = Field(60.0, gt=0)
     log_level: str = "INFO"
 
-    @field_validator("kafka_bootstrap")
-    @classmethod
-    def _bootstrap(cls, v: str) -> str:
-        for part in v.split(","):
-            host, _, port = part.strip().rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"expected host:port[,host:port], got {v!r}")
-        return v
-
     @field_validator("pseudonym_key")
     @classmethod
     def _key(cls, v: SecretStr) -> SecretStr:
@@ -69,23 +160,60 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 16 characters (it keys the card-number hash)")
         return v
 
+    @model_validator(mode="after")
+    def _http_security(self) -> "Settings":
+        for service in ("influx", "alertmanager"):
+            for secret in ("password", "token"):
+                _one_of(self, f"{service}_{secret}", f"{service}_{secret}_file")
+            user = getattr(self, f"{service}_username")
+            password = getattr(self, f"{service}_password") or getattr(self, f"{service}_password_file")
+            token = getattr(self, f"{service}_token") or getattr(self, f"{service}_token_file")
+            if (user is None) != (password is None):
+                given, missing = ("username", "password") if user is not None else ("password", "username")
+                raise ValueError(f"{_env(service + '_' + given)} is set without {_env(service + '_' + missing)}")
+            if user is not None and token is not None:
+                raise ValueError(f"{_env(service + '_username')} and {_env(service + '_token')} are both set: "
+                                 "give a user and password, or a token")
+            url = getattr(self, f"{service}_url")
+            ca = getattr(self, f"{service}_ca_file")
+            if ca is not None and (url is None or url.scheme != "https"):
+                raise ValueError(f"{_env(service + '_ca_file')} is set but {_env(service + '_url')} is not "
+                                 "https://: the CA would not be used")
+            if ca is not None:
+                from cityops.connections import http_ssl
+
+                http_ssl(ca, True, _env(service + "_ca_file"))  # a bad CA file stops start-up
+        return self
+
     @property
-    def kafka_broker_url(self) -> str:
-        return ",".join(f"kafka://{p.strip()}" for p in self.kafka_bootstrap.split(","))
+    def influx_secret(self) -> SecretStr | None:
+        """The InfluxDB token (2.x/3.x), from CITYOPS_INFLUX_TOKEN or CITYOPS_INFLUX_TOKEN_FILE."""
+        return self.influx_token or self.influx_token_file
+
+
+def load_kafka_settings(env: dict[str, str] | None = None, **overrides: Any) -> KafkaSettings:
+    """Only the Kafka connection settings (for simulate, topics, evaluate-alerts); fails naming the variable."""
+    return _load(KafkaSettings, env, overrides)
 
 
 def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
     """Read settings from ``env`` (default: the process environment) or fail naming the variable."""
+    return _load(Settings, env, overrides)
+
+
+def _load(cls: Any, env: dict[str, str] | None, overrides: dict[str, Any]) -> Any:
     try:
         if env is None:
-            return Settings(**overrides)
+            return cls(**overrides)
         values = {k[len("CITYOPS_"):].lower(): v for k, v in env.items() if k.startswith("CITYOPS_")}
         values.update(overrides)
-        return Settings.model_validate(values)
+        return cls.model_validate(values)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = "CITYOPS_" + "_".join(str(p) for p in err["loc"]).upper()
             msg = "is required but not set" if err["type"] == "missing" else err["msg"]
-            problems.append(f"{name}: {msg}")
+            if err["loc"]:
+                problems.append("CITYOPS_" + "_".join(str(p) for p in err["loc"]).upper() + f": {msg}")
+            else:  # a check across settings: its message names them
+                problems.append(msg.removeprefix("Value error, "))
         raise ConfigError("bad configuration: " + "; ".join(problems)) from None

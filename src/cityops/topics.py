@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger("cityops.topics")
 
@@ -35,13 +37,15 @@ def topic_specs(partitions: int = 6) -> list[TopicSpec]:
 
 
 def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0, *,
-                  setting: str = "CITYOPS_KAFKA_BOOTSTRAP") -> list[str]:
+                  setting: str = "CITYOPS_KAFKA_BOOTSTRAP", security: Mapping[str, Any] | None = None) -> list[str]:
     """Create the missing topics (kafka-python admin) with their explicit configs; returns those created.
 
     Explicit configs matter: some Kafka-API brokers report only the settings a topic was created with.
     A broker that does not answer raises ``Unreachable`` naming ``bootstrap`` and ``setting`` (the variable
     or option the address came from): at once if nothing accepts a connection within ``reach.KAFKA_WAIT_S``,
-    else after ``timeout_s`` seconds of failed admin requests.
+    else after ``timeout_s`` seconds of failed admin requests (then naming the security settings too: a
+    broker that takes the connection but not the TLS handshake or the SASL login looks the same).
+    ``security``: SASL/TLS client arguments (cityops.connections.kafka_client_security; default PLAINTEXT).
     """
     import time
 
@@ -59,11 +63,12 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_
         while True:
             try:
                 admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityops-admin",
-                                         request_timeout_ms=10_000)
+                                         request_timeout_ms=10_000, **(security or {}))
                 break
             except KafkaError as exc:
                 if time.monotonic() > deadline:
-                    raise Unreachable("the Kafka broker", bootstrap, setting, describe(exc)) from None
+                    raise Unreachable("the Kafka broker", bootstrap, setting,
+                                      f"{describe(exc)} within {timeout_s:g}s; {_security_hint(security)}") from None
                 time.sleep(0.5)
         try:
             existing = set(admin.list_topics())
@@ -82,3 +87,17 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_
     if created:
         log.info("created topics %s", ",".join(created))
     return created
+
+
+def _security_hint(security: Mapping[str, Any] | None) -> str:
+    """What the client tried, and which settings decide it (never the password)."""
+    proto = (security or {}).get("security_protocol", "PLAINTEXT")
+    mech = (security or {}).get("sasl_mechanism")
+    tried = f"security protocol {proto}" + (f" ({mech} as {(security or {}).get('sasl_plain_username')})"
+                                            if mech else "")
+    check = ["CITYOPS_KAFKA_SECURITY_PROTOCOL"]
+    if mech:
+        check.append("the credentials (CITYOPS_KAFKA_SASL_USERNAME / _PASSWORD)")
+    if proto.endswith("SSL"):
+        check.append("the TLS files (CITYOPS_KAFKA_SSL_*)")
+    return f"{tried}: check " + ", ".join(check)

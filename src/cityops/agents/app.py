@@ -19,12 +19,16 @@ TAKE_WITHIN_S = 0.05
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
     """Build the Faust app and its runtime. Settings come only from ``settings`` (``env={}``)."""
+    from cityops.connections import faust_broker_credentials
+
     metrics = metrics or Metrics()
     runtime = Runtime(settings, metrics)
     app = faust.App(
         "cityops",
         env={},  # Faust would otherwise let BROKER_URL & co. in the environment override our settings
         broker=settings.kafka_broker_url,
+        # SASL and/or TLS for Faust's consumer, producer and topic admin (None = PLAINTEXT).
+        broker_credentials=faust_broker_credentials(settings),
         store="memory://",  # state lives in cityops' own committed store, not Faust tables
         datadir=str(settings.data_dir / "faust"),
         web_enabled=True,

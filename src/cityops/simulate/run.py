@@ -96,7 +96,9 @@ class Batcher:
         return out
 
 
-def run_simulation(args: argparse.Namespace) -> int:
+def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | None = None) -> int:
+    """Generate events to ``args.to``; ``kafka_security``: SASL/TLS producer arguments
+    (cityops.connections.kafka_client_security; default PLAINTEXT)."""
     start = args.start or datetime.now(CST).replace(hour=6, minute=0, second=0, microsecond=0)
     streams = {s.strip() for s in args.streams.split(",") if s.strip()}
     unknown = streams - set(STREAM_GROUPS) - {"food"}
@@ -104,7 +106,8 @@ def run_simulation(args: argparse.Namespace) -> int:
         print(f"cityops simulate: unknown stream(s) {sorted(unknown)}; use traffic, road, taps, health, food",
               file=sys.stderr)
         return 2
-    send, close = _sink(args)  # first: a missing broker stops the command before anything is written
+    # First: a missing broker stops the command before anything is written.
+    send, close = _sink(args, kafka_security)
     it, truth = events(seed=args.seed, start=start, duration_s=args.duration, rate=args.rate, streams=streams,
                        incidents=args.incidents, food_batch=max(1, min(args.batch, 50)), warmup_s=args.warmup)
     if args.incidents:
@@ -165,7 +168,7 @@ def truth_row(inc: Any) -> dict[str, Any]:
     return row
 
 
-def _sink(args: argparse.Namespace) -> tuple[Any, Any]:
+def _sink(args: argparse.Namespace, kafka_security: dict[str, Any] | None = None) -> tuple[Any, Any]:
     if args.to == "file":
         fh = open(args.out, "wb")
 
@@ -184,7 +187,8 @@ def _sink(args: argparse.Namespace) -> tuple[Any, Any]:
     try:
         with quiet_logs("kafka"):
             producer = KafkaProducer(bootstrap_servers=args.bootstrap, linger_ms=20, batch_size=1 << 20,
-                                     max_request_size=8 << 20, acks=1)
+                                     max_request_size=8 << 20, acks=1,
+                                     **(kafka_security or {}))
     except KafkaError as exc:
         raise Unreachable("the Kafka broker", args.bootstrap, setting, describe(exc)) from None
 

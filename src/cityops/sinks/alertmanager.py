@@ -2,7 +2,9 @@
 
 Failures are sorted by cause, like the other sinks: unreachable or 5xx → back off and retry, keeping the
 alerts (``post`` returns False after its attempts, the dispatcher keeps the outbox items and tries again
-later); 4xx → Alertmanager will never take those alerts: counted as ``rejected``, logged, dropped.
+later); 401/403 (credentials refused) → the alerts are not at fault: logged naming the settings and kept,
+like an outage; other 4xx → Alertmanager will never take those alerts: counted as ``rejected``, logged,
+dropped.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from cityops.alerts.lifecycle import rfc3339
-from cityops.errors import CityopsError
+from cityops.connections import HttpSecurity, tls_failure
+from cityops.errors import CityopsError, ConfigError
 
-__all__ = ["AlertmanagerError", "AlertmanagerSink", "to_postable"]
+__all__ = ["AlertmanagerAuthError", "AlertmanagerError", "AlertmanagerSink", "AlertmanagerUnavailable",
+           "to_postable"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,17 @@ _METRICS: "weakref.WeakKeyDictionary[CollectorRegistry, Counter]" = weakref.Weak
 
 class AlertmanagerError(CityopsError):
     """Alertmanager answered a query with an error (reading only; posting never raises for the server)."""
+
+
+class AlertmanagerUnavailable(AlertmanagerError):
+    """Alertmanager did not answer (or answered 5xx) a read: try again later."""
+
+
+class AlertmanagerAuthError(AlertmanagerError, ConfigError):
+    """Alertmanager refused the credentials (401/403) or its certificate did not verify; names the settings."""
+
+
+_AUTH_REFUSED = (401, 403, 407)  # credentials refused: a configuration problem, never the alerts' fault
 
 
 def _counter(registry: CollectorRegistry) -> Counter:
@@ -130,6 +145,7 @@ class AlertmanagerSink:
         now: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         session: aiohttp.ClientSession | None = None,
+        http: HttpSecurity | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
@@ -144,6 +160,8 @@ class AlertmanagerSink:
         self.sleep = sleep
         self._session = session
         self._own_session = session is None
+        # TLS and credentials (cityops.connections.alertmanager_http); default: plain, no credentials.
+        self.http = http if http is not None else HttpSecurity()
         # The worker passes its own cityops_alert_notifications_total; standalone use registers one.
         self._notifications = counter if counter is not None else _counter(
             registry if registry is not None else REGISTRY)
@@ -151,7 +169,7 @@ class AlertmanagerSink:
     # -- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            self._session = self.http.session(self.timeout)
 
     async def close(self) -> None:
         if self._session is not None and self._own_session:
@@ -227,11 +245,16 @@ class AlertmanagerSink:
                 session = await self._client()
                 async with session.post(f"{self.url}/api/v2/alerts", json=body) as resp:
                     text = await resp.text()
-                    if resp.status < 500:
+                    if resp.status in _AUTH_REFUSED:
+                        # Not the alerts' fault: keep them (like an outage) until the credentials are fixed.
+                        reason = f"HTTP {resp.status}: credentials refused, check {self.http.settings}"
+                    elif resp.status < 500:
                         return resp.status, text
-                    reason = f"HTTP {resp.status}: {text.strip()[:200]}"
+                    else:
+                        reason = f"HTTP {resp.status}: {text.strip()[:200]}"
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                bad_tls = tls_failure(exc, self.url, "CITYOPS_ALERTMANAGER_CA_FILE")
+                reason = str(bad_tls) if bad_tls is not None else f"{type(exc).__name__}: {exc}"
             log.warning(
                 "alertmanager post failed url=%s attempt=%d/%d alerts=%d reason=%s",
                 self.url, attempt + 1, self.attempts, len(body), reason,
@@ -239,6 +262,31 @@ class AlertmanagerSink:
         return None, reason
 
     # -- reading ------------------------------------------------------------------------------------
+    async def _get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
+        """GET a JSON API path. 401/403 or a certificate that does not verify → AlertmanagerAuthError
+        (naming the settings); unreachable or 5xx → AlertmanagerUnavailable; other errors → AlertmanagerError."""
+        url = f"{self.url}{path}"
+        session = await self._client()
+        try:
+            async with session.get(url, params=list(params)) as resp:
+                if resp.status in _AUTH_REFUSED:
+                    raise AlertmanagerAuthError(f"Alertmanager {self.url} refused the credentials "
+                                                f"(HTTP {resp.status}): check {self.http.settings}")
+                if resp.status >= 500:
+                    raise AlertmanagerUnavailable(f"GET {url}: HTTP {resp.status}: {await resp.text()}")
+                if resp.status != 200:
+                    raise AlertmanagerError(f"GET {url}: HTTP {resp.status}: {await resp.text()}")
+                return await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            bad_tls = tls_failure(exc, self.url, "CITYOPS_ALERTMANAGER_CA_FILE")
+            if bad_tls is not None:
+                raise AlertmanagerAuthError(str(bad_tls)) from None
+            raise AlertmanagerUnavailable(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+
+    async def status(self) -> dict[str, Any]:
+        """``GET /api/v2/status`` (cluster, version, uptime): the health read, with the same TLS and credentials."""
+        return dict(await self._get("/api/v2/status"))
+
     async def get_alerts(
         self,
         *,
@@ -258,12 +306,4 @@ class AlertmanagerSink:
         params.extend(("filter", f) for f in filter)
         if receiver is not None:
             params.append(("receiver", receiver))
-        session = await self._client()
-        try:
-            async with session.get(f"{self.url}/api/v2/alerts", params=params) as resp:
-                if resp.status != 200:
-                    raise AlertmanagerError(f"GET {self.url}/api/v2/alerts: HTTP {resp.status}: {await resp.text()}")
-                data = await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise AlertmanagerError(f"GET {self.url}/api/v2/alerts: {type(exc).__name__}: {exc}") from exc
-        return list(data)
+        return list(await self._get("/api/v2/alerts", params))

@@ -25,8 +25,9 @@ import orjson
 from influxdb_client import Point as InfluxPoint
 from influxdb_client import WritePrecision
 
+from cityops.connections import HttpSecurity, tls_failure
 from cityops.engine.pipeline import Point
-from cityops.errors import CityopsError
+from cityops.errors import CityopsError, ConfigError
 
 log = logging.getLogger("cityops.sinks.influx")
 
@@ -112,10 +113,16 @@ class InfluxSink:
         timeout_s: float = 10.0,
         on_rejected: Callable[[str, str, str], None] | None = None,
         metrics: Any = None,
+        http: HttpSecurity | None = None,
     ) -> None:
+        """``http``: TLS and credentials (cityops.connections.influx_http); default: ``token`` only."""
         self.url = url.rstrip("/")
         self.database = database
         self.token = token
+        if http is None:
+            http = HttpSecurity(headers={"Authorization": f"Token {token}"} if token else {},
+                                settings="CITYOPS_INFLUX_TOKEN")
+        self.http = http
         self.org = org
         self.batch_size = batch_size
         self.max_pending = max_pending
@@ -129,17 +136,18 @@ class InfluxSink:
         self.healthy = False
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Token {self.token}"} if self.token else {}
-
     async def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self.timeout, headers=self.headers)
+            self._session = self.http.session(self.timeout)
         return self._session
 
+    def _refused(self, what: str, status: int, body: str) -> ConfigError:
+        return ConfigError(f"InfluxDB {self.url} refused {what} ({status}: {body.strip()[:200]}): "
+                           f"check {self.http.settings}")
+
     async def setup(self) -> None:
-        """Create the database if missing (v1 API). Raises InfluxUnavailable if InfluxDB is down."""
+        """Create the database if missing (v1 API). Raises InfluxUnavailable if InfluxDB is down, ConfigError
+        (naming the settings) if it refuses the credentials or its certificate does not verify."""
         if self.org:  # 2.x bucket: created by the operator, as 2.x buckets carry retention and org
             return
         sess = await self._sess()
@@ -148,13 +156,28 @@ class InfluxSink:
                 body = await r.text()
                 if r.status >= 500 or r.status == 429:
                     raise InfluxUnavailable(f"InfluxDB {self.url} answered {r.status}: {body[:200]}")
-                if r.status >= 400:
-                    raise CityopsError(
-                        f"InfluxDB {self.url} refused CREATE DATABASE ({r.status}: {body[:200]}); "
-                        "check CITYOPS_INFLUX_URL / CITYOPS_INFLUX_TOKEN")
+                if r.status == 403 and await self._database_visible(sess):
+                    # A least-privilege 1.x user (WRITE on an existing database) may not create it.
+                    log.info("influx database=%s exists; this user may not create databases", self.database)
+                elif r.status >= 400:
+                    raise self._refused("CREATE DATABASE", r.status, body)
         except aiohttp.ClientError as exc:
+            bad_tls = tls_failure(exc, self.url, "CITYOPS_INFLUX_CA_FILE")
+            if bad_tls is not None:
+                raise bad_tls from None
             raise InfluxUnavailable(f"InfluxDB {self.url} unreachable: {exc}") from exc
         self.healthy = True
+
+    async def _database_visible(self, sess: aiohttp.ClientSession) -> bool:
+        # SHOW DATABASES lists, for a non-admin 1.x user, the databases it has a privilege on.
+        async with sess.get(f"{self.url}/query", params={"q": "SHOW DATABASES"}) as r:
+            if r.status != 200:
+                return False
+            data = await r.json()
+        for series in data.get("results", [{}])[0].get("series", []):
+            if any(row and row[0] == self.database for row in series.get("values") or []):
+                return True
+        return False
 
     async def close(self) -> None:
         if self._v2 is not None:
@@ -239,7 +262,8 @@ class InfluxSink:
 
         if self._v2 is None:
             self._v2 = InfluxDBClientAsync(url=self.url, token=self.token, org=self.org,
-                                           timeout=int(self.timeout.total * 1000) if self.timeout.total else 10_000)
+                                           timeout=int(self.timeout.total * 1000) if self.timeout.total else 10_000,
+                                           verify_ssl=self.http.verify, ssl_ca_cert=self.http.ca_file)
         try:
             await self._v2.write_api().write(bucket=self.database, org=self.org, record=body.decode(),
                                              write_precision=WritePrecision.S)
@@ -249,7 +273,7 @@ class InfluxSink:
                 self._err("throttled" if status == 429 else "unavailable")
                 raise InfluxUnavailable(f"HTTP {status}: {exc.reason}") from exc
             if status in (401, 403):
-                raise CityopsError(f"InfluxDB refused the write ({status}): check CITYOPS_INFLUX_TOKEN") from exc
+                raise self._refused("the write", status, str(exc.body)) from exc
             raise _Rejected(f"HTTP {status}: {_reason(str(exc.body), body)}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self._unavailable()
@@ -279,7 +303,7 @@ class InfluxSink:
                     await self.setup()
                     raise InfluxUnavailable("database was missing; created it")
                 if r.status in (401, 403):
-                    raise CityopsError(f"InfluxDB refused the write ({r.status}): check CITYOPS_INFLUX_TOKEN")
+                    raise self._refused("the write", r.status, text)
                 raise _Rejected(f"HTTP {r.status}: {_reason(text, body)}")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             self._unavailable()
@@ -303,10 +327,15 @@ def _reason(text: str, body: bytes) -> str:
     return text.strip()[:500]
 
 
-async def query(url: str, database: str, q: str, token: str | None = None) -> list[dict[str, Any]]:
-    """Run InfluxQL on the v1 /query endpoint; returns the series of the first statement."""
-    headers = {"Authorization": f"Token {token}"} if token else {}
-    async with aiohttp.ClientSession(headers=headers) as sess:
+async def query(url: str, database: str, q: str, token: str | None = None,
+                http: HttpSecurity | None = None) -> list[dict[str, Any]]:
+    """Run InfluxQL on the v1 /query endpoint; returns the series of the first statement.
+
+    ``http``: TLS and credentials (cityops.connections.influx_http); default: ``token`` only.
+    """
+    if http is None:
+        http = HttpSecurity(headers={"Authorization": f"Token {token}"} if token else {})
+    async with http.session() as sess:
         async with sess.get(f"{url.rstrip('/')}/query", params={"db": database, "q": q, "epoch": "s"}) as r:
             r.raise_for_status()
             data = await r.json()
