@@ -20,6 +20,7 @@ import orjson
 
 from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, record_digest
 from cityops.engine.state import StateStore
+from cityops.errors import ConfigError
 from cityops.metrics import Metrics
 from cityops.settings import Settings
 from cityops.sinks.influx import InfluxSink, InfluxUnavailable
@@ -386,6 +387,11 @@ class Runtime:
                 delay = min(max(delay * 2, 0.5), 30.0)
                 log.warning("influxdb write failed, retry in %.1fs, pending=%d: %s", delay,
                             len(self.influx.pending), exc)
+                await asyncio.sleep(delay)
+            except ConfigError as exc:
+                # Credentials refused mid-run (rotated, revoked): the data stays queued until they work again.
+                delay = min(max(delay * 2, 1.0), 60.0)
+                log.error("delivery refused, retry in %.0fs, pending=%d: %s", delay, len(self.influx.pending), exc)
                 await asyncio.sleep(delay)
             except Exception:  # keep delivering: a bug here must not stop consumption silently
                 log.exception("dispatch failed")

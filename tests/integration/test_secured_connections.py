@@ -304,3 +304,47 @@ def test_kafka_sasl_refused_credentials_are_named(tmp_path: Path) -> None:
             assert "kafka-pass-1" not in msg
     finally:
         broker.stop()
+
+
+# -- credentials refused mid-run: nothing lost ------------------------------------------------------------
+def secure_stored(influx: ManagedProcess, pki: Pki) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+    """The ridership KPIs as test_kpi_path.stored() reads them, through the admin user."""
+    res = admin_query(influx, pki, 'SELECT * FROM "traffic_ridership"', "cityops")
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for s in res.get("series", []):
+        for values in s["values"]:
+            r = dict(zip(s["columns"], values))
+            out[(r["mode"], r["line"], r["time"])] = r
+    return {"traffic_ridership": out}
+
+
+def test_credentials_refused_mid_run_keep_the_data(tmp_path: Path, pki: Pki, kafka: ManagedProcess,
+                                                   secure_influx: ManagedProcess) -> None:
+    """A least-privilege user's password is changed under a running worker: its writes are refused, it logs
+    that naming the settings, keeps every point queued and keeps consuming; once the password works again
+    the KPIs are exactly those of all events."""
+    from tests.conftest import produce
+    from tests.integration.test_kpi_path import assert_kpis_equal, expected, simulate
+
+    admin_query(secure_influx, pki, 'CREATE DATABASE "cityops"')
+    admin_query(secure_influx, pki, "CREATE USER \"writer\" WITH PASSWORD 'w-pass-1'")
+    admin_query(secure_influx, pki, 'GRANT ALL ON "cityops" TO "writer"')
+    worker = Worker(tmp_path, kafka, secure_influx, **influx_env(secure_influx, pki, "writer", "w-pass-1")).start()
+    try:
+        first, evs1 = simulate(seed=41, minutes=4, rate=30, batch=10)
+        produce(kafka.url, first)
+        worker.wait(lambda: secure_stored(secure_influx, pki)["traffic_ridership"] != {}, 120, "first KPIs")
+        admin_query(secure_influx, pki, "SET PASSWORD FOR \"writer\" = 'rotated-2'")
+        second, evs2 = simulate(seed=42, minutes=4, rate=30, batch=10)
+        produce(kafka.url, second)
+        worker.wait(lambda: worker.counted() >= len(evs1) + len(evs2), 120, "second part consumed")
+        worker.wait(lambda: "delivery refused" in worker.log_tail(10**6), 60, "refusal logged")
+        assert (worker.health() or {}).get("influx_pending_points", 0) > 0
+        refusal = next(ln for ln in worker.log_tail(10**6).splitlines() if "delivery refused" in ln)
+        assert "CITYOPS_INFLUX_USERNAME / CITYOPS_INFLUX_PASSWORD" in refusal and "w-pass-1" not in refusal
+        admin_query(secure_influx, pki, "SET PASSWORD FOR \"writer\" = 'w-pass-1'")
+        worker.wait(lambda: (worker.health() or {}).get("influx_pending_points", 1) == 0, 120, "sink drained")
+        exp = {"traffic_ridership": expected(evs1 + evs2)["traffic_ridership"]}
+        assert_kpis_equal(exp, secure_stored(secure_influx, pki))
+    finally:
+        worker.stop()
