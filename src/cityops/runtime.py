@@ -295,8 +295,7 @@ class Runtime:
                     found[ktps[ktp]] = records[0]
                     probe.pause(ktp)
             waiting = [k for k in waiting if ktps[k] not in found]
-        unanswered = [k for k in ktps if ktps[k] not in found]
-        ends: dict[Any, int] = await probe.end_offsets(unanswered) if unanswered else {}
+        ends: dict[Any, int] = await probe.end_offsets(list(ktps))
         starts: dict[Any, int] = await probe.beginning_offsets(list(ktps))
         probe.assign([])
         rewound = []
@@ -304,8 +303,8 @@ class Runtime:
             offset, digest = todo[tp]
             rec = found.get(tp)
             start = starts.get(ktp, 0)
+            end = ends.get(ktp)
             if rec is None:
-                end = ends.get(ktp)
                 if offset < start:
                     continue  # retention removed it: the log moved forward, not back
                 if end is None or end > offset:
@@ -317,7 +316,7 @@ class Runtime:
                 why = "the record at it is another one"
             else:
                 continue
-            self._went_backwards(tp, offset, start, why)
+            self._went_backwards(tp, offset, start, end, why)
             rewound.append(tp)
         for tp in rewound:
             if self.seek is not None:
@@ -334,11 +333,12 @@ class Runtime:
             log.exception("offset check failed partitions=%s", sorted(tps))
         self.verified |= tps
 
-    def _went_backwards(self, tp: tuple[str, int], committed: int, start: int, why: str) -> None:
+    def _went_backwards(self, tp: tuple[str, int], committed: int, start: int, end: int | None,
+                        why: str) -> None:
         topic, partition = tp
-        log.warning("offsets went backwards at=%s[%d] committed_offset=%d log_start_offset=%d reason=%r: "
-                    "topic re-created or log truncated; applying the partition again from offset %d",
-                    topic, partition, committed, start, why, start)
+        log.warning("offsets went backwards at=%s[%d] committed_offset=%d log_start_offset=%d log_end_offset=%s "
+                    "reason=%r: topic re-created or log truncated; applying the partition again from offset %d",
+                    topic, partition, committed, start, end, why, start)
         self.metrics.offsets_backwards.labels(topic=topic, partition=str(partition)).inc()
         self.engine.rewind(tp, start)
 
