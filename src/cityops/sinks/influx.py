@@ -274,7 +274,8 @@ class InfluxSink:
                 raise InfluxUnavailable(f"HTTP {status}: {exc.reason}") from exc
             if status in (401, 403):
                 raise self._refused("the write", status, str(exc.body)) from exc
-            raise _Rejected(f"HTTP {status}: {_reason(str(exc.body), body)}") from exc
+            text = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body)
+            raise _Rejected(f"HTTP {status}: {_reason(text, body)}") from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self._unavailable()
             raise InfluxUnavailable(f"unreachable: {exc}") from exc
@@ -318,7 +319,8 @@ def _reason(text: str, body: bytes) -> str:
     """InfluxDB's answer to a refused write, without the echo of the line itself (which can be 64 KiB
     long and is in the dead letter anyway): ``unable to parse '<line>': max key length exceeded ...``."""
     try:
-        text = orjson.loads(text).get("error", text)
+        doc = orjson.loads(text)
+        text = doc.get("error") or doc.get("message") or text  # 1.x: error; 2.x/3.x: message
     except (orjson.JSONDecodeError, AttributeError):
         pass
     for line in body.decode(errors="replace").split("\n"):
