@@ -250,3 +250,23 @@ def test_the_record_at_the_committed_offset_is_identified_and_a_rewind_applies_t
     assert e.counts[(TAPS, "accepted")] == 8 and e.counts[(TAPS, "duplicate")] == 1
     assert window(e, T0)[0] == 8
     assert e.committed_records() == {(TAPS, 0): (3, record_digest(raws[0]))}
+
+
+def test_committed_record_digests_survive_a_restart(tmp_path: Path) -> None:
+    from cityops.engine.pipeline import record_digest
+
+    e = make(StateStore(tmp_path).open())
+    raws = [b(tap(i, T0)) for i in range(3)]
+    for off, raw in enumerate(raws):
+        e.process(TAPS, 2, off, raw)
+    e.checkpoint()
+    e.store.close()
+    e2 = make(StateStore(tmp_path).open())
+    assert e2.committed_records() == {(TAPS, 2): (2, record_digest(raws[2]))}
+    e2.rewind((TAPS, 2), 0)
+    e2.checkpoint()
+    e2.store.close()
+    e3 = make(StateStore(tmp_path).open())
+    assert e3.committed_records() == {}  # rewound to before offset 0: nothing committed, nothing skipped
+    e3.process(TAPS, 2, 0, b(tap(50, T0)))
+    assert e3.counts[(TAPS, "accepted")] == 1
