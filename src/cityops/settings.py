@@ -57,6 +57,14 @@ class KafkaSettings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port], got {v!r}")
         return v
 
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_sasl_password_file",
+                     "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password",
+                     "kafka_ssl_key_password_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        # An env file or compose `environment:` often lists optional settings with no value: that means unset.
+        return None if v == "" else v
+
     @model_validator(mode="after")
     def _kafka_security(self) -> "KafkaSettings":
         _one_of(self, "kafka_sasl_password", "kafka_sasl_password_file")
@@ -159,6 +167,14 @@ class Settings(KafkaSettings):
         if len(v.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (it keys the card-number hash)")
         return v
+
+    @field_validator("influx_token", "influx_token_file", "influx_username", "influx_password",
+                     "influx_password_file", "influx_ca_file", "alertmanager_username", "alertmanager_password",
+                     "alertmanager_password_file", "alertmanager_token", "alertmanager_token_file",
+                     "alertmanager_ca_file", mode="before")
+    @classmethod
+    def _empty_http_secret_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
 
     @model_validator(mode="after")
     def _http_security(self) -> "Settings":

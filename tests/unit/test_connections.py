@@ -228,6 +228,20 @@ def test_bad_http_security_names_the_setting(change: dict[str, str], names: str)
     assert names in str(err.value)
 
 
+def test_empty_values_mean_unset() -> None:
+    """An env file listing the optional settings with no value (as .env templates do) changes nothing."""
+    names = ["CITYOPS_KAFKA_SASL_MECHANISM", "CITYOPS_KAFKA_SASL_USERNAME", "CITYOPS_KAFKA_SASL_PASSWORD",
+             "CITYOPS_KAFKA_SASL_PASSWORD_FILE", "CITYOPS_KAFKA_SSL_CAFILE", "CITYOPS_KAFKA_SSL_CERTFILE",
+             "CITYOPS_KAFKA_SSL_KEYFILE", "CITYOPS_KAFKA_SSL_KEY_PASSWORD", "CITYOPS_KAFKA_SSL_KEY_PASSWORD_FILE",
+             "CITYOPS_INFLUX_TOKEN", "CITYOPS_INFLUX_TOKEN_FILE", "CITYOPS_INFLUX_USERNAME",
+             "CITYOPS_INFLUX_PASSWORD", "CITYOPS_INFLUX_PASSWORD_FILE", "CITYOPS_INFLUX_CA_FILE",
+             "CITYOPS_ALERTMANAGER_USERNAME", "CITYOPS_ALERTMANAGER_PASSWORD", "CITYOPS_ALERTMANAGER_PASSWORD_FILE",
+             "CITYOPS_ALERTMANAGER_TOKEN", "CITYOPS_ALERTMANAGER_TOKEN_FILE", "CITYOPS_ALERTMANAGER_CA_FILE"]
+    s = load_settings(dict(GOOD, **{n: "" for n in names}))
+    assert kafka_client_security(s) == {"security_protocol": "PLAINTEXT"}
+    assert influx_http(s).headers == {} and alertmanager_http(s).headers == {}
+
+
 def test_ca_file_on_a_plain_http_url_is_refused(pki: Pki) -> None:
     with pytest.raises(ConfigError, match="CITYOPS_INFLUX_CA_FILE is set but CITYOPS_INFLUX_URL is not https"):
         load_settings(dict(GOOD, CITYOPS_INFLUX_CA_FILE=str(pki.ca)))
