@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cityops.connections")
 
-__all__ = ["HttpSecurity", "alertmanager_http", "faust_broker_credentials", "http_ssl", "influx_http",
+__all__ = ["HttpSecurity", "alertmanager_http", "describe_security", "faust_broker_credentials", "http_ssl",
+           "influx_http",
            "kafka_client_security", "kafka_ssl_context", "preflight"]
 
 
@@ -91,6 +92,27 @@ def faust_broker_credentials(s: KafkaSettings, ssl_context: ssl.SSLContext | Non
     if proto == "SSL":
         return faust.SSLCredentials(ctx)
     return None
+
+
+def describe_security(s: Settings) -> str:
+    """What each connection uses, for the start-up log and check-config; never a secret. E.g.
+    ``kafka=SASL_SSL/SCRAM-SHA-512 user=cityops influxdb=https basic-auth user=writer alertmanager=off``."""
+    kafka = s.kafka_security_protocol
+    if kafka.startswith("SASL_"):
+        kafka += f"/{s.kafka_sasl_mechanism} user={s.kafka_sasl_username}"
+    if s.kafka_ssl_certfile is not None:
+        kafka += " client-certificate"
+    parts = [f"kafka={kafka}"]
+    for name, url, user, token in (
+            ("influxdb", s.influx_url, s.influx_username, s.influx_secret),
+            ("alertmanager", s.alertmanager_url, s.alertmanager_username,
+             s.alertmanager_token or s.alertmanager_token_file)):
+        if url is None:
+            parts.append(f"{name}=off")
+            continue
+        auth = f"basic-auth user={user}" if user else "token" if token else "no-auth"
+        parts.append(f"{name}={url.scheme} {auth}")
+    return " ".join(parts)
 
 
 # -- HTTP (InfluxDB, Alertmanager) ------------------------------------------------------------------------

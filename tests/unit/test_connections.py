@@ -228,6 +228,18 @@ def test_bad_http_security_names_the_setting(change: dict[str, str], names: str)
     assert names in str(err.value)
 
 
+def test_security_summary_names_no_secret(pki: Pki) -> None:
+    from cityops.connections import describe_security
+
+    s = load_settings(sasl_ssl(pki, CITYOPS_INFLUX_URL="https://influx:8086", CITYOPS_INFLUX_USERNAME="writer",
+                               CITYOPS_INFLUX_PASSWORD="influx-secret", CITYOPS_ALERTMANAGER_URL="https://am:9093",
+                               CITYOPS_ALERTMANAGER_TOKEN="am-token"))
+    text = describe_security(s)
+    assert text == ("kafka=SASL_SSL/SCRAM-SHA-512 user=cityops client-certificate "
+                    "influxdb=https basic-auth user=writer alertmanager=https token")
+    assert describe_security(load_settings(GOOD)) == "kafka=PLAINTEXT influxdb=http no-auth alertmanager=off"
+
+
 def test_empty_values_mean_unset() -> None:
     """An env file listing the optional settings with no value (as .env templates do) changes nothing."""
     names = ["CITYOPS_KAFKA_SASL_MECHANISM", "CITYOPS_KAFKA_SASL_USERNAME", "CITYOPS_KAFKA_SASL_PASSWORD",

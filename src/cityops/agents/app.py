@@ -19,7 +19,7 @@ TAKE_WITHIN_S = 0.05
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
     """Build the Faust app and its runtime. Settings come only from ``settings`` (``env={}``)."""
-    from cityops.connections import faust_broker_credentials
+    from cityops.connections import describe_security, faust_broker_credentials
 
     metrics = metrics or Metrics()
     runtime = Runtime(settings, metrics)
@@ -74,8 +74,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     @app.task
     async def start_runtime() -> None:
         await runtime.start()
-        log.info("worker ready web=http://%s:%d streams=%s", settings.web_host, settings.web_port,
-                 ",".join(runtime.engine.streams))
+        log.info("worker ready web=http://%s:%d streams=%s %s", settings.web_host, settings.web_port,
+                 ",".join(runtime.engine.streams), describe_security(settings))
 
     @app.on_before_shutdown.connect
     async def flush_on_shutdown(app: Any, **kwargs: Any) -> None:
