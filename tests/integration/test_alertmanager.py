@@ -236,3 +236,85 @@ async def test_alertmanager_shows_exactly_what_cityops_has_firing(alertmanager: 
         assert await converged() == []
     assert _sent(registry, "rejected") == 0
     assert _sent(registry, "sent") > 0
+
+
+def _worker_rules(tmp_path: Path) -> Path:
+    """The shipped traffic-security manifest with CardImpossibleTravel resolving after 1 min (not 30)."""
+    import shutil
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    text = (AGENTS / "traffic-security.yml").read_text()
+    head, rest = text.split("  - alert: CardImpossibleTravel", 1)
+    rest = rest.replace("resolve_after: 30m", "resolve_after: 1m", 1)
+    (rules / "traffic-security.yml").write_text(head + "  - alert: CardImpossibleTravel" + rest)
+    shutil.copy(AGENTS / "traffic-security.md", rules / "traffic-security.md")
+    return rules
+
+
+@pytest.mark.parametrize("skew_s", [60.0, -5 * 86400.0], ids=["event-time-ahead", "event-time-behind"])
+def test_worker_resolves_in_alertmanager_whatever_the_event_time(
+        kafka: Any, alertmanager: ManagedProcess, worker_factory: Any, tmp_path: Path, skew_s: float) -> None:
+    """Issue 9 kind 6 through the real broker, worker and Alertmanager: an impossible journey fires, then
+    event time moves on and cityops resolves it; Alertmanager lists it while cityops has it firing and not
+    once cityops has resolved it (before: a resolve with event time ahead kept it active)."""
+    import json as _json
+    import urllib.request
+    from datetime import datetime, timezone
+
+    from cityops.streams.city_streams import Pseudonymizer
+    from tests.conftest import PSEUDONYM_KEY
+
+    card = f"2130{uuid.uuid4().int % 10**12:012d}"
+    pseudonym = Pseudonymizer(PSEUDONYM_KEY.encode())(card)
+    base = time.time() + skew_s
+
+    def tap(n: int, at: float, who: str, lat: float, lon: float) -> bytes:
+        return _json.dumps({"event_id": f"am-{uuid.uuid4().hex}-{n}", "source": "reader-x",
+                            "ts": datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="milliseconds"),
+                            "card_id": who, "mode": "metro", "line": "L1", "direction": "in", "fare_cny": 2,
+                            "lat": lat, "lon": lon}).encode()
+
+    def send(records: list[tuple[int, bytes]]) -> None:
+        from kafka import KafkaProducer
+
+        p = KafkaProducer(bootstrap_servers=kafka.url, linger_ms=0)
+        for partition, raw in records:
+            p.send("traffic.card-taps", raw, partition=partition).get(10)
+        p.close()
+
+    def am_active() -> list[dict[str, Any]]:
+        q = f'filter=card%3D%22{pseudonym}%22&active=true&silenced=false&inhibited=false'
+        with urllib.request.urlopen(f"{alertmanager.url}/api/v2/alerts?{q}", timeout=5) as r:
+            return _json.loads(r.read())
+
+    def cityops_firing(w: Any) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in w.metrics().splitlines()
+                   if line.startswith("cityops_alerts_active{") and 'alertname="CardImpossibleTravel"' in line)
+
+    # Every partition moves (the rules' clock waits for all); the card jumps ~120 km in 60 s.
+    send([(p, tap(p, base, f"other-{p}", 31.78, 119.97)) for p in range(4)]
+         + [(0, tap(10, base + 1, card, 31.78, 119.97)), (0, tap(11, base + 61, card, 32.60, 120.90))]
+         + [(p, tap(20 + p, base + 70, f"other-{p}", 31.78, 119.97)) for p in range(4)])
+    w = worker_factory(CITYOPS_ALERTMANAGER_URL=alertmanager.url, CITYOPS_RULES_DIR=str(_worker_rules(tmp_path)),
+                       CITYOPS_SOURCE_REGISTRY="none", CITYOPS_IDLE_PARTITION_S="2",
+                       CITYOPS_ALERT_RESEND_S="2").start()
+    w.wait(lambda: len(am_active()) == 1, what="the alert active in Alertmanager", timeout_s=120)
+    (got,) = am_active()
+    assert got["labels"]["alertname"] == "CardImpossibleTravel"
+    assert got["annotations"]["event_starts_at"].startswith(
+        datetime.fromtimestamp(base + 61, timezone.utc).strftime("%Y-%m-%dT%H:%M"))
+    assert datetime.fromisoformat(got["startsAt"].replace("Z", "+00:00")).timestamp() <= time.time() + 1
+    time.sleep(5)  # re-sends every 2 s: accepted, still one active alert
+    assert len(am_active()) == 1 and cityops_firing(w) == 1
+
+    # Two minutes of event time later the journey is forgiven: resolved in cityops and in Alertmanager.
+    send([(p, tap(30 + p, base + 200, f"other-{p}", 31.78, 119.97)) for p in range(4)])
+    w.wait(lambda: cityops_firing(w) == 0, what="cityops resolved the alert", timeout_s=60)
+    deadline = time.monotonic() + 10
+    while am_active() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert am_active() == [], "Alertmanager still lists an alert cityops resolved"
+    assert 'outcome="rejected"' not in "".join(
+        line for line in w.metrics().splitlines()
+        if line.startswith("cityops_alert_notifications_total") and not line.endswith(" 0.0"))
