@@ -51,8 +51,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = load_settings()
     _logging(args.log_level or settings.log_level)
     from cityops.connections import kafka_client_security
+    from cityops.engine.state import check_format
     from cityops.topics import ensure_topics, topic_specs
 
+    # A data directory this release cannot read stops the start (exit 2) before any server is needed.
+    check_format(Path(settings.data_dir) / "state")
     # First, and before the heavy imports: without the broker the worker cannot go on.
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_partitions),
                   security=kafka_client_security(settings))

@@ -99,6 +99,10 @@ class Runtime:
             from cityops.alerts.wiring import context_extras
 
             self.engine.ctx.extra.update(context_extras(self.store, registry, None))
+        if self.store.undeclared():
+            # Not read by this configuration (a rule taken out of the manifests): carried forward unread.
+            log.warning("state tables not used by this configuration, kept as written: %s",
+                        ",".join(self.store.undeclared()))
         from cityops.connections import alertmanager_http, influx_http
 
         token = settings.influx_secret.get_secret_value() if settings.influx_secret else None

@@ -32,10 +32,12 @@ import math
 import re
 from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Required, TypedDict
+
+import msgspec
 
 from cityops.alerts.spec import RuleSpec
-from cityops.engine.codec import Codec
+from cityops.engine.codec import Codec, StateFormatError
 from cityops.engine.state import StateStore, Table
 from cityops.errors import CityopsError
 
@@ -55,10 +57,68 @@ _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
 _META_SEQ = "alert_seq"
 _META_CONTINUOUS = "alert_continuous_rules"
 
-# Durable shapes: an alert's record and an outbox transition are maps of named fields (the names used in
-# this module), unchanged from format 0.
-ALERT_CODEC = Codec("alert", dict[str, Any], migrations={0: lambda k, v: v})
-TRANSITION_CODEC = Codec("alert_transition", dict[str, Any], migrations={0: lambda k, v: v})
+
+
+class AlertRecord(TypedDict, total=False):
+    """Table ``alerts``: one alert's lifecycle record (times: event time, epoch s). A resolved alert is kept
+    shrunk to the required fields (its id counter and what was last notified)."""
+
+    status: Required[str]  # inactive | pending | firing
+    n: Required[int]  # transitions so far: keeps ids unique across episodes
+    t: Required[float]  # event time of the last evaluation
+    notified: Required[str | None]  # last status put in the outbox
+    active: bool
+    last_active: float
+    recover_since: float | None
+    since: float | None  # entered the current status
+    starts_at: float | None  # episode start (pending since, then firing since)
+    value: float
+    summary: str
+    description: str
+    changes: list[float]  # event times of status changes within the flap window
+    flapping: bool
+    am_firing: bool  # Alertmanager was last told "firing"
+
+
+class Transition(TypedDict, total=False):
+    """Table ``alert_outbox``: one alert transition awaiting delivery to every sink (seq -> transition)."""
+
+    id: Required[str]  # rule|entity|n: the same transition always has the same id
+    alertname: Required[str]
+    status: Required[str]
+    previous: Required[str | None]
+    am_action: Required[str | None]
+    severity: Required[str]
+    domain: Required[str]
+    entity: Required[dict[str, str]]
+    labels: Required[dict[str, str]]
+    annotations: Required[dict[str, str]]
+    starts_at: Required[float | None]
+    ends_at: Required[float | None]
+    value: Required[float]
+    ts: Required[float]
+    generator_url: str
+    delivered: list[str]  # sinks that already have it
+
+
+def _record_codec(shape: str, typ: Any) -> Codec:
+    """A codec for a map of named fields kept as a dict: fields checked against the TypedDict ``typ``."""
+    known = typ.__required_keys__ | typ.__optional_keys__
+
+    def check(key: Any, rec: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(rec) - known
+        if unknown:
+            raise StateFormatError(f"state {shape!r} {key!r} has fields {sorted(unknown)} this release does not "
+                                   "know: CITYOPS_DATA_DIR was written by another release")
+        msgspec.convert(rec, typ)  # types and required fields; ValidationError -> StateFormatError
+        return rec
+
+    return Codec(shape, dict[str, Any], from_plain=check, migrations={0: lambda k, v: v})
+
+
+# Durable shapes: both are maps of named fields, kept as dicts in memory; unchanged from format 0.
+ALERT_CODEC = _record_codec("alert", AlertRecord)
+TRANSITION_CODEC = _record_codec("alert_transition", Transition)
 
 
 class UnknownRuleError(CityopsError, KeyError):

@@ -122,6 +122,8 @@ class Codec:
                     f"state table {table!r} holds shape {self.shape!r} version {version}, newer than this "
                     f"release reads (version {self.version}): run the release that wrote CITYOPS_DATA_DIR "
                     f"or a newer one")
+            fn = self.from_plain
+            return plain if fn is None else fn(key, plain)
         except (msgspec.ValidationError, msgspec.DecodeError, TypeError, ValueError, KeyError,
                 IndexError) as exc:
             if isinstance(exc, StateFormatError):
@@ -130,8 +132,6 @@ class Codec:
                 f"state table {table!r} key {key!r}: value is not shape {self.shape!r} version "
                 f"{version} ({exc}); CITYOPS_DATA_DIR is corrupt or was written by another program: "
                 f"restore a backup or move it aside to start empty") from None
-        fn = self.from_plain
-        return plain if fn is None else fn(key, plain)
 
 
 PLAIN = Codec("plain", Any, migrations={0: _identity})

@@ -53,7 +53,7 @@ import msgspec
 
 from cityops.engine.codec import PLAIN, Codec, StateFormatError, freeze
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "StateFormatError", "StateStore", "Table"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "StateFormatError", "StateStore", "Table", "check_format"]
 
 log = logging.getLogger("cityops.state")
 
@@ -212,6 +212,21 @@ def _file_format(head: bytes) -> int | None:
     return 0
 
 
+def check_format(directory: Path) -> int | None:
+    """The state format of ``directory`` from its file headers (None: no state yet), without reading it.
+
+    StateFormatError if it is one this release cannot read: a cheap check to run before anything else at
+    start-up; ``StateStore.open`` still checks every record and value.
+    """
+    store = StateStore(directory)
+    if not directory.is_dir():
+        return None
+    fmt = store._detect_format()
+    if fmt is not None and fmt != 0:
+        store._check_format(fmt, directory)
+    return fmt
+
+
 # Pending values of a table not yet claimed: key -> (shape, version, encoded value).
 _Pending = dict[Any, tuple[str, int, Any]]
 
@@ -268,6 +283,10 @@ class StateStore:
                 data[key] = decode(name, key, raw, version)
         self.tables[name] = table
         return table
+
+    def undeclared(self) -> list[str]:
+        """Restored tables nobody has declared yet (kept as written; e.g. the state of a removed rule)."""
+        return sorted(self._pending)
 
     # -- persistence ---------------------------------------------------------------------------------
     @property
