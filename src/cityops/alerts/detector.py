@@ -174,7 +174,7 @@ class SeasonalDetector:
         self.ext_n += 1
 
     def to_state(self) -> dict[str, Any]:
-        """Plain dict (floats, ints, lists) that survives pickling/JSON; `from_state` restores it."""
+        """Plain dict (floats, ints, lists) that survives MessagePack/JSON; `from_state` restores it."""
         params = {
             k: getattr(self, k)
             for k in (
@@ -525,7 +525,7 @@ class ProfileDetector:
               "run_flagged", "cal_n", "cal_rate", "calm_ts")
 
     def to_state(self) -> dict[str, Any]:
-        """Plain dict (floats, ints, lists) that survives pickling/JSON; `from_state` restores it."""
+        """Plain dict (floats, ints, lists) that survives MessagePack/JSON; `from_state` restores it."""
         state = {k: (list(v) if isinstance(v := getattr(self, k), list) else v) for k in self._STATE}
         return {"version": _PROFILE_VERSION, "params": {k: getattr(self, k) for k in self._PARAMS}, "state": state}
 
@@ -846,7 +846,7 @@ class KpiDetector:
         return max(ts) if ts else None
 
     def to_state(self) -> dict[str, Any]:
-        """Plain dict (floats, ints, lists, str) that survives pickling/JSON; `from_state` restores it."""
+        """Plain dict (floats, ints, lists, str) that survives MessagePack/JSON; `from_state` restores it."""
         params = {"channels": list(self.channels), "sensitivity": self.sensitivity, **self.kw}
         state = {
             "seasonal": self._s.to_state()["state"] if self._s is not None else None,

@@ -19,8 +19,9 @@ Hooks the engine calls (each a no-op by default):
 State: each rule keeps its per-entity state in ``ctx.store.table(f"rule:{name}", codec)`` as plain data, so
 two rules of the same kind never share it and it survives a crash exactly; ``on_tick`` evicts entries older
 than the kind's ``horizon_s`` (event time). The codec (shape ``rule:<kind>``) is derived from the kind:
-``Condition`` for the entities ``report`` keeps open, and the kind's ``entry_type`` (or ``entry_type_of(key)``)
-for its own entries, with ``entry_v0`` reading them from the pickled format (see ``cityops.engine.codec``). Context extras: ``ctx.extra["sources"]`` (a ``SourceRegistry``,
+``Condition`` for the entities ``report`` keeps open, and the kind's ``entry_type`` (or
+``entry_type_of(key)``) for its own entries, with ``entry_v0`` reading them from the pickled format (see
+``cityops.engine.codec``). Context extras: ``ctx.extra["sources"]`` (a ``SourceRegistry``,
 needed by ``source_silent`` and used by ``impossible_travel`` for taps without coordinates) and optionally
 ``ctx.extra["engine_start_ts"]`` (epoch s; silence of never-heard sources counts from it).
 """

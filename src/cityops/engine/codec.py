@@ -60,9 +60,10 @@ class Codec:
 
     ``value_type``: the msgspec type of the encoded value (a ``StateStruct``, ``dict[str, float]``,
     ``Any`` ...); decoding validates against it. ``by_key``: key -> the value type of that key's entry,
-    for tables with several kinds of entry (then ``value_type`` is unused). ``to_plain``/``from_plain``: (key, value) -> what is
-    encoded / (key, decoded) -> the in-memory value (default: the value itself). ``migrations``:
-    old version -> function(key, plain of that version) -> plain of the next version.
+    for tables with several kinds of entry (then ``value_type`` is unused). ``to_plain``: (key, value) ->
+    what is encoded; ``from_plain``: (key, decoded) -> the in-memory value (default: the value itself).
+    ``migrations``: old version -> function(key, plain of that version) -> plain of the next version.
+    Errors: ``decode`` raises ``StateFormatError`` (see the module docstring).
     """
 
     __slots__ = ("shape", "version", "value_type", "by_key", "to_plain", "from_plain", "migrations", "_decoders")

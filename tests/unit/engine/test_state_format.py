@@ -341,3 +341,30 @@ def test_format_version_is_in_every_file_and_record(tmp_path: Path) -> None:
     assert rec["format"] == FORMAT_VERSION
     assert rec["tables"] == [{"table": "t", "shape": "plain", "version": 1, "set": {"a": 1}, "deleted": []}]
     assert rec["offsets"] == [{"topic": "x", "partition": 0, "offset": 1}]
+
+
+def test_format0_log_without_snapshot_with_deletions_and_a_torn_tail(tmp_path: Path, monkeypatch: Any) -> None:
+    """A format-0 directory that never compacted: log records only; deletions were pickled tombstones."""
+    import cityops.engine.state as state_mod
+
+    class _DeletedMark:  # how format 0 pickled its tombstone: a reference to cityops.engine.state._DELETED_MARK
+        def __reduce__(self) -> str:
+            return "_DELETED_MARK"
+
+    _DeletedMark.__module__ = "cityops.engine.state"
+    mark = _DeletedMark()
+    monkeypatch.setattr(state_mod, "_DELETED_MARK", mark)
+    records = [
+        {"tables": {"food_cold": {"loc-1": True, "loc-2": True}}, "offsets": {("food", 0): 1}, "meta": {"x": 1}},
+        {"tables": {"food_cold": {"loc-1": mark}}, "offsets": {("food", 0): 2}, "meta": {"x": 2}},
+    ]
+    frames = b"".join(_frame(pickle.dumps(r, protocol=5)) for r in records)
+    torn = _frame(pickle.dumps({"tables": {"food_cold": {"loc-3": True}}, "offsets": {}, "meta": {}}))[:-4]
+    (tmp_path / "state.0.log").write_bytes(frames + torn)
+    monkeypatch.undo()
+    from cityops.food.stream import COLD_CODEC
+
+    s = StateStore(tmp_path).open()
+    assert s.table("food_cold", COLD_CODEC).data == {"loc-2": True}
+    assert s.offsets == {("food", 0): 2} and s.meta == {"x": 2} and s.commits == 2
+    assert (tmp_path / "format-0-backup" / "state.0.log").read_bytes() == frames + torn
