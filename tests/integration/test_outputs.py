@@ -66,7 +66,11 @@ def read_dead_letters(bootstrap: str, n: int, timeout_ms: int = 20000) -> list[A
 def metric(w: Any, name: str, **labels: str) -> float:
     want = {f'{k}="{v}"' for k, v in labels.items()}
     total = 0.0
-    for line in w.metrics().splitlines():
+    try:
+        text = w.metrics()
+    except OSError:  # not serving yet
+        return 0.0
+    for line in text.splitlines():
         m = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
         if m and want <= set((m.group(1) or "").split(",")):
             total += float(m.group(2))
@@ -161,3 +165,26 @@ def test_lines_b12_backslash_and_b12_space_are_two_series(kafka: Any, influx: An
 
     w.wait(lambda: series() == {"B12\\": 3, "B12 ": 2}, what=f"two series; got {series()}")
     assert metric(w, "cityops_points_refused_total") == 0
+
+
+def test_refused_points_survive_kill9(kafka: Any, influx: Any, worker_factory: Any) -> None:
+    """The dead letter of a refused point is an output like the others: kill -9 right after InfluxDB refused
+    it, restart, and it is on the dead-letter topic (a repeat carries the same cityops-dlq-id)."""
+    _influx_post(influx, "/query", b"", q='CREATE DATABASE "cityops"')
+    _influx_post(influx, "/write", f'traffic_ridership,line=other,mode=bus taps_in="x" {WINDOW - 3600}'.encode(),
+                 db="cityops", precision="s")
+    produce(kafka.url, [(TAPS, dumps([tap(300 + i) for i in range(4)]))])
+    w = worker_factory(**NO_RULES).start()
+    w.wait(lambda: metric(w, "cityops_points_refused_total") >= 1, what="a refused point")
+    w.kill9()
+    w.start()
+    w.wait(lambda: (w.health() or {}).get("influx_pending_points", 1) == 0 and
+           metric(w, "cityops_points_refused_total") >= 1, what="restarted, rewritten, refused again")
+    assert w.terminate() == 0
+    letters = [r for r in read_dead_letters(kafka.url, 100, timeout_ms=8000)
+               if dict(r.headers).get("cityops-sink") == b"influxdb"]
+    by_id: dict[bytes, set[bytes]] = {}
+    for rec in letters:
+        by_id.setdefault(dict(rec.headers)["cityops-dlq-id"], set()).add(rec.value)
+    assert all(len(values) == 1 for values in by_id.values())  # one id, one point version
+    assert any(b"taps_in=4i" in v for values in by_id.values() for v in values), letters
