@@ -194,9 +194,6 @@ def test_event_times_influxdb_cannot_store_are_dead_lettered_at_ingest() -> None
         ("0001-01-01T00:00:00+00:00", False),
         ("1677-09-21T00:12:43.145224+00:00", False),  # in range, but its window starts at 00:12:00
         ("1677-09-21T00:13:00+00:00", True),  # first whole window
-        ("2262-04-11T23:46:59+00:00", True),  # last whole window: 23:46..23:47
-        ("2262-04-11T23:47:00+00:00", False),  # window 23:47..23:48 ends after 23:47:16.85
-        ("9999-12-31T23:59:59+00:00", False),
     ]
     for i, (text, stored) in enumerate(cases):
         # Each on its own partition: lateness (an other clock's business) plays no part here.
@@ -211,7 +208,24 @@ def test_event_times_influxdb_cannot_store_are_dead_lettered_at_ingest() -> None
     assert e.counts[(TAPS, "invalid")] == len(rejected)
     assert e.counts[(TAPS, "accepted")] == len(cases) - len(rejected)
     starts = {k[2] for k in e.windows.table.data if k[0] == "traffic_ridership"}
-    assert starts == {int(at("1677-09-21T00:13:00+00:00")), int(at("2262-04-11T23:46:00+00:00"))}
+    assert starts == {int(at("1677-09-21T00:13:00+00:00"))}
+
+
+def test_storable_range_covers_the_whole_window() -> None:
+    """The upper end (far in the future, so at ingest also beyond any future bound): whole windows only."""
+    from datetime import datetime
+
+    from cityops.engine.windows import outside_storable
+
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text).timestamp()
+
+    assert outside_storable(at("2262-04-11T23:46:59+00:00")) is None  # last whole window: 23:46..23:47
+    assert outside_storable(at("2262-04-11T23:47:00+00:00")) is not None  # ends after 23:47:16.85
+    assert outside_storable(at("9999-12-31T23:59:59+00:00")) is not None
+    assert outside_storable(at("1677-09-21T00:13:00+00:00")) is None
+    assert outside_storable(at("1677-09-21T00:12:59+00:00")) is not None  # starts at 00:12:00
+    assert outside_storable(0.0) is None
 
 
 def test_refused_point_is_dead_lettered_after_the_commit_with_a_stable_id() -> None:
