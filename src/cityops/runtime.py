@@ -66,8 +66,10 @@ def build_streams(settings: Settings) -> list[Any]:
         from cityops.food.stream import FoodStream
     except ImportError:  # pragma: no cover - food pipeline is part of the package
         return streams
+    # The lineage outlives the food lateness: an upload still on time finds the history of its lots.
+    retention = max(settings.food_retention_s, settings.stream_lateness_s.get(FoodStream.topic, 0.0) + 86400.0)
     streams.append(FoodStream(cold_min_c=settings.cold_chain_min_c, cold_max_c=settings.cold_chain_max_c,
-                              retention_s=settings.food_retention_s))
+                              retention_s=retention))
     return streams
 
 
@@ -91,7 +93,8 @@ class Runtime:
             self.alerts, rules, registry = build_alerting(settings, self.store)
         self.engine = Engine(
             self.store, build_streams(settings),
-            allowed_lateness_s=settings.allowed_lateness_s, dedup_horizon_s=settings.dedup_horizon_s,
+            allowed_lateness_s=settings.allowed_lateness_s, stream_lateness_s=settings.stream_lateness_s,
+            max_future_s=settings.max_future_s, dedup_horizon_s=settings.dedup_horizon_s,
             window_s=settings.window_s, signals=self.alerts, rules=rules, registry=registry,
             settings=settings, on_outcome=self.metrics.on_outcome, now=clock,
         )
@@ -228,8 +231,10 @@ class Runtime:
         )
 
     # -- input --------------------------------------------------------------------------------------
-    def process(self, topic: str, partition: int, offset: int, value: bytes | None, ack: Any = None) -> None:
-        self.engine.process(topic, partition, offset, value)
+    def process(self, topic: str, partition: int, offset: int, value: bytes | None, ack: Any = None,
+                timestamp: float | None = None) -> None:
+        """One record; ``timestamp`` is its Kafka timestamp in epoch seconds (the ``future`` check's wall clock)."""
+        self.engine.process(topic, partition, offset, value, timestamp)
         if ack is not None:
             self._acks.append(ack)
 

@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cityops.errors import ConfigError
 
 
+FOOD_DEFAULT_LATENESS_S = 7 * 86400.0  # a week of store-and-forward EPCIS uploads
+
+
 def _read_secret(path: Path) -> SecretStr:
     # Docker/Kubernetes secrets are files: read once at start, trailing newline dropped (as `echo` adds one).
     try:
@@ -135,7 +138,12 @@ class Settings(KafkaSettings):
     alertmanager_ca_file: FilePath | None = Field(None, description="PEM CA bundle for an https:// Alertmanager")
     alertmanager_verify_tls: bool = True
     topic_partitions: int = Field(6, ge=1, le=1024)
-    allowed_lateness_s: float = Field(600.0, ge=0)
+    allowed_lateness_s: float = Field(600.0, ge=0, description="allowed lateness of the city streams (event time)")
+    food_allowed_lateness_s: float | None = Field(
+        None, ge=0, description="allowed lateness of food.trace-events; unset = 7 days, or CITYOPS_ALLOWED_LATENESS_S "
+        "if larger (EPCIS is store-and-forward: parties upload hours or days of captured events at once)")
+    max_future_s: float = Field(300.0, ge=0, description="events dated further ahead of their Kafka record's "
+                                "timestamp are dead-lettered (reason `future`)")
     dedup_horizon_s: float = Field(86400.0 * 1.05, ge=86400.0, description="at least 24 h of event time")
     window_s: int = Field(60, ge=1)
     idle_partition_s: float = Field(120.0, gt=0, description="wall seconds without records before a partition "
@@ -200,6 +208,14 @@ class Settings(KafkaSettings):
 
                 http_ssl(ca, True, _env(service + "_ca_file"))  # a bad CA file stops start-up
         return self
+
+    @property
+    def stream_lateness_s(self) -> dict[str, float]:
+        """Allowed lateness per topic that differs from ``allowed_lateness_s`` (seconds of event time)."""
+        food = self.food_allowed_lateness_s
+        if food is None:
+            food = max(FOOD_DEFAULT_LATENESS_S, self.allowed_lateness_s)
+        return {"food.trace-events": float(food)}
 
     @property
     def influx_secret(self) -> SecretStr | None:

@@ -155,7 +155,7 @@ def _add_agent(app: faust.App, runtime: Runtime, topic_name: str, settings: Sett
             for event in events:
                 msg = event.message
                 # Acks are released only after the commit that covers this record (runtime.tick).
-                process(msg.topic, msg.partition, msg.offset, event.value, event.ack)
+                process(msg.topic, msg.partition, msg.offset, event.value, event.ack, msg.timestamp)
             runtime.metrics.messages.labels(topic=topic_name).inc(len(events))
 
     agent.__name__ = "agent_" + topic_name.replace(".", "_").replace("-", "_")

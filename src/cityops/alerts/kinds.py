@@ -322,12 +322,37 @@ class RuleKind:
         for ts, source in items:
             self.on_quality(stream, outcome, ts, source, ctx)
 
+    def retention_stream(self, ctx: Context) -> str | None:
+        """The stream whose clock this rule's state is expired on (None: the rules' clock alone)."""
+        stream = self.params.get("stream")
+        return stream if isinstance(stream, str) else None
+
+    def retention_clock(self, now_ts: float, ctx: Context) -> float | None:
+        """Event time this rule's state is expired on: the rules' clock, but never past its own stream's clock.
+
+        State retention for a stream is measured on that stream's own clock (``ctx.extra["stream_clock"]``, its
+        closing watermark): a stream read behind, or another stream's events dated far ahead, cannot expire it.
+        None: the stream has no clock yet (nothing expires).
+        """
+        stream = self.retention_stream(ctx)
+        clocks = ctx.extra.get("stream_clock")
+        if stream is None or clocks is None:
+            return now_ts
+        own = clocks.get(stream)
+        return None if own is None else min(now_ts, own)
+
     def on_tick(self, now_ts: float, ctx: Context) -> None:
-        """The engine's event-time watermark is ``now_ts``; sweeps state every ``sweep_every_s``."""
+        """The rules' clock is ``now_ts``; sweeps state every ``sweep_every_s`` of the retention clock.
+
+        One sweep whatever the jump of the clock: its cost is the rule's state, not the time crossed.
+        """
+        at = self.retention_clock(now_ts, ctx)
+        if at is None:
+            return
         last = self._last_sweep
-        if last is None or now_ts - last >= self.sweep_every_s:
-            self._last_sweep = now_ts
-            self.sweep(now_ts, ctx)
+        if last is None or at - last >= self.sweep_every_s:
+            self._last_sweep = at
+            self.sweep(at, ctx)
 
     def on_tampering(self, stream: str, event_id: str, source: str, ts: float, ctx: Context) -> None:
         """An ``event_id`` seen before arrived with different content."""
@@ -740,6 +765,11 @@ class KpiAnomaly(RuleKind):
     def sweep_every_s(self) -> float:
         return self.min_sweep_every_s  # few series, and stale alerts must not wait days for a sweep
 
+    def retention_stream(self, ctx: Context) -> str | None:
+        """The stream the rule's measurement is computed from (``ctx.extra["kpi_stream"]``), if known."""
+        stream = (ctx.extra.get("kpi_stream") or {}).get(self.params["measurement"])
+        return stream if isinstance(stream, str) else None
+
     @property
     def open_stale_s(self) -> float:
         return max(self.spec.resolve_after_s, float(self.params["stale_s"]))
@@ -1147,11 +1177,38 @@ class InvalidShare(RuleKind):
             description=(f"{bad} of {total} events" if active else ""),
         )
 
+    def _ends(self, buckets: dict[float, BucketCounts], done: float, limit: float) -> list[float]:
+        """Window ends in (done, limit] whose verdict can differ from the last one, in order.
+
+        Every window holding a counted bucket, the first window after each bucket leaves it (where a verdict
+        turns inactive), one window ``resolve_after_s`` later (where an open alert's recovery completes), and
+        the window at ``limit``. Empty stretches between are skipped: their verdicts (no events, inactive) repeat
+        the first one after the data. The cost is the buckets held times the window's buckets, whatever the
+        span of time the clock crossed.
+        """
+        size = self.params["bucket_s"]
+        n = math.ceil(self.params["window_s"] / size)
+        after = math.ceil(self.spec.resolve_after_s / size) * size
+        ends: set[float] = {limit}
+        for b in buckets:
+            if b + n * size + size <= done:
+                continue  # every window holding it was judged
+            # Windows holding bucket b end at b + size ... b + n * size (the grid _judge looks buckets up on).
+            for k in range(1, n + 1):
+                e = b + k * size
+                if done < e <= limit:
+                    ends.add(e)
+            for e in (b + (n + 1) * size, b + (n + 1) * size + after):
+                if done < e <= limit:
+                    ends.add(e)
+        return sorted(ends)
+
     def on_tick(self, now_ts: float, ctx: Context) -> None:
-        """Judge every trailing window that ends at a bucket boundary the clock has passed, in order.
+        """Judge the trailing windows that end at a bucket boundary the clock has passed, in order.
 
         The clock is the slowest partition's, so each judged window holds all of its events whatever
-        order partitions were read in: the verdict and its time are the same in every run.
+        order partitions were read in: the verdict and its time are the same in every run. A clock that jumps
+        (an old event first, then live ones) costs the windows that hold data, not the time between them.
         """
         table = self.table(ctx)
         size = self.params["bucket_s"]
@@ -1169,18 +1226,16 @@ class InvalidShare(RuleKind):
             if end is None:
                 # The first window judged is the first one with a whole window of history behind it.
                 end = state.first + self.params["window_s"] - size
-            # Every window in order, even after a long jump of the clock: a partition read ahead may have
-            # filled buckets far behind the clock, and those windows must still be judged.
-            changed = False
-            while end + size <= limit:
-                end += size
-                self._judge(stream, buckets, end, ctx)
-                changed = True
-            if changed:
-                state.done = end
-                lo = end - self.params["window_s"]
-                state.buckets = {k: v for k, v in buckets.items() if k >= lo}
-                table[stream] = state
+            if end + size > limit:
+                continue
+            # Every window with data, in order, even after a long jump of the clock: a partition read ahead may
+            # have filled buckets far behind the clock, and those windows must still be judged.
+            for e in self._ends(buckets, end, limit):
+                self._judge(stream, buckets, e, ctx)
+            state.done = limit
+            lo = limit - self.params["window_s"]
+            state.buckets = {k: v for k, v in buckets.items() if k >= lo}
+            table[stream] = state
         super().on_tick(now_ts, ctx)
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:

@@ -54,6 +54,9 @@ class Context:
     signals: Signals
     settings: Any
     extra: dict[str, Any] = field(default_factory=dict)
+    # The clock of the partition the event being applied came from (event time, epoch s; see
+    # cityops.engine.clocks): stream state is retained on it, never on one event's own time.
+    clock: float | None = None
 
 
 class StreamKind(Protocol):

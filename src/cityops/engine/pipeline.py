@@ -12,7 +12,7 @@ import heapq
 import logging
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +21,11 @@ import orjson
 
 import msgspec
 
+from cityops.engine.clocks import PartitionClock, jump_for
 from cityops.engine.codec import Codec, StateStruct
 from cityops.engine.context import Context, Decoded, Rejected, StreamKind
 from cityops.engine.state import StateStore
-from cityops.engine.windows import Kpi, WindowCodec, WindowKey, Windows, outside_storable
+from cityops.engine.windows import DiscardWindows, Kpi, WindowCodec, WindowKey, Windows, outside_storable
 from cityops.streams.city_streams import QUALITY, QUALITY_INDEX
 
 log = logging.getLogger("cityops.engine")
@@ -154,6 +155,9 @@ class Engine:
     """Applies messages to durable state; ``checkpoint()`` commits and returns the points to write.
 
     ``now`` is the wall clock (processing-time windows and metrics only; never used for event-time logic).
+    ``allowed_lateness_s``: the default allowed lateness; ``stream_lateness_s`` overrides it per topic (the food
+    stream's store-and-forward uploads need days). ``max_future_s``: events dated further ahead of their Kafka
+    record's timestamp are dead-lettered (reason ``future``). How every clock advances: ``cityops.engine.clocks``.
     """
 
     def __init__(
@@ -162,6 +166,8 @@ class Engine:
         streams: Iterable[StreamKind],
         *,
         allowed_lateness_s: float = 600.0,
+        stream_lateness_s: dict[str, float] | None = None,
+        max_future_s: float | None = 300.0,
         dedup_horizon_s: float = 86400.0 * 1.05,
         window_s: int = 60,
         signals: Any = None,
@@ -175,7 +181,15 @@ class Engine:
         self.store = store
         self.streams: dict[str, StreamKind] = {s.topic: s for s in streams}
         self.lateness = allowed_lateness_s
+        self.lateness_of: dict[str, float] = {
+            t: float((stream_lateness_s or {}).get(t, allowed_lateness_s)) for t in self.streams}
+        self.jump_of: dict[str, float] = {t: jump_for(lat, window_s) for t, lat in self.lateness_of.items()}
+        self.max_future_s = max_future_s
         self.dedup_horizon = dedup_horizon_s
+        # Dedup entries live at least as long as the stream accepts events into windows: a duplicate of an event
+        # still within lateness must not be counted twice.
+        self.dedup_horizon_of: dict[str, float] = {
+            t: max(dedup_horizon_s, lat + window_s) for t, lat in self.lateness_of.items()}
         self.now = now
         self.rules = list(rules)
         self.registry = registry
@@ -206,8 +220,14 @@ class Engine:
             restore = getattr(part, "restore", None)
             if restore is not None:
                 restore(self.ctx)
+        # Which stream each KPI measurement is computed from (rules keep a measurement's state on its clock).
+        self.ctx.extra["kpi_stream"] = {m: t for m, t in self.kpi_stream.items() if t is not None}
+        # Late events still reach the stream's state and the rules, but not the KPI windows.
+        self.late_ctx = Context(store=store, windows=DiscardWindows(kpis), signals=self.signals, settings=settings,
+                                extra=self.ctx.extra)
         meta = store.meta
         meta.setdefault("partition_watermark", {})
+        meta.setdefault("partition_clock", {})
         meta.setdefault("dlq_seq", 0)
         meta.setdefault("rule_seq", 0)
         # Dead letters up to this sequence number are committed: only those may leave (outbox rule).
@@ -216,7 +236,11 @@ class Engine:
         # order is fixed, so the decision is the same in a replay after a crash whatever the
         # interleaving of partitions (a stream-wide maximum would depend on which partition the
         # consumer happened to read ahead, and a restart's catch-up would mark events late).
+        # The value is the partition clock (see cityops.engine.clocks: a robust maximum, not the raw newest).
         self.partition_wm: dict[tuple[str, int], float] = meta["partition_watermark"]
+        self._pclocks: dict[tuple[str, int], PartitionClock] = {
+            tp: PartitionClock.from_state(st) for tp, st in meta["partition_clock"].items()}
+        self._retention: dict[str, float] = {}  # per stream, its closing watermark's maximum so far
         self._last_seen_wall: dict[tuple[str, int], float] = {k: now() for k in self.partition_wm}
         self._started_wall = now()
         self._expected: dict[str, set[int]] = {}
@@ -226,10 +250,10 @@ class Engine:
         # Long enough that a partition merely starved by the consumer under load is not taken for idle.
         self.idle_partition_s = float(getattr(settings, "idle_partition_s", 120.0))
         self.notify_delay_s = 60.0  # event-time seconds past a window's end before rules judge it
-        # Expiry index of the dedup table by event-time hour; rebuilt from the table, never persisted.
-        self._dedup_buckets: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        # Expiry index of the dedup table by (stream, event-time hour); rebuilt from the table, never persisted.
+        self._dedup_buckets: dict[tuple[str, int], list[tuple[str, str]]] = defaultdict(list)
         for key, seen in self.dedup.items():
-            self._dedup_buckets[int(seen.ts // 3600)].append(key)
+            self._dedup_buckets[(key[0], int(seen.ts // 3600))].append(key)
         self.pending_offsets: dict[tuple[str, int], int] = {}
         # The value of the last record applied per partition since the last commit: its digest is committed
         # with the offset, so a later check can tell the same log from a re-created one (see offset_digest).
@@ -266,8 +290,13 @@ class Engine:
             self._hook_cache[topic] = hooks
         return hooks
 
-    def process(self, topic: str, partition: int, offset: int, raw: bytes | None) -> None:
-        """Apply one Kafka record; records at or below the committed offset are skipped."""
+    def process(self, topic: str, partition: int, offset: int, raw: bytes | None,
+                timestamp: float | None = None) -> None:
+        """Apply one Kafka record; records at or below the committed offset are skipped.
+
+        ``timestamp``: the record's Kafka timestamp (epoch seconds; None or <= 0 = unknown): the wall clock the
+        ``future`` check uses, so that a replay of the record decides the same as the first run.
+        """
         if offset <= self.store.offsets.get((topic, partition), -1):
             return
         stream = self.streams[topic]
@@ -289,10 +318,17 @@ class Engine:
         dedup_data = dedup.data
         buckets = self._dedup_buckets
         wms = self.partition_wm
-        lateness = self.lateness
+        pclock = self._pclocks.get(tp)
+        if pclock is None:
+            pclock = self._pclocks[tp] = PartitionClock()
+        lateness = self.lateness_of[topic]
+        jump = self.jump_of[topic]
+        future_limit = (timestamp + self.max_future_s
+                        if self.max_future_s is not None and timestamp is not None and timestamp > 0 else None)
         ctx = self.ctx
         apply = stream.apply
         accepted = 0
+        seen = False
         for res in results:
             if type(res) is Rejected:
                 if quality_run:
@@ -318,29 +354,41 @@ class Engine:
                             self._quality_run(topic, quality_run, on_quality_many)
                         self._untrusted(topic, partition, offset, raw, res, now, verdict, hooks)
                         continue
-                key = (topic, res.event_id)
-                seen = dedup_data.get(key)
-                if seen is not None:
+                if future_limit is not None and ts > future_limit:
                     if quality_run:
                         self._quality_run(topic, quality_run, on_quality_many)
-                    self._duplicate(topic, res, now, seen.digest != res.digest, hooks)
+                    self._future(topic, partition, offset, raw, res, now, timestamp)
                     continue
+                key = (topic, res.event_id)
+                dup = dedup_data.get(key)
+                if dup is not None:
+                    if quality_run:
+                        self._quality_run(topic, quality_run, on_quality_many)
+                    self._duplicate(topic, res, now, dup.digest != res.digest, hooks)
+                    continue
+                seen = True
                 wm = wms.get(tp)
+                dedup[key] = Seen(digest=res.digest, ts=ts)
+                buckets[(topic, int(ts // 3600))].append(key)
                 if wm is not None and ts < wm - lateness:
+                    # Too late for its KPI window, but still data: it entered the dedup table above, and it
+                    # reaches the stream's own state (the food lineage) and the rules.
                     if quality_run:
                         self._quality_run(topic, quality_run, on_quality_many)
                     self._count(topic, "late", now)
                     for hook in on_quality:
                         hook(topic, "late", ts, res.source, ctx)
-                    continue
-                if wm is None or ts > wm:
-                    wms[tp] = ts
-                dedup[key] = Seen(digest=res.digest, ts=ts)
-                buckets[int(ts // 3600)].append(key)
-                apply(res, ctx)
-                accepted += 1
-                if on_quality_many:
-                    quality_run.append((ts, res.source))
+                    self.late_ctx.clock = wm
+                    apply(res, self.late_ctx)
+                else:
+                    pclock.see(res.source)
+                    if wm is None or ts > wm:
+                        wms[tp] = wm = pclock.advance(wm, ts, res.source, jump)
+                    ctx.clock = wm
+                    apply(res, ctx)
+                    accepted += 1
+                    if on_quality_many:
+                        quality_run.append((ts, res.source))
                 if on_event:
                     # Rules see a stream's events in event-time order, once every partition of the stream
                     # is past them (see _release): per-card rules then decide as if there were one partition.
@@ -356,11 +404,21 @@ class Engine:
                              Rejected(f"processing error: {type(exc).__name__}: {exc}", res.index), now)
         if quality_run:
             self._quality_run(topic, quality_run, on_quality_many)
-        if accepted:
+        if seen:
             self._last_seen_wall[tp] = now
+        if accepted:
             self._count(topic, "accepted", now, accepted)
         self.pending_offsets[tp] = offset
         self._last_raw[tp] = raw
+
+    def _future(self, topic: str, partition: int, offset: int, raw: bytes, ev: Decoded, now: float,
+                timestamp: float) -> None:
+        """An event dated too far ahead of the wall clock (its record's Kafka timestamp): dead-lettered."""
+        ahead = ev.ts - timestamp
+        reason = (f"future: event time {_iso(ev.ts)} is {ahead:.0f} s ahead of the record's Kafka timestamp "
+                  f"{_iso(timestamp)} (at most {self.max_future_s:g} s, CITYOPS_MAX_FUTURE_S)")
+        # Judged at the partition clock, not at its own (wrong) time: rules must not see time jump ahead.
+        self._reject(topic, partition, offset, raw, Rejected(reason, ev.index), now, "future", source=ev.source)
 
     def _quality_run(self, topic: str, run: list[tuple[float, str | None]], hooks: list[Any]) -> None:
         """Send a run of accepted events to the quality hooks, then empty it (the caller's list)."""
@@ -380,7 +438,7 @@ class Engine:
             self.on_outcome(topic, outcome, n)
 
     def _reject(self, topic: str, partition: int, offset: int, raw: bytes, res: Rejected, now: float,
-                outcome: str = "invalid") -> None:
+                outcome: str = "invalid", source: str | None = None) -> None:
         # A whole-message rejection counts once; an element of a batch counts as one event.
         self._count(topic, outcome, now)
         seq = self.store.meta["dlq_seq"] = self.store.meta["dlq_seq"] + 1
@@ -393,7 +451,8 @@ class Engine:
         # The source of a rejected batch element is still known (it is sending, if badly): silence rules
         # must not take a source that sends only invalid events for a silent one.
         frag = res.fragment if isinstance(res.fragment, dict) else {}
-        source = frag.get("source") if isinstance(frag.get("source"), str) else None
+        if source is None:
+            source = frag.get("source") if isinstance(frag.get("source"), str) else None
         # When the broken event still carries a readable event time, judge it at that time (data-quality
         # rules then see the same minute whatever partition it was read from); else at the watermark.
         at = _event_time(frag.get("ts"))
@@ -515,15 +574,26 @@ class Engine:
         """The newest event time seen on any stream (the clock of the alert lifecycle)."""
         return max(self.partition_wm.values()) if self.partition_wm else None
 
-    def _expire_dedup(self) -> None:
-        now_ts = self.engine_time
-        if now_ts is None:
-            return
-        limit = int((now_ts - self.dedup_horizon) // 3600)
-        for bucket in [b for b in self._dedup_buckets if b < limit]:
+    def retention_clock(self, closing: dict[str, float]) -> dict[str, float]:
+        """Per stream, the clock its state is expired on: the highest closing watermark it has reached.
+
+        A stream's own clock (its slowest active partition), never another stream's nor one event's time: an
+        event far ahead, or a stream read far ahead of the others, cannot expire anything.
+        """
+        ret = self._retention
+        for topic, wm in closing.items():
+            if wm > ret.get(topic, float("-inf")):
+                ret[topic] = wm
+        return ret
+
+    def _expire_dedup(self, retention: dict[str, float]) -> None:
+        limits = {t: int((wm - self.dedup_horizon_of.get(t, self.dedup_horizon)) // 3600)
+                  for t, wm in retention.items()}
+        # The index holds one list per (stream, hour) that has entries: bounded by the state, not by elapsed time.
+        for bucket in [b for b in self._dedup_buckets if b[0] in limits and b[1] < limits[b[0]]]:
             for key in self._dedup_buckets.pop(bucket):
                 entry = self.dedup.data.get(key)
-                if entry is not None and int(entry.ts // 3600) == bucket:
+                if entry is not None and int(entry.ts // 3600) == bucket[1]:
                     del self.dedup[key]
 
     def _due_windows(self, now: float) -> tuple[list[WindowKey], list[WindowKey]]:
@@ -542,7 +612,7 @@ class Engine:
             wm = closing.get(stream)
             if wm is None:
                 continue
-            if start + width + self.lateness <= wm:
+            if start + width + self.lateness_of[stream] <= wm:
                 closed.append(key)
             elif start + width + self.notify_delay_s <= wm:
                 # Anomaly rules judge a window once the stream is a little past it, not after the full
@@ -598,19 +668,27 @@ class Engine:
             acc = self.windows.table.pop(key)
             if point is not None:
                 self.closed[key] = (point, acc)
+        retention = self.retention_clock(self.closing_watermark(now))
         if len(notified) > 50_000 or closed:
             # Forget old notifications, but never of a window still open: a stream that went quiet
             # (hospitals at night) keeps its last windows open for hours, and forgetting them would
-            # show them to the rules again at every checkpoint.
-            horizon = (self.engine_time or 0.0) - 2 * self.lateness - 3600
+            # show them to the rules again at every checkpoint. Each on its own stream's clock and lateness.
+            horizons = {t: wm - 2 * self.lateness_of[t] - 3600 for t, wm in retention.items()}
             open_windows = self.windows.table.data
-            for key in [k for k, start in notified.items() if start < horizon and k not in open_windows]:
+            kpi_stream = self.kpi_stream
+            horizons[""] = now - 3600  # processing-time windows: on the wall clock
+            for key in [k for k, start in notified.items()
+                        if start < horizons.get(kpi_stream.get(k[0]) or "", float("-inf"))
+                        and k not in open_windows]:
                 del notified[key]
         if engine_ts is not None:
             advance = getattr(self.signals, "advance", None)
             if advance is not None:
                 advance(engine_ts)  # again: on_window may have raised conditions due now
-        self._expire_dedup()
+        self._expire_dedup(retention)
+        meta_clocks = self.store.meta["partition_clock"]
+        for tp, pc in self._pclocks.items():
+            meta_clocks[tp] = pc.to_state()
         if self._rewrite_all:
             dirty = set(self.windows.table.data) | set(self.closed.data)
             self._rewrite_all = False
@@ -712,6 +790,13 @@ def _event_time(value: Any) -> float | None:
     except ValueError:
         return None
     return dt.timestamp() if dt.tzinfo is not None else None
+
+
+def _iso(ts: float) -> str:
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return repr(ts)
 
 
 def _dumps(value: Any) -> bytes:

@@ -155,3 +155,14 @@ class Windows:
         if not fields:
             return None
         return key[0], dict(zip(kpi.tags, key[1])), fields, key[2]
+
+
+class DiscardWindows(Windows):
+    """Windows that keep nothing: what stream code writes while applying a late event (kept out of the KPIs)."""
+
+    def __init__(self, kpis: dict[str, Kpi], width_s: int = 60) -> None:
+        super().__init__(Table("discarded"), kpis, width_s)
+
+    def acc(self, kpi: Kpi, tags: tuple[str, ...], ts: float) -> list[Any]:
+        """A fresh accumulator, not stored."""
+        return kpi.new()

@@ -58,7 +58,9 @@ class Lineage:
     """Per-lot facts plus links to inputs (TransformationEvent) and containers (AggregationEvent parentID).
 
     ``retention_s``: a lot not seen for this long in event time (default 7 days) is dropped, and so are
-    quarantine certificates; swept at most once per event-time hour. ``max_nodes`` bounds one history walk;
+    quarantine certificates; swept at most once per event-time hour of the retention clock. That clock is the
+    food stream's partition clock handed to ``record`` (``cityops.engine.clocks``: one event dated far ahead
+    cannot move it), never one event's own time. ``max_nodes`` bounds one history walk;
     ``max_links`` bounds the upstream list of one lot.
     Tables (names prefixed ``food_``): ``food_lots``, ``food_certs``, ``food_meta``.
     """
@@ -106,8 +108,11 @@ class Lineage:
                 if u != lot and u not in ups and len(ups) < self.max_links:
                     ups.append(u)
 
-    def record(self, ev: dict[str, Any], ts: float) -> None:
-        """Apply one normalised event (see ``cityops.food.stream.normalise``) at event time ``ts``."""
+    def record(self, ev: dict[str, Any], ts: float, clock: float | None = None) -> None:
+        """Apply one normalised event (see ``cityops.food.stream.normalise``) at event time ``ts``.
+
+        ``clock``: the retention clock (the event's partition clock, epoch s); None = ``ts`` (standalone use).
+        """
         kind, step, disp = ev["type"], ev["step"], ev["disp"]
         own: list[str] = ev["own"] + ev["parent"] + ev["children"] + ev["outputs"]
         if kind == "TransformationEvent":
@@ -128,7 +133,7 @@ class Lineage:
             self.add_fact(own, fact, ts)
         else:
             self.touch(own + ev["inputs"], ts)
-        self._advance(ts)
+        self._advance(ts if clock is None else clock)
 
     def certificate(self, cert: str, location: str, ts: float) -> int:
         """Note ``cert`` on an inspection at ``location``; returns how many distinct locations used it."""
@@ -192,7 +197,7 @@ class Lineage:
     # -- retention -----------------------------------------------------------------------------------------
     @property
     def now(self) -> float:
-        """Highest event time applied so far (epoch s), 0.0 before any."""
+        """The retention clock (epoch s): the highest clock ``record`` was given, 0.0 before any."""
         return float(self.meta.get("max_ts", 0.0))
 
     def _advance(self, ts: float) -> None:

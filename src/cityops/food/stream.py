@@ -204,7 +204,7 @@ class FoodStream:
         lin = self.lineage(ctx)
         step = e["step"]
         windows.acc(_K_TRACE, (_step_tag(step),), ts)[0] += 1
-        lin.record(e, ts)
+        lin.record(e, ts, ctx.clock)
         location = e["loc"] or e["rp"] or "unknown"
 
         if step == "inspecting":

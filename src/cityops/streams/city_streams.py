@@ -212,13 +212,14 @@ def _quality_fields(a: list[Any]) -> Fields:
 
 QUALITY = Kpi(
     "stream_quality", ("stream",), lambda: [0, 0, 0, 0, 0], _quality_fields, clock="processing",
-    doc={"accepted": "events in KPIs", "invalid": "events dead-lettered for breaking the contract",
+    doc={"accepted": "events in KPIs", "invalid": "events dead-lettered for breaking the contract (incl. `future`)",
          "duplicates": "event_id seen before (same content)", "late": "beyond allowed lateness",
          "untrusted": "unknown source or bad signature (dead-lettered)"},
     slots=("accepted", "invalid", "duplicates", "late", "untrusted"),
 )
+# `future` (dated beyond CITYOPS_MAX_FUTURE_S ahead of the wall clock) is dead-lettered like a contract violation.
 QUALITY_INDEX = {"accepted": 0, "invalid": 1, "duplicate": 2, "late": 3, "untrusted": 4, "bad_signature": 4,
-                 "tampered": 2}
+                 "tampered": 2, "future": 1}
 
 STREAM_CLASSES: dict[str, type[JsonStream]] = {
     "traffic.card-taps": CardTaps,

@@ -1,0 +1,142 @@
+"""Event-time clocks: how each clock of the engine advances, so that one device's wrong clock cannot move them.
+
+Every clock is event time in epoch seconds (UTC) and never goes back. From the innermost out:
+
+* **Partition clock** (one per topic partition, ``PartitionClock`` + ``Engine.partition_wm``): the event time up
+  to which the partition has been read. It is a *robust maximum* of the event times accepted on the partition:
+
+  - the first event of a partition sets it (nothing to compare it with);
+  - an event at most ``jump_s`` ahead of the clock moves it to that event's time (the ordinary case: events
+    arrive roughly in order, gaps are short). ``jump_s`` is the stream's allowed lateness, capped at
+    ``MAX_JUMP_S`` (1 h): a step within the lateness cannot make any event at or after the old clock late;
+  - an event further ahead does **not** move it alone. It is held as a candidate until it is *corroborated*:
+    the clock then moves to the newest time that at least two held events have reached — from two different
+    sources when the partition has had more than one source within its last ``RECENT_EVENTS`` events (so a
+    reader with a wrong clock, however many taps it sends, is not corroborated by itself). A partition whose
+    recent events all come from one source has no peers to disagree: its own second event corroborates.
+
+  So a single tap dated tomorrow among today's taps neither makes the on-time taps after it late nor moves
+  anything driven by the clock; a real jump (a backlog, a quiet night) is followed after the second event.
+  The decision is a function of the partition's own order only, so a replay after a crash decides the same.
+  Limitation, by construction: the very first event of a partition has nothing to be checked against.
+
+* **Lateness** (per partition, per stream): an event is *late* when it is more than its stream's allowed
+  lateness behind its partition's clock. Late events stay out of the KPI windows but still enter the dedup
+  table, the stream's state (the food lineage) and the rules.
+
+* **Stream closing watermark** (``Engine.closing_watermark``): per stream, the minimum of its active partitions'
+  clocks — the time up to which every partition has been read. It closes KPI windows (window end + the stream's
+  lateness), shows them to the anomaly rules, and releases buffered events to the rules in event-time order. A
+  partition silent for ``idle_partition_s`` wall seconds while behind does not hold it back.
+
+* **Rules' clock** (``Engine.rules_clock``): the slowest closing watermark among the streams still flowing; the
+  alert lifecycle's timers (``for``, ``resolve_after``) and the rules' ticks run on it.
+
+* **Retention clocks** (``Engine.retention_clock``): state belonging to one stream is expired on that stream's
+  own closing watermark, never on another stream's or on a raw maximum: the dedup table (horizon: at least
+  ``dedup_horizon_s`` and the stream's lateness plus a window), the rule kinds' per-entity state (the rule's
+  stream, or the stream of its KPI measurement; at most the rules' clock) and the food lineage (on the food
+  partition clocks).
+
+* **Wall-clock guard** (``CITYOPS_MAX_FUTURE_S``): an event dated more than that ahead of its Kafka record's
+  timestamp is dead-lettered with the reason ``future``. The record timestamp, not ``time.time()``, is the wall
+  clock here, so a replay of the same records after a crash decides the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["MAX_JUMP_S", "RECENT_EVENTS", "PartitionClock", "jump_for"]
+
+MAX_JUMP_S = 3600.0  # the most one uncorroborated event may move a partition clock
+RECENT_EVENTS = 64  # a partition whose last this-many events came from one source has no peers
+_MAX_HELD_SOURCES = 16  # bounds the candidates held per partition (2 per source)
+
+
+def jump_for(allowed_lateness_s: float, window_s: float = 60.0) -> float:
+    """How far ahead of its partition clock one event may move it alone (seconds).
+
+    The stream's allowed lateness (at least one window), capped at ``MAX_JUMP_S``: a step within the lateness
+    cannot make an event at or after the old clock late, and the cap bounds how much one event can shorten the
+    retention of state (horizons are 24 h and more).
+    """
+    return min(max(float(allowed_lateness_s), float(window_s)), MAX_JUMP_S)
+
+
+class PartitionClock:
+    """The corroboration state of one partition's clock (the clock value itself lives beside it).
+
+    Plain data (``to_state``/``from_state``): the held candidates and the current run of one source.
+    """
+
+    __slots__ = ("held", "run_src", "run_len", "other")
+
+    def __init__(self) -> None:
+        self.held: list[tuple[float, str]] = []  # (event time, source) of events too far ahead to move the clock
+        self.run_src: str | None = None  # source of the latest events
+        self.run_len = 0  # how many of the latest events in a row came from run_src
+        self.other = False  # an event of another source came before that run
+
+    def see(self, source: str) -> None:
+        """Note an accepted event's source (called for every accepted event, in partition order)."""
+        if source == self.run_src:
+            self.run_len += 1
+        else:
+            if self.run_src is not None:
+                self.other = True
+            self.run_src = source
+            self.run_len = 1
+
+    @property
+    def has_peers(self) -> bool:
+        """Whether more than one source sent on this partition within its last ``RECENT_EVENTS`` events."""
+        return self.other and self.run_len < RECENT_EVENTS
+
+    def advance(self, clock: float | None, ts: float, source: str, jump_s: float) -> float:
+        """The partition clock after accepting an event at ``ts`` from ``source`` (never below ``clock``)."""
+        if clock is None:
+            return ts
+        if ts <= clock:
+            return clock
+        if ts - clock <= jump_s:
+            if self.held:
+                self.held = [h for h in self.held if h[0] > ts]
+            return ts
+        return self._corroborate(clock, ts, source)
+
+    def _corroborate(self, clock: float, ts: float, source: str) -> float:
+        per: dict[str, list[float]] = {}
+        for t, s in self.held:
+            per.setdefault(s, []).append(t)
+        per.setdefault(source, []).append(ts)
+        for s, times in per.items():
+            times.sort(reverse=True)
+            del times[2:]  # a source's two newest are all that can corroborate anything
+        if len(per) > _MAX_HELD_SOURCES:
+            # Keep the sources nearest the clock: the likeliest to be corroborated by the partition's next events.
+            keep = sorted(per, key=lambda s: per[s][0])[:_MAX_HELD_SOURCES]
+            per = {s: per[s] for s in keep}
+        if self.has_peers:
+            newest = sorted((times[0] for times in per.values()), reverse=True)
+        else:
+            newest = sorted((t for times in per.values() for t in times), reverse=True)
+        if len(newest) >= 2 and newest[1] > clock:
+            clock = newest[1]
+        self.held = sorted((t, s) for s, times in per.items() for t in times if t > clock)
+        return clock
+
+    # -- plain data --------------------------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {"held": [[t, s] for t, s in self.held], "run_src": self.run_src, "run_len": self.run_len,
+                "other": self.other}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> "PartitionClock":
+        pc = cls()
+        if state:
+            pc.held = [(float(t), str(s)) for t, s in state.get("held", ())]
+            pc.run_src = state.get("run_src")
+            pc.run_len = int(state.get("run_len", 0))
+            pc.other = bool(state.get("other", False))
+        return pc
