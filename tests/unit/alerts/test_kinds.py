@@ -724,3 +724,105 @@ def test_kpi_anomaly_calendar_gives_local_weekday_and_weekend_profiles() -> None
         make("kpi_anomaly", calendar="lunar")
     with pytest.raises(ValueError, match="timezone"):
         make("kpi_anomaly", timezone="Mars/Olympus")
+
+
+# ------------------------------------------------------------------- clock jumps (issue 14: bounded cost)
+YEAR = 365.25 * 86400
+
+
+def _calls(fn: Any) -> int:
+    """Python and C function calls made while running ``fn()``: the work done, counted, not timed."""
+    import sys
+
+    n = 0
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        nonlocal n
+        if event in ("call", "c_call"):
+            n += 1
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return n
+
+
+def _jump_cost(kind: str, jump_s: float) -> tuple[int, RuleKind, Context, Recorder]:
+    rule = make(kind)
+    ctx, rec = make_ctx(SourceRegistry.from_dict(registry_dict()), **{K.ENGINE_START: DAY0 - 30 * YEAR})
+    t0 = DAY0 - 30 * YEAR  # the first data is three decades old (a device whose clock is years behind)
+    last = drive(rule, ctx, 40, t0=t0)
+    rule.on_tick(last, ctx)
+    rec.clear()
+    return _calls(lambda: rule.on_tick(last + jump_s, ctx)), rule, ctx, rec
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_a_clock_jump_of_decades_costs_what_an_hour_costs(kind: str) -> None:
+    """Issue 14: the work of one tick is bounded by the state the rule holds, not by the time the clock crosses.
+
+    Both rules hold the same state (same drive); one tick jumps an hour, the other three decades.
+    """
+    hour, _, _, _ = _jump_cost(kind, 3600.0)
+    decades, rule, ctx, _ = _jump_cost(kind, 30 * YEAR)
+    assert decades <= 2 * hour + 500, (kind, hour, decades)
+    # A second tick after the jump finds nothing left to catch up on.
+    again = _calls(lambda: rule.on_tick(DAY0 + 60, ctx))
+    assert again <= 2 * hour + 500, (kind, hour, again)
+
+
+def test_invalid_share_visits_only_windows_with_data_after_a_jump() -> None:
+    """The 41 s stall of issue 14: invalid_share walked every 10 s window of five years (15.8 M of them)."""
+    rule = make("invalid_share", window_s=300.0, bucket_s=10.0, min_events=1, max_share=0.5)
+    ctx, rec = make_ctx()
+    old = DAY0 - 5 * YEAR
+    rule.on_quality("traffic.card-taps", "accepted", old, "gate-1", ctx)  # one tap five years back
+    judged: list[float] = []
+    judge = rule._judge
+
+    def counting(stream: str, buckets: Any, end: float, ctx: Context) -> None:
+        judged.append(end)
+        judge(stream, buckets, end, ctx)
+
+    rule._judge = counting  # type: ignore[method-assign]
+    rule.on_tick(DAY0, ctx)  # the clock jumps five years
+    n = math.ceil(300.0 / 10.0)
+    # The windows that hold the old tap (at most n), the first empty one after it, its recovery point, now.
+    assert len(judged) <= n + 3, len(judged)
+    assert judged == sorted(judged) and judged[-1] == DAY0
+    # Live events then cost their own windows only.
+    judged.clear()
+    for i in range(30):
+        rule.on_quality("traffic.card-taps", "invalid" if i % 3 else "accepted", DAY0 + i, "gate-1", ctx)
+    rule.on_tick(DAY0 + 60, ctx)
+    assert len(judged) == 6  # 10 s windows ending DAY0+10 ... DAY0+60
+    assert any(c.active for c in rec.calls)  # two thirds invalid: the live windows are judged as before
+
+
+def test_invalid_share_jump_decides_as_the_walk_did() -> None:
+    """Skipping empty time changes no verdict: the same signals as judging every window, for an alert that
+    fires, then recovers over a gap of a day."""
+    def run(step: float | None) -> list[tuple[float, bool]]:
+        rule = make("invalid_share", window_s=60.0, bucket_s=10.0, min_events=5, max_share=0.2)
+        ctx, rec = make_ctx()
+        for i in range(40):
+            rule.on_quality("traffic.card-taps", "invalid" if i < 20 else "accepted", DAY0 + i, "gate-1", ctx)
+        end = DAY0 + 86400
+        if step is None:
+            rule.on_tick(end, ctx)
+        else:
+            t = DAY0
+            while t <= end:
+                rule.on_tick(t, ctx)
+                t += step
+        return [(c.ts, c.active) for c in rec.calls]
+
+    walked = run(10.0)
+    jumped = run(None)
+    assert any(a for _, a in jumped)
+    # Every active verdict and the first recovery are the same, at the same event times.
+    first_inactive = lambda calls: next(c for c in calls if not c[1])  # noqa: E731
+    assert [c for c in walked if c[1]] == [c for c in jumped if c[1]]
+    assert first_inactive(walked) == first_inactive(jumped)
