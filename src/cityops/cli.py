@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "health-card events and EPCIS meat-chain events.")
     s.add_argument("--seed", type=int, default=1, help="random seed (same seed → same events; default 1)")
     s.add_argument("--start", type=_start, default=None,
-                   help="event time of the first event, ISO 8601 (default: today 06:00 +08:00)")
+                   help="event time of the first event, ISO 8601 (default: the latest 06:00 +08:00 from which "
+                        "--duration ends by the wall clock, so no event is dated ahead of it)")
     s.add_argument("--duration", type=_duration, default=_duration("1h"), help="event-time span (default 1h)")
     s.add_argument("--rate", type=float, default=None,
                    help="mean events/s across streams (default: the city's realistic rate)")

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from cityops.localproc import LocalProcessError, ManagedProcess, free_port
 from cityops.reach import quiet_logs
+from cityops.simulate.run import default_start
 
 __all__ = ["run_demo"]
 
@@ -445,7 +446,9 @@ class Demo:
         self.done(t, f"ready on {self.procs['worker'].url}")
 
         t = self.step("starting the simulator")
-        start = datetime.now(CST).replace(hour=6, minute=0, second=0, microsecond=0)
+        # A simulated period that ends by the wall clock: no event is ever dated ahead of it (the worker
+        # dead-letters those, reason `future`).
+        start = default_start(a.duration)
         cmd = [sys.executable, "-m", "cityops.cli", "simulate", "--to", "kafka",
                "--bootstrap", self.procs["kafka"].url, "--speedup", str(a.speedup),
                "--duration", f"{a.duration}s", "--seed", str(a.seed), "--batch", "20",

@@ -96,10 +96,28 @@ class Batcher:
         return out
 
 
+def default_start(duration_s: float, now: datetime | None = None) -> datetime:
+    """The latest 06:00 (+08:00) from which ``duration_s`` of event time ends by the wall clock ``now``.
+
+    The worker dead-letters events dated more than CITYOPS_MAX_FUTURE_S ahead of their Kafka record's
+    timestamp (reason ``future``); a period that ends by the wall clock is never ahead of it, whatever the
+    ``--speedup``: at speedup s the event time at wall second w is start + s·w, at most start + duration ≤ now.
+    """
+    now = now or datetime.now(CST)
+    start = now.astimezone(CST).replace(hour=6, minute=0, second=0, microsecond=0)
+    days = max(0, int(-(-(start.timestamp() + duration_s - now.timestamp()) // 86400)))  # ceil, in whole days
+    return start - timedelta(days=days)
+
+
 def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | None = None) -> int:
     """Generate events to ``args.to``; ``kafka_security``: SASL/TLS producer arguments
     (cityops.connections.kafka_client_security; default PLAINTEXT)."""
-    start = args.start or datetime.now(CST).replace(hour=6, minute=0, second=0, microsecond=0)
+    start = args.start or default_start(args.duration)
+    ahead = start.timestamp() + args.duration - time.time()
+    if args.to == "kafka" and ahead > 0:
+        print(f"cityops simulate: warning: the period ends {ahead:.0f} s after the wall clock; events dated more "
+              "than CITYOPS_MAX_FUTURE_S (300 s) ahead of it when sent are dead-lettered by the worker "
+              "(reason future). Leave --start unset to replay a period that ends now.", file=sys.stderr)
     streams = {s.strip() for s in args.streams.split(",") if s.strip()}
     unknown = streams - set(STREAM_GROUPS) - {"food"}
     if unknown:
