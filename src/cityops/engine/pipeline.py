@@ -472,8 +472,13 @@ class Engine:
         all_idle = not any(now - seen <= self.idle_partition_s for seen in self._last_seen_wall.values())
         buffer = self.rule_buffer
         held: list[tuple[float, int]] = []
+        # Past every stream's clock nothing more can be released: stop there (events dated far ahead wait in
+        # the buffer without being looked at again at every checkpoint).
+        newest = max(closing.values(), default=float("-inf"))
         while heap:
             key = heap[0]
+            if not all_idle and key[0] > newest:
+                break
             topic, ev = buffer.data[key]
             limit = closing.get(topic)
             if not all_idle and (limit is None or key[0] > limit):
