@@ -184,11 +184,11 @@ def test_events_dated_beyond_max_future_are_dead_lettered_and_replays_decide_the
     e.process(TAPS, 0, 0, tap(1, T0 + 299), timestamp=record_ts)
     e.process(TAPS, 0, 1, tap(2, T0 + 301), timestamp=record_ts)
     assert e.counts[(TAPS, "accepted")] == 1 and e.counts[(TAPS, "future")] == 1
+    res = e.checkpoint()  # dead letters leave once committed
     (_seq, rec), = e.pending_dead_letters()
     assert rec["reason"].startswith("future: ") and rec["outcome"] == "future" and rec["offset"] == 1
     assert "CITYOPS_MAX_FUTURE_S" in rec["reason"]
     # Stream quality counts it with the dead-lettered (invalid) events.
-    res = e.checkpoint()
     quality = [p for p in res.points if p.measurement == "stream_quality"]
     assert quality[0].fields["invalid"] == 1
     # A replay days later (the wall clock has moved on) decides the same: the record's timestamp is the clock.
