@@ -263,6 +263,18 @@ class Engine:
         self._hook_cache: dict[str, dict[str, list[Any]]] = {}
         # On recovery every stored window is rewritten: its last write may not have landed.
         self._rewrite_all = True
+        # Due-time index of the open windows per stream (None: processing-time windows), heaps of (start, key),
+        # and of the windows shown to the rules: built from the tables once, then fed with the windows changed
+        # since the last commit. Finding what is due costs what is due, not every open window (the food stream
+        # keeps a week of windows open).
+        self._close_heap: dict[str | None, list[tuple[int, WindowKey]]] = {}
+        self._notify_heap: dict[str, list[tuple[int, WindowKey]]] = {}
+        self._indexed: set[WindowKey] = set()
+        self._index_windows(self.windows.table.data)
+        self.notified = store.table("windows_notified", NOTIFIED_CODEC)  # windows whose close the rules have seen
+        self._notified_heap: dict[str, list[tuple[int, WindowKey]]] = {}
+        for key, start in self.notified.items():
+            heapq.heappush(self._notified_heap.setdefault(self.kpi_stream.get(key[0]) or "", []), (start, key))
 
     # -- processing ---------------------------------------------------------------------------------
     def _hooks(self, topic: str) -> dict[str, list[Any]]:
@@ -601,28 +613,57 @@ class Engine:
                 if entry is not None and int(entry.ts // 3600) == bucket[1]:
                     del self.dedup[key]
 
-    def _due_windows(self, now: float) -> tuple[list[WindowKey], list[WindowKey]]:
-        """(windows to close: past end + lateness; windows to show the rules: past end + notify delay)."""
-        width = self.windows.width_s
-        closed: list[WindowKey] = []
-        notify: list[WindowKey] = []
-        closing = self.closing_watermark(now)
-        for key in list(self.windows.table.data):
-            measurement, _tags, start = key
-            stream = self.kpi_stream.get(measurement)
-            if stream is None:  # processing-time window: closes by the wall clock
-                if start + width + 5 <= now:
-                    closed.append(key)
+    def _index_windows(self, keys: Iterable[WindowKey]) -> None:
+        """Add open windows not yet in the due-time index (new ones, or closed ones an event reopened)."""
+        data = self.windows.table.data
+        indexed = self._indexed
+        for key in keys:
+            if key in indexed or key not in data:
                 continue
+            indexed.add(key)
+            stream = self.kpi_stream.get(key[0])
+            heapq.heappush(self._close_heap.setdefault(stream, []), (key[2], key))
+            if stream is not None:
+                heapq.heappush(self._notify_heap.setdefault(stream, []), (key[2], key))
+
+    def _due_windows(self, now: float) -> tuple[list[WindowKey], list[WindowKey]]:
+        """(windows to close: past end + lateness; windows to show the rules: past end + notify delay).
+
+        From the due-time heaps: the work is the windows that fall due, whatever the number of open windows
+        or the span of event time the clocks crossed.
+        """
+        self._index_windows(self.windows.table.dirty)
+        width = self.windows.width_s
+        data = self.windows.table.data
+        closing = self.closing_watermark(now)
+        closed: list[WindowKey] = []
+        for stream, heap in self._close_heap.items():
+            if stream is None:  # processing-time windows close by the wall clock
+                limit = now - width - 5
+            else:
+                wm = closing.get(stream)
+                if wm is None:
+                    continue
+                limit = wm - width - self.lateness_of[stream]
+            while heap and heap[0][0] <= limit:
+                _start, key = heapq.heappop(heap)
+                self._indexed.discard(key)
+                if key in data:
+                    closed.append(key)
+        done = set(closed)
+        notify: list[WindowKey] = []
+        for stream, heap in self._notify_heap.items():
             wm = closing.get(stream)
             if wm is None:
                 continue
-            if start + width + self.lateness_of[stream] <= wm:
-                closed.append(key)
-            elif start + width + self.notify_delay_s <= wm:
-                # Anomaly rules judge a window once the stream is a little past it, not after the full
-                # lateness: on-call hears within minutes; a rare late event still lands in the KPI.
-                notify.append(key)
+            # Anomaly rules judge a window once the stream is a little past it, not after the full
+            # lateness: on-call hears within minutes; a rare late event still lands in the KPI.
+            limit = wm - width - self.notify_delay_s
+            while heap and heap[0][0] <= limit:
+                _start, key = heapq.heappop(heap)
+                if key in data and key not in done:
+                    notify.append(key)
+                    done.add(key)
         return closed, notify
 
     def rules_clock(self, now: float) -> float | None:
@@ -658,7 +699,7 @@ class Engine:
             if advance is not None:
                 advance(engine_ts)
         closed, notify = self._due_windows(now)
-        notified = self.store.table("windows_notified", NOTIFIED_CODEC)  # windows whose close the rules have seen
+        notified = self.notified
         # Rules (per-series detectors) must see each series' windows once and in time order.
         for key in sorted((k for k in closed + notify if k not in notified), key=lambda k: k[2]):
             point = self.windows.point(key)
@@ -668,24 +709,32 @@ class Engine:
             for rule in self.rules:
                 rule.on_window(measurement, tags, fields, float(start), self.ctx)
             notified[key] = start
+            heapq.heappush(self._notified_heap.setdefault(self.kpi_stream.get(key[0]) or "", []), (start, key))
         for key in closed:
             point = self.windows.point(key)
             acc = self.windows.table.pop(key)
             if point is not None:
                 self.closed[key] = (point, acc)
         retention = self.retention_clock(self.closing_watermark(now))
-        if len(notified) > 50_000 or closed:
-            # Forget old notifications, but never of a window still open: a stream that went quiet
-            # (hospitals at night) keeps its last windows open for hours, and forgetting them would
-            # show them to the rules again at every checkpoint. Each on its own stream's clock and lateness.
-            horizons = {t: wm - 2 * self.lateness_of[t] - 3600 for t, wm in retention.items()}
-            open_windows = self.windows.table.data
-            kpi_stream = self.kpi_stream
-            horizons[""] = now - 3600  # processing-time windows: on the wall clock
-            for key in [k for k, start in notified.items()
-                        if start < horizons.get(kpi_stream.get(k[0]) or "", float("-inf"))
-                        and k not in open_windows]:
-                del notified[key]
+        # Forget old notifications, but never of a window still open: a stream that went quiet
+        # (hospitals at night) keeps its last windows open for hours, and forgetting them would
+        # show them to the rules again at every checkpoint. Each on its own stream's clock and lateness.
+        horizons = {t: wm - 2 * self.lateness_of[t] - 3600 for t, wm in retention.items()}
+        horizons[""] = now - 3600  # processing-time windows: on the wall clock
+        open_windows = self.windows.table.data
+        for stream, heap in self._notified_heap.items():
+            horizon = horizons.get(stream)
+            if horizon is None:
+                continue
+            still_open = []
+            while heap and heap[0][0] < horizon:
+                start, key = heapq.heappop(heap)
+                if key in open_windows:
+                    still_open.append((start, key))
+                elif key in notified:
+                    del notified[key]
+            for entry in still_open:
+                heapq.heappush(heap, entry)
         if engine_ts is not None:
             advance = getattr(self.signals, "advance", None)
             if advance is not None:
