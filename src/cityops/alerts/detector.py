@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cityops.alerts.art import ART_STATE_VERSION, ArtDetector
+
 __all__ = ["KpiDetector", "ProfileDetector", "SeasonalDetector", "detector_from_state"]
 
 _STATE_VERSION = 1
 _PROFILE_VERSION = "profile-1"
-_KPI_VERSION = "kpi-1"
+_KPI_VERSION = "kpi-2"
+_KPI_VERSIONS = ("kpi-1", _KPI_VERSION)  # kpi-1: before the ART channel (its states restore as they were)
 _HIGH = "high"
 _LOW = "low"
 
@@ -767,14 +770,17 @@ class KpiDetector:
     enabled are accepted and kept (so a rule can switch channels) but unused.
     """
 
-    CHANNELS: tuple[str, ...] = ("seasonal", "range", "profile")
-    DEFAULT_CHANNELS: tuple[str, ...] = ("seasonal", "range", "profile")
+    CHANNELS: tuple[str, ...] = ("art", "seasonal", "range", "profile")
+    DEFAULT_CHANNELS: tuple[str, ...] = ("art", "seasonal", "profile")
     # This class's own arguments and their defaults (see the class doc).
     LEAD_DEFAULTS: dict[str, float] = {
         "lead_skill": 1.0, "lead_persist": 2, "lead_agree_z": 2.0, "lead_confirm_z": 2.5,
         "lead_confirm_s": 150.0, "lead_strong_z": 5.0, "lead_damp": 0.5, "skill_tau_pts": 500.0,
     }
     _SHARED = ("season_s", "warmup_pts", "relearn_s")
+    # The ART channel's arguments (ArtDetector's, prefixed) and its flag threshold.
+    _ART = {"art_learn_pts": "learn_pts", "art_range_margin": "range_margin", "art_max_categories": "max_categories"}
+    ART_THRESHOLD = 0.4
     _PROFILE_ONLY = ("noise", "bin_s", "cap_pts", "min_bin_pts", "min_days", "strong", "persist", "persist_s",
                      "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected", "step_unc",
                      "weekend", "utc_offset_s", "cal_tau_pts", "cal_min_pts", "cal_max_rate")
@@ -793,7 +799,7 @@ class KpiDetector:
         if bad or not chans:
             raise ValueError(f"channels must be a non-empty subset of {list(self.CHANNELS)}, got {list(channels)!r}")
         known = (set(self._SHARED) | set(self._PROFILE_ONLY) | set(self._PROFILE_PREFIXED) | set(self._SEASONAL_ONLY)
-                 | set(self.LEAD_DEFAULTS))
+                 | set(self.LEAD_DEFAULTS) | set(self._ART) | {"art_threshold"})
         unknown = sorted(set(kw) - known)
         if unknown:
             raise TypeError(f"unexpected detector argument(s) {unknown}")
@@ -819,6 +825,15 @@ class KpiDetector:
         s_kw = {k: v for k, v in kw.items() if k in self._SHARED or k in self._SEASONAL_ONLY}
         p_kw = {k: v for k, v in kw.items() if k in self._SHARED or k in self._PROFILE_ONLY}
         p_kw.update({self._PROFILE_PREFIXED[k]: v for k, v in kw.items() if k in self._PROFILE_PREFIXED})
+        a_kw = {self._ART[k]: v for k, v in kw.items() if k in self._ART}
+        self.art_threshold = float(kw.get("art_threshold", self.ART_THRESHOLD))
+        if not 0 < self.art_threshold <= 1:
+            raise ValueError(f"art_threshold must be in (0, 1], got {self.art_threshold}")
+        # Higher sensitivity, lower threshold (as for the other channels' z thresholds).
+        self._art_flag = min(1.0, self.art_threshold / self.sensitivity)
+        self._art_warmup = int(kw.get("warmup_pts", 30))
+        ad = ArtDetector(**a_kw)
+        self._a: ArtDetector | None = ad if "art" in chans else None
         use_s, use_r = "seasonal" in chans, "range" in chans
         if not use_r:
             s_kw["ext_frac"] = 0.0
@@ -827,7 +842,10 @@ class KpiDetector:
         pd = ProfileDetector(sensitivity=sensitivity, **p_kw)
         self._s: SeasonalDetector | None = sd if (use_s or use_r) else None
         self._p: ProfileDetector | None = pd if "profile" in chans else None
-        self.threshold = (self._s or self._p).threshold  # type: ignore[union-attr]
+        # One score scale for every channel: the seasonal z threshold's score (z = 5 -> 0.41) is the flag line, and
+        # the ART channel's confidence is mapped onto it (`_art_score`), its `art_threshold` landing on the line.
+        self.threshold = sd.threshold if (use_s or use_r or self._a is not None) else pd.threshold
+        self.decided_by = ""  # which channel's rule gave the last output (per point, not state)
         # Running mean absolute one-step error of each model's prediction, over points both predicted.
         self.err_s = 0.0
         self.err_p = 0.0
@@ -837,12 +855,12 @@ class KpiDetector:
     @property
     def n(self) -> int:
         """Points learned (by the channel that learned most)."""
-        return max(d.n for d in (self._s, self._p) if d is not None)
+        return max([d.n for d in (self._s, self._p) if d is not None] + ([self._a.i] if self._a is not None else []))
 
     @property
     def last_ts(self) -> float | None:
         """Time of the last point seen (None before the first)."""
-        ts = [d.last_ts for d in (self._s, self._p) if d is not None and d.last_ts is not None]
+        ts = [d.last_ts for d in (self._s, self._p, self._a) if d is not None and d.last_ts is not None]
         return max(ts) if ts else None
 
     def to_state(self) -> dict[str, Any]:
@@ -851,6 +869,7 @@ class KpiDetector:
         state = {
             "seasonal": self._s.to_state()["state"] if self._s is not None else None,
             "profile": self._p.to_state()["state"] if self._p is not None else None,
+            "art": self._a.to_state()["state"] if self._a is not None else None,
             "err": {"err_s": self.err_s, "err_p": self.err_p, "err_n": self.err_n},
         }
         return {"version": _KPI_VERSION, "params": params, "state": state}
@@ -859,7 +878,7 @@ class KpiDetector:
     def from_state(cls, state: dict[str, Any]) -> KpiDetector:
         """Restore from `to_state`; also adopts a `SeasonalDetector` or `ProfileDetector` state."""
         version = state.get("version")
-        if version == _KPI_VERSION:
+        if version in _KPI_VERSIONS:
             det = cls(**state["params"])
             subs = state["state"]
         elif version in (_STATE_VERSION, _PROFILE_VERSION):
@@ -879,6 +898,10 @@ class KpiDetector:
         for d, sub in ((det._s, subs.get("seasonal")), (det._p, subs.get("profile"))):
             if d is not None and sub is not None:
                 _restore(d, sub)
+        if det._a is not None and subs.get("art") is not None:
+            a = det._a
+            params = {"learn_pts": a.learn_pts, "range_margin": a.range_margin, "max_categories": a.max_categories}
+            det._a = ArtDetector.from_state({"version": ART_STATE_VERSION, "params": params, "state": subs["art"]})
         if det._p is not None:
             det._p._check_size()
         err = subs.get("err")
@@ -918,14 +941,33 @@ class KpiDetector:
         """The value as the seasonal and range channels see it."""
         return 2.0 * math.sqrt(max(value, 0.0) + 0.375) if self._anscombe else value
 
+    def _art(self, ts: float, yv: float) -> tuple[float, str, bool]:
+        """The ART channel's (score, direction, is_anomaly) for this point (it learns every point by its own rule)."""
+        a = self._a
+        c = a.update(ts, yv)  # type: ignore[union-attr]
+        if c <= 0.0:
+            return 0.0, _HIGH, False
+        d = _HIGH if a.high else _LOW  # type: ignore[union-attr]
+        flag = c >= self._art_flag and a.i > self._art_warmup  # type: ignore[union-attr]
+        if flag and d == _LOW and self._few_expected(ts):
+            flag = False
+        # Piecewise linear and monotone: [0, art_flag] -> [0, threshold], [art_flag, 1] -> [threshold, 1].
+        thr, fl = self.threshold, self._art_flag
+        sc = c * thr / fl if c < fl else thr + (c - fl) * (1.0 - thr) / (1.0 - fl) if fl < 1.0 else thr
+        return sc, d, flag
+
     def update(self, ts: float, value: float) -> tuple[float, str, bool]:
         """Score with every channel, each learning by its own rule; returns (score, direction, is_anomaly)."""
         s, p = self._s, self._p
         yv = self._ys(value)
+        art = self._art(ts, yv) if self._a is not None else None
+        self.decided_by = "art" if art is not None else "seasonal" if s is not None else "profile"
         if p is None:
+            if s is None:
+                return art  # type: ignore[return-value]
             few = self._few_expected(ts)
-            ss, sd, sf = s.update(ts, yv)  # type: ignore[union-attr]
-            return ss, sd, sf and not (few and sd == _LOW)
+            ss, sd, sf = s.update(ts, yv)
+            return art if art is not None else (ss, sd, sf and not (few and sd == _LOW))
         if s is not None and s.seasonal and s.n >= 2 and p.n >= p.warmup_pts:
             e = p._expect(ts)
             if e is not None:
@@ -936,7 +978,13 @@ class KpiDetector:
                 self.err_p += a * (abs(yv - e[0]) - self.err_p)
         ps, pd, pf = p.update(ts, value)
         if s is None:
-            return ps, pd, pf
+            if art is None:
+                return ps, pd, pf
+            # Profile + ART: the profile decides where it is calibrated, the ART channel elsewhere.
+            if p.calibrated:
+                self.decided_by = "profile"
+                return ps, pd, pf
+            return art
         if not s.seasonal:
             # Profile + range only: no seasonal model to compare with, so either channel's flag stands.
             ss, sd, sf = s.update(ts, yv)
@@ -950,6 +998,8 @@ class KpiDetector:
             if s._peak_decay and s.peak > s.peak_ref:
                 zs *= s.peak_ref / s.peak  # a heavy-tailed series: against its largest recent surprise
         lead = p.calibrated and self.err_p <= self.lead_skill * self.err_s
+        if lead:
+            self.decided_by = "profile"
         # Where the profile leads, its persistent runs decide (the seasonal model agreeing on the direction).
         if lead and pf and abs(p.run) >= self.lead_persist and (zs >= self.lead_agree_z if pd == _HIGH else zs <= -self.lead_agree_z):
             # Flagged: the seasonal model must not learn it either (it may still be warming up,
@@ -964,7 +1014,7 @@ class KpiDetector:
         if few and sd == _LOW:
             sf = False  # too few counts expected to call a drop (the profile's `min_expected`, for this channel too)
         if not lead:
-            return ss, sd, sf
+            return art if art is not None else (ss, sd, sf)
         if (sf and s.ep_last == ts  # the seasonal channel's own flag, not the range channel's
                 and (p.last_z >= self.lead_confirm_z if sd == _HIGH else p.last_z <= -self.lead_confirm_z)
                 and (p.span >= self.lead_confirm_s or abs(p.last_z) >= self.lead_strong_z)):
@@ -974,7 +1024,7 @@ class KpiDetector:
 
 def detector_from_state(state: dict[str, Any]) -> KpiDetector | SeasonalDetector | ProfileDetector:
     """Restore any detector from its `to_state` dict (the version tells which)."""
-    if state.get("version") == _KPI_VERSION:
+    if state.get("version") in _KPI_VERSIONS:
         return KpiDetector.from_state(state)
     if state.get("version") == _PROFILE_VERSION:
         return ProfileDetector.from_state(state)
