@@ -131,7 +131,10 @@ class ArtDetector:
         self.last_rho_update_i = 0
         self.mask_after_cat = False
         self.no_new_cat_count = 0
-        self.anomaly_sims: list[float] = []
+        # Similarities of the reported anomalies (each the lowest within its masking period): count, sum, last.
+        self.anom_n = 0
+        self.anom_sum = 0.0
+        self.anom_last = 0.0
         self.sim_sum = 0.0
         self.sim_n = 0
         self.sim_window = [1.0] * (self.trend_window // 2 + 1)
@@ -140,7 +143,7 @@ class ArtDetector:
     # ------------------------------------------------------------------ state
     _STATE = ("i", "last_ts", "high", "dsi", "block", "lo", "hi", "ds_ma", "raw_ds", "medbin", "medlevel", "belowmed", "abovemed",
               "f_window", "rho_lb", "rho_ub", "last_anomaly_i", "last_anomaly_sim",
-              "last_rho_update_i", "mask_after_cat", "no_new_cat_count", "anomaly_sims", "sim_sum", "sim_n",
+              "last_rho_update_i", "mask_after_cat", "no_new_cat_count", "anom_n", "anom_sum", "anom_last", "sim_sum", "sim_n",
               "sim_window", "sim_diff_window")
 
     def to_state(self) -> dict[str, Any]:
@@ -334,14 +337,17 @@ class ArtDetector:
         self.sim_window.append(a)
         self.sim_diff_window.pop(0)
         self.sim_diff_window.append(self.rho_ub - a)
-        if since < mask and self.anomaly_sims and a < self.anomaly_sims[-1]:
-            self.anomaly_sims[-1] = a
+        if since < mask and self.anom_n and a < self.anom_last:
+            self.anom_sum += a - self.anom_last
+            self.anom_last = a
         masking = self.mask_after_cat or mask_after_anomaly
         below_last = a < self.last_anomaly_sim * (0.90 if mask_after_anomaly else 0.70)
         score = 0.0
         if i > self.trend_window and cat == -1 and (not masking or below_last):
             score = self._confidence(a, ae)
-            self.anomaly_sims.append(a)
+            self.anom_n += 1
+            self.anom_sum += a
+            self.anom_last = a
             self.last_anomaly_sim = a
             self.last_anomaly_i = i
         self.mask_after_cat = cat == -1 or self.mask_after_cat
@@ -362,8 +368,8 @@ class ArtDetector:
                 if below:
                     decr = sum(below) / len(below)
             lb -= max(0.01, decr) / 2.0
-            if self.anomaly_sims:
-                lb = max(sum(self.anomaly_sims) / len(self.anomaly_sims), lb)
+            if self.anom_n:
+                lb = max(self.anom_sum / self.anom_n, lb)
         self.rho_lb = min(ub, lb)
         self.rho_ub = ub
         self.last_rho_update_i = i

@@ -20,6 +20,7 @@ from cityops.alerts.detector import KpiDetector
 MODELS: dict[str, Callable[..., KpiDetector]] = {
     "kpi": KpiDetector,  # all channels, as the shipped KPI rules run it: what the NAB score is quoted for
     "seasonal": partial(KpiDetector, channels=("seasonal", "range")),
+    "art": partial(KpiDetector, channels=("art",)),
     "profile": partial(KpiDetector, channels=("profile",)),
 }
 

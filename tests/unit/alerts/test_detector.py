@@ -334,12 +334,27 @@ def test_profile_persistent_shift_is_eventually_accepted() -> None:
 
 # ------------------------------------------------------------------------------------ KpiDetector
 def test_kpi_detector_channels_run_the_channel_code_unchanged() -> None:
-    """Channel subsets give exactly the channel classes' outputs; the default runs all three."""
+    """Channel subsets give exactly the channel classes' outputs; the default runs ART, seasonal and profile."""
+    from cityops.alerts.art import ArtDetector
     from cityops.alerts.detector import KpiDetector
 
     rng = random.Random(11)
     pts = count_day(rng, 0) + count_day(rng, 1, factor=lambda m: 0.2 if 600 <= m < 620 else 1.0)
-    assert KpiDetector().channels == ("seasonal", "range", "profile")
+    assert KpiDetector().channels == ("art", "seasonal", "profile")
+    # The ART channel alone: ArtDetector's confidences, mapped monotonically onto the common score scale
+    # (art_threshold onto the flag line), flagged from art_threshold on.
+    kr, ar = KpiDetector(channels=("art",), art_learn_pts=200), ArtDetector(learn_pts=200)
+    walk, x = [], 50.0
+    for i in range(3000):
+        x += rng.gauss(0, 1) + (40.0 if i == 2000 else 0.0)
+        walk.append((T0 + i * STEP, x))
+    out_k = [kr.update(t, v) for t, v in walk]
+    out_a = [ar.update(t, v) for t, v in walk]
+    assert [s > 0 for s, _, _ in out_k] == [c > 0 for c in out_a] and any(c > 0 for c in out_a)
+    assert [a for _, _, a in out_k] == [c >= kr.art_threshold for c in out_a]
+    pairs = sorted((c, s) for c, (s, _, _) in zip(out_a, out_k) if c > 0)
+    assert all(s1 <= s2 for (_, s1), (_, s2) in zip(pairs, pairs[1:]))  # monotone
+    assert all((s >= kr.threshold) == (c >= kr.art_threshold) for c, s in pairs)
     kd, sd = KpiDetector(channels=("seasonal", "range")), SeasonalDetector()
     assert [kd.update(t, v) for t, v in pts] == [sd.update(t, v) for t, v in pts]
     kp, pd = KpiDetector(channels=["profile"], noise="poisson"), ProfileDetector(noise="poisson")
@@ -437,16 +452,22 @@ def test_lead_single_window_blip_is_not_an_alert_but_a_lasting_one_is() -> None:
     assert a and d == "high" and s >= det5.threshold
 
 
-def test_seasonal_decides_where_the_time_of_day_explains_nothing() -> None:
-    """A random walk: the profile is not calibrated or loses on error; the seasonal channels decide alone."""
-    from cityops.alerts.detector import KpiDetector
-
-    rng = random.Random(23)
+def _random_walk(seed: int) -> list[tuple[float, float]]:
+    rng = random.Random(seed)
     x, pts = 50.0, []
     for i in range(8 * DAY_PTS):
         x += rng.gauss(0, 0.5)
         pts.append((T0 + i * STEP, x))
-    kd, sd = KpiDetector(), SeasonalDetector()
+    return pts
+
+
+def test_seasonal_decides_where_the_time_of_day_explains_nothing_with_the_former_channels() -> None:
+    """A random walk: the profile is not calibrated or loses on error; with the channels the detector had
+    before the ART channel (seasonal, range, profile), the seasonal channels decide alone."""
+    from cityops.alerts.detector import KpiDetector
+
+    pts = _random_walk(23)
+    kd, sd = KpiDetector(channels=("seasonal", "range", "profile")), SeasonalDetector()
     out_k = [kd.update(t, v) for t, v in pts]
     out_s = [sd.update(t, v) for t, v in pts]
     lead = not (kd._p.calibrated and kd.err_p <= kd.err_s)
@@ -454,6 +475,26 @@ def test_seasonal_decides_where_the_time_of_day_explains_nothing() -> None:
     # Wherever it did not lead, the output is the seasonal detector's, point for point.
     same = sum(a == b for a, b in zip(out_k, out_s))
     assert same > 0.9 * len(pts)
+
+
+def test_art_decides_where_the_time_of_day_explains_nothing() -> None:
+    """The same random walk with the default channels: wherever the profile does not lead, the output is the
+    ART channel's (ArtDetector's confidence, mapped), point for point, and that is nearly everywhere."""
+    from cityops.alerts.art import ArtDetector
+    from cityops.alerts.detector import KpiDetector
+
+    pts = _random_walk(23)
+    kd, ad = KpiDetector(), ArtDetector()
+    by, agree = [], 0
+    for t, v in pts:
+        s, d, a = kd.update(t, v)
+        c = ad.update(t, v)
+        by.append(kd.decided_by)
+        if kd.decided_by == "art":
+            agree += (s > 0) == (c > 0) and a == (c >= kd.art_threshold) and (c <= 0 or kd._a.high == (d == "high"))
+    assert by.count("art") > 0.9 * len(pts)
+    assert agree == by.count("art")
+    assert not (kd._p.calibrated and kd.err_p <= kd.err_s)  # the profile does not lead at the end
 
 
 def test_profile_calibration_and_step_uncertainty() -> None:
