@@ -360,10 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("data_dir")
     n.add_argument("out_dir")
     n.add_argument("--sensitivity", type=float, default=1.0)
-    n.add_argument("--model", choices=("kpi", "seasonal", "profile"), default="kpi",
+    n.add_argument("--model", choices=("kpi", "seasonal", "profile", "art"), default="kpi",
                    help="channels of the KPI detector (KpiDetector, the class the kpi_anomaly rules run): "
-                        "kpi = all channels, as the shipped rules run it (default); seasonal = seasonal+range "
-                        "only; profile = the per time-of-day profile channel alone")
+                        "kpi = the default channels, as the shipped rules run it (default); seasonal = "
+                        "seasonal+range only; profile = the per time-of-day profile channel alone; art = the "
+                        "ARTime channel alone")
     n.add_argument("--rule", metavar="ALERTNAME",
                    help="use a kpi_anomaly rule's sensitivity and detector arguments from agents/*.yml, "
                         "e.g. RidershipAnomaly")

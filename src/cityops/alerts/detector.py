@@ -726,11 +726,13 @@ class ProfileDetector:
 class KpiDetector:
     """The KPI anomaly detector: one class, used by the `kpi_anomaly` alert rules and by `cityops nab-detect`.
 
-    Three scoring channels over one series, each enabled by name in `channels` (default: all three,
-    the configuration both `nab-detect` and the shipped KPI rules run):
+    Four scoring channels over one series, each enabled by name in `channels` (default: art, seasonal,
+    profile, the configuration both `nab-detect` and the shipped KPI rules run):
 
+    * "art": `ArtDetector` (cityops.alerts.art), ARTime's adaptive-resonance clustering of short windows
+      (published: 74.9 on the full Numenta Anomaly Benchmark), run online; the general-purpose channel;
     * "seasonal": `SeasonalDetector`'s level + daily/weekly bins + drift model (point and sustained z);
-    * "range": `SeasonalDetector`'s range channel (a value beyond the range seen so far);
+    * "range": `SeasonalDetector`'s range channel (a value beyond the range seen so far); off by default;
     * "profile": `ProfileDetector`'s per time-of-day profile learned from earlier days, alerting on
       persistent runs.
 
@@ -756,10 +758,16 @@ class KpiDetector:
       `lead_strong_z` off (thresholds divided by `sensitivity`);
     * anything else is not an anomaly; the score is `lead_damp` of the seasonal score.
 
-    Elsewhere the seasonal and range channels decide exactly as `SeasonalDetector` does, except that
-    for counts a drop is not called while the seasonal model expects fewer than `min_expected`. Each
-    channel learns by its own rule. Defaults were chosen once: the NAB subset in ../shared/data/nab for the
-    seasonal/range parameters, and there and the simulated city KPIs together for the lead rules.
+    Elsewhere the ART channel decides: an anomaly is a reported ARTime anomaly whose confidence reaches
+    `art_threshold` (divided by `sensitivity`) after `warmup_pts` points; its score is the confidence mapped
+    monotonically onto the common scale (`art_threshold` onto `threshold`, the seasonal z threshold's score),
+    its direction whether the sample lies above its running median. Without the ART channel the seasonal and
+    range channels decide there exactly as `SeasonalDetector` does. For counts a drop is not called while the
+    seasonal model expects fewer than `min_expected`. Each channel learns by its own rule (`decided_by` names
+    the rule that gave the last output). The ART channel's parameters (`art_learn_pts`, `art_range_margin`,
+    `art_threshold`; `art_max_categories` bounds its state) were chosen with a held-out protocol on the NAB
+    subset (benchmarks/nab_holdout.py); the lead rules and the seasonal/profile parameters are the ones chosen
+    before on the NAB subset and the simulated city KPIs (they decide only where the profile leads).
 
     Parameters are flat keyword arguments. `sensitivity`, `season_s`, `warmup_pts` and `relearn_s`
     go to every enabled channel; `noise` to every channel (see above); any other `SeasonalDetector`
