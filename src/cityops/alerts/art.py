@@ -147,7 +147,8 @@ class ArtDetector:
               "sim_window", "sim_diff_window")
 
     def to_state(self) -> dict[str, Any]:
-        """Plain dict (numbers, lists) that survives JSON; `from_state` restores it."""
+        """Plain dict of numbers, lists and two float arrays (the categories); `from_state` restores it, also after
+        the arrays went through JSON as lists."""
         st = {k: (list(v) if isinstance(v := getattr(self, k), list) else v) for k in self._STATE}
         for k in ("lo", "hi"):
             st[k] = None if math.isinf(st[k]) else st[k]
@@ -472,17 +473,20 @@ class _Dvfa:
 
     def to_state(self) -> dict[str, Any]:
         k = self.k
-        return {"cap": self.W.shape[0], "k": k, "W": self.W[:k].ravel().tolist(), "labels": list(self.labels),
-                "last": self.last[:k].tolist(), "n_clusters": self.n_clusters, "t": self.t}
+        # Arrays (copies), not lists: the KPI rules store a detector's state after every window, and a few
+        # thousand floats copy as one block; `from_state` also takes them as (nested or flat) lists, e.g. from JSON.
+        return {"cap": self.W.shape[0], "k": k, "W": self.W[:k].copy(), "labels": list(self.labels),
+                "last": self.last[:k].copy(), "n_clusters": self.n_clusters, "t": self.t}
 
     @classmethod
     def from_state(cls, st: dict[str, Any]) -> _Dvfa:
         d = cls(int(st["cap"]))
         k = int(st["k"])
-        if not 1 <= k <= d.W.shape[0] or len(st["labels"]) != k or len(st["W"]) != k * _CODED:
+        W = np.asarray(st["W"], dtype=float)
+        if not 1 <= k <= d.W.shape[0] or len(st["labels"]) != k or W.size != k * _CODED:
             raise ValueError("ART state: categories do not fit their capacity")
         d.k = k
-        d.W[:k] = np.asarray(st["W"], dtype=float).reshape(k, _CODED)
+        d.W[:k] = W.reshape(k, _CODED)
         d.refresh()
         d.labels = [int(v) for v in st["labels"]]
         d.last[:k] = st["last"]

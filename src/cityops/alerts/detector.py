@@ -306,8 +306,11 @@ class SeasonalDetector:
         else:
             self.scale += self._a_scale * (ar - self.scale)
 
-    def update(self, ts: float, value: float) -> tuple[float, str, bool]:
+    def update(self, ts: float, value: float, zc: tuple[float, float, float, int, int] | None = None
+               ) -> tuple[float, str, bool]:
         """Score, then learn unless flagged (score >= threshold); returns (score, direction, is_anomaly).
+
+        `zc`: `_z(ts, value)` if the caller computed it already on this very state (it is pure).
 
         The returned score is the alert score: the raw score at an episode's onset, damped to
         a quarter for further flags of the same episode (is_anomaly stays True for them), or the
@@ -317,7 +320,7 @@ class SeasonalDetector:
         ze = self._ext_z(value)
         self._ext_learn(value, ze)
         if self.seasonal:
-            score, direction, flagged = self._update_seasonal(ts, value)
+            score, direction, flagged = self._update_seasonal(ts, value, zc)
         else:
             score, direction, flagged = 0.0, _HIGH, False
             self.last_ts = ts
@@ -331,17 +334,18 @@ class SeasonalDetector:
                 flagged = True
         return score, direction, flagged
 
-    def _update_seasonal(self, ts: float, value: float) -> tuple[float, str, bool]:
+    def _update_seasonal(self, ts: float, value: float, zc: tuple[float, float, float, int, int] | None = None
+                         ) -> tuple[float, str, bool]:
         """`update` for the seasonal channels alone (level, bins, drift, scale, episodes)."""
         if self.n < self.warmup_pts:
             if self.n:
-                z, zs, r, b, w = self._z(ts, value)
+                z, zs, r, b, w = zc if zc is not None else self._z(ts, value)
             else:
                 z, zs, r = 0.0, 0.0, 0.0
                 b, w = self._bins(ts)
             self._learn(ts, value, z, zs, r, b, w)
             return 0.0, _HIGH, False
-        z, zs, r, b, w = self._z(ts, value)
+        z, zs, r, b, w = zc if zc is not None else self._z(ts, value)
         zz = z if abs(z) >= abs(zs) else zs
         a = abs(zz)
         direction = _HIGH if zz >= 0 else _LOW
@@ -976,13 +980,16 @@ class KpiDetector:
             few = self._few_expected(ts)
             ss, sd, sf = s.update(ts, yv)
             return art if art is not None else (ss, sd, sf and not (few and sd == _LOW))
-        if s is not None and s.seasonal and s.n >= 2 and p.n >= p.warmup_pts:
+        # The seasonal model's z of this point, computed once (pure): the skill, the lead rules and its update use it.
+        zc = s._z(ts, yv) if s is not None and s.seasonal and s.n >= 1 else None
+        if zc is not None and s.n >= 2 and p.n >= p.warmup_pts:  # type: ignore[union-attr]
             e = p._expect(ts)
             if e is not None:
                 self.err_n += 1
                 a = 1.0 / min(self.err_n, self.skill_tau_pts)
-                # Both models' one-step errors on the scale they judge (yv: the profile's y, also for counts).
-                self.err_s += a * (abs(yv - s.predict(ts)) - self.err_s)
+                # Both models' one-step errors on the scale they judge (yv: the profile's y, also for counts);
+                # the seasonal one is its residual.
+                self.err_s += a * (abs(zc[2]) - self.err_s)
                 self.err_p += a * (abs(yv - e[0]) - self.err_p)
         ps, pd, pf = p.update(ts, value)
         if s is None:
@@ -1000,8 +1007,8 @@ class KpiDetector:
                 return max(ps, ss), pd, True
             return ss, sd, sf or pf
         zs = 0.0
-        if s.n >= 2:
-            z1, z2, _, _, _ = s._z(ts, yv)
+        if s.n >= 2 and zc is not None:
+            z1, z2 = zc[0], zc[1]
             zs = z1 if abs(z1) >= abs(z2) else z2
             if s._peak_decay and s.peak > s.peak_ref:
                 zs *= s.peak_ref / s.peak  # a heavy-tailed series: against its largest recent surprise
@@ -1018,7 +1025,7 @@ class KpiDetector:
             sc = SeasonalDetector._z_to_score(z)
             return (sc if p.onset else s.repeat_factor * sc), pd, True
         few = self._few_expected(ts)
-        ss, sd, sf = s.update(ts, yv)
+        ss, sd, sf = s.update(ts, yv, zc)
         if few and sd == _LOW:
             sf = False  # too few counts expected to call a drop (the profile's `min_expected`, for this channel too)
         if not lead:
