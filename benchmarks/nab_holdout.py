@@ -169,6 +169,18 @@ def main() -> int:
             rows.append((cfg, sc, ra, rb))
             print(f"  {fmt(cfg):65s} A {ra['standard']['score']:6.2f}   B {rb['standard']['score']:6.2f}", flush=True)
         report["grid"] = [{"cfg": c, "A": ra["standard"]["score"], "B": rb["standard"]["score"]} for c, _, ra, rb in rows]
+        # Parameter by parameter: each value's mean score over the other parameters, per half. A value is kept
+        # only where both halves agree it is (about) best; the argmax per half is fragile on a rough surface.
+        print("mean standard score of each parameter value over the rest of the grid:")
+        for key in GRID[0]:
+            vals = sorted({c[key] for c, *_ in rows})
+            cells = []
+            for v in vals:
+                sel = [(ra, rb) for c, _, ra, rb in rows if c[key] == v]
+                ma = sum(ra["standard"]["score"] for ra, _ in sel) / len(sel)
+                mb = sum(rb["standard"]["score"] for _, rb in sel) / len(sel)
+                cells.append(f"{v}: A {ma:.1f} B {mb:.1f}")
+            print(f"  {key:18s} " + "   ".join(cells))
         for tune, held, ti, hi in (("A", "B", 2, 3), ("B", "A", 3, 2)):
             best = max(rows, key=lambda r: r[ti]["standard"]["score"])
             cfg, sc = best[0], best[1]
