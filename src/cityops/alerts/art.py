@@ -78,6 +78,13 @@ def _shape(w: list[float]) -> list[float]:
     return [(v - lo) / hi for v in c] if hi != 0 else [v - lo for v in c]
 
 
+def _floats(v: Any) -> np.ndarray:
+    """Floats stored as little-endian float64 bytes, or as a (nested) list of numbers."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return np.frombuffer(v, dtype="<f8").astype(float)
+    return np.asarray(v, dtype=float).ravel()
+
+
 def _code(f: list[float]) -> np.ndarray:
     """Complement coding of the 16 features in the layout above."""
     head = f[:-1]
@@ -147,8 +154,8 @@ class ArtDetector:
               "sim_window", "sim_diff_window")
 
     def to_state(self) -> dict[str, Any]:
-        """Plain dict of numbers, lists and two float arrays (the categories); `from_state` restores it, also after
-        the arrays went through JSON as lists."""
+        """Plain dict of numbers, lists and two byte strings (the categories); `from_state` restores it, also
+        with those given as lists of numbers (JSON)."""
         st = {k: (list(v) if isinstance(v := getattr(self, k), list) else v) for k in self._STATE}
         for k in ("lo", "hi"):
             st[k] = None if math.isinf(st[k]) else st[k]
@@ -473,22 +480,23 @@ class _Dvfa:
 
     def to_state(self) -> dict[str, Any]:
         k = self.k
-        # Arrays (copies), not lists: the KPI rules store a detector's state after every window, and a few
-        # thousand floats copy as one block; `from_state` also takes them as (nested or flat) lists, e.g. from JSON.
-        return {"cap": self.W.shape[0], "k": k, "W": self.W[:k].copy(), "labels": list(self.labels),
-                "last": self.last[:k].copy(), "n_clusters": self.n_clusters, "t": self.t}
+        # The categories as little-endian float64 bytes (row-major, k rows of 32), not lists: the KPI rules store
+        # a detector's state after every window, and a few thousand floats copy (and MessagePack) as one block.
+        # `from_state` also takes them as (nested or flat) lists of numbers, e.g. from JSON.
+        return {"cap": self.W.shape[0], "k": k, "W": self.W[:k].astype("<f8").tobytes(), "labels": list(self.labels),
+                "last": self.last[:k].astype("<f8").tobytes(), "n_clusters": self.n_clusters, "t": self.t}
 
     @classmethod
     def from_state(cls, st: dict[str, Any]) -> _Dvfa:
         d = cls(int(st["cap"]))
         k = int(st["k"])
-        W = np.asarray(st["W"], dtype=float)
-        if not 1 <= k <= d.W.shape[0] or len(st["labels"]) != k or W.size != k * _CODED:
+        W, last = _floats(st["W"]), _floats(st["last"])
+        if not 1 <= k <= d.W.shape[0] or len(st["labels"]) != k or W.size != k * _CODED or last.size != k:
             raise ValueError("ART state: categories do not fit their capacity")
         d.k = k
         d.W[:k] = W.reshape(k, _CODED)
         d.refresh()
         d.labels = [int(v) for v in st["labels"]]
-        d.last[:k] = st["last"]
+        d.last[:k] = last
         d.n_clusters, d.t = int(st["n_clusters"]), int(st["t"])
         return d
