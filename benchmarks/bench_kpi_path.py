@@ -1,13 +1,23 @@
-"""Events/s of the whole KPI path in one worker process vs a raw aiokafka consume-and-decode loop.
+"""Events/s of the worker as shipped vs a raw aiokafka consume-and-decode loop; latency and peak RSS.
 
-Both read the same preloaded topic in the same run (the machine is shared and noisy, so the ratio is the
+Both read the same preloaded topics in the same run (the machine is shared and noisy, so the ratio is the
 figure to compare across runs). The worker is the real `cityops worker` (Faust agents, engine, state
-commits, InfluxDB writes); its rate is taken from /healthz between the first and the last event decided,
-so group-join time is not counted.
+commits, InfluxDB writes) in the shipped configuration by default: every alert rule of `agents/`, the
+source registry on (the simulator's sources, signing keys and service hours, written to a file and named
+by CITYOPS_SOURCE_REGISTRY as `cityops demo` does), and the food stream consumed and fed (simulated EPCIS
+documents mixed in). Its rate is taken from /healthz between the first and the last event decided, so
+group-join time is not counted.
 
-    python benchmarks/bench_kpi_path.py                 # 100-event batches and single-event messages
+Then, with the same worker and state, events are sent live at half the measured rate for
+``--latency-s`` seconds (event time = wall time) and InfluxDB is polled every 0.2 s: the latency of a card
+tap is the time from the send of its message to the first poll whose `traffic_ridership` counts include
+it (taps_in + taps_out + declined + errors, which count every tap once). Reported: p50/p99/max. Peak
+RSS is the worker's VmHWM at the end of the run.
+
+    python benchmarks/bench_kpi_path.py                    # shipped: 100-event batches, single-event messages
     python benchmarks/bench_kpi_path.py --events 300000 --modes batch
-    python benchmarks/bench_kpi_path.py --rules          # with every alert rule on (issue 4 path)
+    python benchmarks/bench_kpi_path.py --rules-off        # the KPI path alone: no rules, no registry
+    python benchmarks/bench_kpi_path.py --modes food       # EPCIS documents of 20 events
 """
 
 from __future__ import annotations
@@ -19,10 +29,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -32,14 +45,17 @@ from cityops.simulate.run import Batcher, events
 from cityops.topics import TopicSpec, ensure_topics
 
 CST = timezone(timedelta(hours=8))
+TAPS = "traffic.card-taps"
 
 
-def make_messages(n_events: int, batch: int, seed: int, food: bool = False) -> tuple[dict[str, list[bytes]], int]:
+def make_messages(n_events: int, batch: int, seed: int, food: bool = False, start: datetime | None = None,
+                  with_food: bool = True) -> tuple[dict[str, list[bytes]], int, list[tuple[str, dict[str, Any]]]]:
+    """(messages per topic, events, the events themselves) of ``n_events`` simulated events."""
     if food:  # EPCIS documents of `batch` events each, at a rate that yields n_events in a simulated day
         from cityops.simulate import food as food_sim
 
-        docs = food_sim.generate(seed=seed, start=datetime(2026, 11, 24, 0, 0, tzinfo=CST), duration_s=86400,
-                                 rate=n_events / 86400, batch=batch)
+        docs = food_sim.generate(seed=seed, start=start or datetime(2026, 11, 24, 0, 0, tzinfo=CST),
+                                 duration_s=86400, rate=n_events / 86400, batch=batch)
         out: dict[str, list[bytes]] = {}
         n = 0
         for topic, doc in docs:
@@ -47,22 +63,26 @@ def make_messages(n_events: int, batch: int, seed: int, food: bool = False) -> t
             n += len(doc["epcisBody"]["eventList"])
             if n >= n_events:
                 break
-        return out, n
-    it, _ = events(seed=seed, start=datetime(2026, 11, 24, 7, 0, tzinfo=CST), duration_s=6 * 3600, rate=None,
-                   streams={"traffic", "health"}, incidents=False)
+        return out, n, []
+    streams = {"traffic", "health"} | ({"food"} if with_food else set())
+    it, _ = events(seed=seed, start=start or datetime(2026, 11, 24, 7, 0, tzinfo=CST), duration_s=6 * 3600,
+                   rate=None, streams=streams, incidents=False, food_batch=max(1, min(batch, 50)))
     b = Batcher(batch)
-    out: dict[str, list[bytes]] = {}
+    out = {}
+    kept: list[tuple[str, dict[str, Any]]] = []
     n = 0
     for topic, value in it:
         m = b.add(topic, value)
-        n += 1
+        n += len(value["epcisBody"]["eventList"]) if topic == "food.trace-events" else 1
+        if topic != "food.trace-events":
+            kept.append((topic, value))
         if m is not None:
             out.setdefault(m[0], []).append(m[1])
         if n >= n_events:
             break
     for t, raw in b.drain():
         out.setdefault(t, []).append(raw)
-    return out, n
+    return out, n, kept
 
 
 def preload(bootstrap: str, messages: dict[str, list[bytes]]) -> None:
@@ -108,43 +128,195 @@ def health(port: int) -> dict:
         return {}
 
 
-def run_worker(workdir: Path, kafka: str, influx: str, n_events: int, rules: bool) -> tuple[float, dict]:
-    port = free_port()
-    env = dict(os.environ, CITYOPS_KAFKA_BOOTSTRAP=kafka, CITYOPS_INFLUX_URL=influx,
-               CITYOPS_PSEUDONYM_KEY="bench-pseudonym-key-0123456789", CITYOPS_DATA_DIR=str(workdir / "data"),
-               CITYOPS_WEB_PORT=str(port), CITYOPS_CONSUMER_SESSION_TIMEOUT_S="6", CITYOPS_LOG_LEVEL="WARNING",
-               CITYOPS_TOPIC_PARTITIONS="6")
-    if not rules:
-        env["CITYOPS_RULES_DIR"] = "none"
-        env["CITYOPS_SOURCE_REGISTRY"] = "none"
-    log = open(workdir / "worker.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cityops.cli", "worker"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    try:
+def decided(h: dict) -> int:
+    return sum(h.get("events", {}).values()) if h else 0
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM (peak resident set size) of a live process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Worker:
+    """The real `cityops worker` as a child process with the benchmark's settings."""
+
+    def __init__(self, workdir: Path, kafka: str, influx: str, shipped: bool) -> None:
+        self.port = free_port()
+        env = dict(os.environ, CITYOPS_KAFKA_BOOTSTRAP=kafka, CITYOPS_INFLUX_URL=influx,
+                   CITYOPS_PSEUDONYM_KEY="bench-pseudonym-key-0123456789", CITYOPS_DATA_DIR=str(workdir / "data"),
+                   CITYOPS_WEB_PORT=str(self.port), CITYOPS_CONSUMER_SESSION_TIMEOUT_S="6",
+                   CITYOPS_LOG_LEVEL="WARNING", CITYOPS_TOPIC_PARTITIONS="6")
+        if shipped:
+            # The simulator's sources (the events come from them), named explicitly as the demo does.
+            from cityops.simulate.city import registry_document
+
+            reg = workdir / "sources.json"
+            reg.write_text(json.dumps(registry_document(), ensure_ascii=False))
+            env["CITYOPS_SOURCE_REGISTRY"] = str(reg)
+            env.pop("CITYOPS_RULES_DIR", None)  # the shipped rules
+        else:
+            env["CITYOPS_RULES_DIR"] = "none"
+            env["CITYOPS_SOURCE_REGISTRY"] = "none"
+        self.log_path = workdir / "worker.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "cityops.cli", "worker"], env=env,
+                                     stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"worker exited {self.proc.returncode}; see {self.log_path}")
+
+    def throughput(self, n_events: int, timeout_s: float = 900.0) -> float:
+        """Events/s from the first to the n-th event decided (polling /healthz)."""
         t_first = None
         n_first = 0
-        deadline = time.monotonic() + 900
+        deadline = time.monotonic() + timeout_s
         spy = None
         while time.monotonic() < deadline:
-            h = health(port)
-            if os.environ.get("BENCH_PYSPY") and spy is None and h and sum(h.get("events", {}).values()):
-                spy = subprocess.Popen(["py-spy", "record", "-d", "8", "-r", "200", "-f", "raw", "-o",
-                                        os.environ["BENCH_PYSPY"], "-p", str(proc.pid)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            done = sum(h.get("events", {}).values()) if h else 0
+            h = health(self.port)
+            done = decided(h)
+            if os.environ.get("BENCH_PYSPY") and spy is None and done:
+                spy = subprocess.Popen(["py-spy", "record", "-d", os.environ.get("BENCH_PYSPY_S", "8"), "-r",
+                                        "100", "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "-p",
+                                        str(self.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if done and t_first is None:
                 t_first, n_first = time.perf_counter(), done
             if done >= n_events:
                 if spy is not None:
-                    spy.wait(30)
-                return (done - n_first) / (time.perf_counter() - t_first), h
-            if proc.poll() is not None:
-                raise SystemExit(f"worker exited {proc.returncode}; see {workdir / 'worker.log'}")
+                    spy.wait(60)
+                return (done - n_first) / (time.perf_counter() - t_first)
+            self.check()
             time.sleep(0.05)
-        raise SystemExit("worker did not finish in 15 minutes")
-    finally:
-        proc.terminate()
-        proc.wait(60)
+        raise SystemExit(f"worker did not finish in {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def live_messages(template: list[tuple[str, dict[str, Any]]], rate: float, seconds: float, batch: int,
+                  t0: float) -> list[tuple[float, str, bytes, int]]:
+    """(planned send time, topic, message, card taps in it) of ``rate`` events/s for ``seconds``.
+
+    Events are copies of ``template`` with fresh event ids and card numbers and event time = planned send
+    time (signing sources' events are signed again); consecutive events of a topic share a message up to ``batch``.
+    """
+    from cityops.alerts.sources import sign
+    from cityops.simulate.city import signing_key
+
+    keys: dict[str, bytes | None] = {}
+    n = max(1, int(rate * seconds))
+    out: list[tuple[float, str, bytes, int]] = []
+    pending: dict[str, list[dict[str, Any]]] = {}
+    for i in range(n):
+        topic, tmpl = template[i % len(template)]
+        at = t0 + i / rate
+        ev = dict(tmpl)
+        ev["event_id"] = f"live-{i}"
+        if "card_id" in ev:  # a big city: many cards, each tapping at a human pace (no replayed journeys)
+            ev["card_id"] = f"live-card-{i}"
+        ev["ts"] = datetime.fromtimestamp(at, CST).isoformat(timespec="milliseconds")
+        if "sig" in ev:
+            src = ev["source"]
+            if src not in keys:
+                keys[src] = signing_key(src)
+            key = keys[src]
+            if key is None:
+                ev.pop("sig")
+            else:
+                ev["sig"] = sign(key, ev)
+        buf = pending.setdefault(topic, [])
+        buf.append(ev)
+        if len(buf) >= batch:
+            pending[topic] = []
+            out.append((at, topic, orjson.dumps(buf if batch > 1 else buf[0]), len(buf) if topic == TAPS else 0))
+    for topic, buf in pending.items():
+        if buf:
+            out.append((t0 + n / rate, topic, orjson.dumps(buf if batch > 1 else buf[0]),
+                        len(buf) if topic == TAPS else 0))
+    return out
+
+
+def influx_taps(influx: str, since_s: float) -> int | None:
+    """Card taps counted in InfluxDB's traffic_ridership windows starting at or after ``since_s``."""
+    q = ("SELECT sum(taps_in), sum(taps_out), sum(declined), sum(errors) FROM traffic_ridership "
+         f"WHERE time >= {int(since_s)}s")
+    url = f"{influx}/query?" + urllib.parse.urlencode({"db": "cityops", "q": q})
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            body = json.loads(r.read())
+    except Exception:
+        return None
+    series = body.get("results", [{}])[0].get("series")
+    if not series:
+        return 0
+    return int(sum(v or 0 for v in series[0]["values"][0][1:]))
+
+
+def latency(kafka: str, influx: str, worker: Worker, template: list[tuple[str, dict[str, Any]]], rate: float,
+            seconds: float, batch: int) -> dict[str, float]:
+    """Send events live at ``rate`` for ``seconds``; seconds from send to visible in InfluxDB per card tap."""
+    from kafka import KafkaProducer
+
+    t0 = time.time() + 2.0
+    plan = live_messages(template, rate, seconds, batch, t0 + 5.0)  # generating takes a moment
+    shift = max(0.0, time.time() + 1.0 - plan[0][0])  # event time = send time (within a second)
+    since = (plan[0][0] // 60) * 60 - 60
+    total = sum(m[3] for m in plan)
+    polls: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            n = influx_taps(influx, since)
+            if n is not None:
+                polls.append((time.time(), n))
+                if n >= total:
+                    return
+            time.sleep(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    p = KafkaProducer(bootstrap_servers=kafka, linger_ms=5, batch_size=1 << 20, max_request_size=16 << 20)
+    sent: list[tuple[float, int]] = []  # (send time, card taps in the message)
+    late_s = 0.0
+    for at, topic, raw, taps in plan:
+        due = at + shift
+        now = time.time()
+        if due > now:
+            time.sleep(due - now)
+        else:
+            late_s = max(late_s, now - due)
+        p.send(topic, raw)
+        if taps:
+            sent.append((time.time(), taps))
+    p.flush()
+    p.close()
+    poller.join(timeout=120)
+    stop.set()
+    worker.check()
+    lat: list[float] = []
+    j = 0
+    cum = 0
+    for t_sent, taps in sent:
+        cum += taps
+        while j < len(polls) and (polls[j][1] < cum or polls[j][0] < t_sent):
+            j += 1
+        seen_at = polls[j][0] if j < len(polls) else float("inf")
+        lat.extend([seen_at - t_sent] * taps)
+    lat.sort()
+
+    def pct(q: float) -> float:
+        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+
+    return {"p50": pct(0.50), "p99": pct(0.99), "max": lat[-1] if lat else float("nan"), "taps": total,
+            "seen": polls[-1][1] if polls else 0, "sender_behind_s": late_s}
 
 
 def main() -> None:
@@ -153,33 +325,56 @@ def main() -> None:
     ap.add_argument("--single-events", type=int, default=40_000, help="events in single-event mode")
     ap.add_argument("--modes", default="batch,single", help="comma list of batch, single, food")
     ap.add_argument("--food-events", type=int, default=30_000, help="EPCIS events in food mode")
-    ap.add_argument("--rules", action="store_true", help="alert rules and source registry on")
+    ap.add_argument("--rules-off", action="store_true",
+                    help="the KPI path alone: no alert rules, no source registry, no food events mixed in")
+    ap.add_argument("--latency-s", type=float, default=15.0,
+                    help="seconds of live events at half the measured rate (0: no latency phase)")
     args = ap.parse_args()
+    shipped = not args.rules_off
     for mode in args.modes.split(","):
         batch, n_target = {"batch": (100, args.events), "single": (1, args.single_events),
                            "food": (20, args.food_events)}[mode]
+        lat: dict[str, float] | None = None
         with tempfile.TemporaryDirectory() as d:
             work = Path(d)
             kafka = start_kafka(work / "kafka")
             influx = start_influxdb(work / "influx")
+            worker = None
             try:
                 ensure_topics(kafka.url, [TopicSpec(t, 6 if "taps" in t else 3, {"retention.ms": "-1"})
                                           for t in ("traffic.card-taps", "traffic.road-detectors",
                                                     "health.card-events", "food.trace-events",
                                                     "cityops.dead-letter", "cityops.alerts")])
-                msgs, n = make_messages(n_target, batch, seed=5, food=(mode == "food"))
+                # Event time of the preload ends well before now, so the live phase that follows is not late.
+                start = (datetime.now(CST) - timedelta(hours=8)).replace(second=0, microsecond=0)
+                msgs, n, template = make_messages(n_target, batch, seed=5, food=(mode == "food"), start=start,
+                                                  with_food=shipped)
                 n_msgs = sum(len(v) for v in msgs.values())
                 preload(kafka.url, msgs)
                 raw_s = asyncio.run(raw_loop(kafka.url, list(msgs), n_msgs))
                 raw_eps = n / raw_s if raw_s > 0 else float("inf")
-                eps, h = run_worker(work, kafka.url, influx.url, n, args.rules)
+                worker = Worker(work, kafka.url, influx.url, shipped)
+                eps = worker.throughput(n)
+                if args.latency_s > 0 and template:
+                    lat = latency(kafka.url, influx.url, worker, template, eps / 2, args.latency_s, batch)
+                rss = peak_rss_mib(worker.proc.pid)
             finally:
+                if worker is not None:
+                    worker.stop()
                 kafka.stop()
                 influx.stop()
-        print(f"mode={mode} batch={batch} events={n:,} messages={n_msgs:,} rules={'on' if args.rules else 'off'}")
+        config = "shipped (every rule, source registry, food stream)" if shipped else "KPI path only (rules off)"
+        print(f"mode={mode} batch={batch} events={n:,} messages={n_msgs:,} config={config}")
         print(f"  raw aiokafka consume+decode : {raw_eps:12,.0f} events/s ({n_msgs / raw_s:,.0f} msgs/s)")
-        print(f"  cityops worker KPI path     : {eps:12,.0f} events/s")
+        print(f"  cityops worker              : {eps:12,.0f} events/s")
         print(f"  ratio worker/raw            : {eps / raw_eps:12.3f}")
+        if lat is not None:
+            print(f"  event -> KPI point in InfluxDB at {eps / 2:,.0f} events/s for {args.latency_s:g} s: "
+                  f"p50 {lat['p50']:.2f} s, p99 {lat['p99']:.2f} s, max {lat['max']:.2f} s "
+                  f"({lat['seen']:,} of {lat['taps']:,} card taps seen; sender behind by at most "
+                  f"{lat['sender_behind_s']:.2f} s)")
+        print(f"  worker peak RSS             : {rss:12,.0f} MiB")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
