@@ -368,3 +368,17 @@ def test_format0_log_without_snapshot_with_deletions_and_a_torn_tail(tmp_path: P
     assert s.table("food_cold", COLD_CODEC).data == {"loc-2": True}
     assert s.offsets == {("food", 0): 2} and s.meta == {"x": 2} and s.commits == 2
     assert (tmp_path / "format-0-backup" / "state.0.log").read_bytes() == frames + torn
+
+
+def test_the_engine_refuses_bad_rule_state_when_it_starts_not_at_the_rules_first_event(tmp_path: Path) -> None:
+    from cityops.alerts.spec import RuleSpec
+    from cityops.engine.pipeline import Engine
+
+    rule = K.build(RuleSpec(name="Travel", kind="impossible_travel", agent="t", params={}))
+    s = StateStore(tmp_path, fsync=False).open()
+    # A card's last tap under the kind's shape name, but positional: what a mis-read would look like.
+    s.table("rule:Travel", Codec("rule:impossible_travel", Any))["p-1"] = [5.0, 31.0, 120.0, "g"]
+    s.commit({})
+    s.close()
+    with pytest.raises(StateFormatError, match=r"table 'rule:Travel' key 'p-1': value is not shape"):
+        Engine(StateStore(tmp_path).open(), [], rules=[rule])
