@@ -18,13 +18,15 @@ from typing import Any
 
 import orjson
 
-from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, record_digest
+from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, Point, record_digest
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
 from cityops.metrics import Metrics
 from cityops.settings import Settings
-from cityops.sinks.influx import InfluxSink, InfluxUnavailable
+from cityops.sinks.influx import InfluxPointSink, InfluxSink, InfluxUnavailable
+from cityops.sinks.kafka import KafkaRecord, KafkaTopicSink
 from cityops.streams.city_streams import STREAM_CLASSES, Pseudonymizer
+from cityops.types import Sink, Transition
 
 log = logging.getLogger("cityops.runtime")
 
@@ -122,6 +124,15 @@ class Runtime:
                                                  resend_s=settings.alert_resend_s, attempts=1,
                                                  http=alertmanager_http(settings))
         self.producer: Any = None
+        # Each output reads the outbox with its own cursor: one output's outage never holds back another.
+        self.dead_letter_sink: KafkaTopicSink[dict[str, Any]] = KafkaTopicSink(
+            "dead_letters", DEAD_LETTER_TOPIC, lambda: self.producer, dead_letter_record)
+        self.alert_sinks: list[Sink[Transition]] = [
+            KafkaTopicSink("kafka", ALERTS_TOPIC, lambda: self.producer, alert_record),
+            InfluxPointSink("influx", self.influx, alert_point),
+        ]
+        if self.alertmanager is not None:
+            self.alert_sinks.append(self.alertmanager)
         self._probe: Any = None  # a group-less consumer that reads the record at a committed offset
         self.assigned: set[tuple[str, int]] = set()
         self.verified: set[tuple[str, int]] = set()  # partitions checked since their last assignment
@@ -421,70 +432,35 @@ class Runtime:
 
     async def _deliver_dead_letters(self) -> None:
         batch = self.engine.pending_dead_letters()
-        if not batch or self.producer is None:
+        if not batch:
             return
-        futures = []
-        for seq, rec in batch:
-            if rec.get("measurement") is not None:
-                # A point a sink refused: the value is its line protocol, as sent (replayable after a fix).
-                headers = [
-                    ("cityops-reason", rec["reason"].encode()),
-                    ("cityops-stream", rec["stream"].encode()),
-                    ("cityops-sink", rec["topic"].encode()),
-                    ("cityops-measurement", rec["measurement"].encode()),
-                    ("cityops-outcome", rec["outcome"].encode()),
-                    ("cityops-dlq-id", rec["id"].encode()),
-                ]
-                futures.append((seq, rec, await self.producer.send(DEAD_LETTER_TOPIC, value=rec["raw"],
-                                                                    headers=headers)))
-                continue
-            headers = [
-                ("cityops-reason", rec["reason"].encode()),
-                ("cityops-stream", rec["stream"].encode()),
-                ("cityops-source-topic", rec["topic"].encode()),
-                ("cityops-source-partition", str(rec["partition"]).encode()),
-                ("cityops-source-offset", str(rec["offset"]).encode()),
-                ("cityops-outcome", rec["outcome"].encode()),
-                ("cityops-dlq-id", f"{rec['topic']}:{rec['partition']}:{rec['offset']}:{rec['index']}".encode()),
-            ]
-            if rec["index"] is not None:
-                headers.append(("cityops-batch-index", str(rec["index"]).encode()))
-            # The value is the original message bytes, untouched, so it can be replayed after a fix.
-            futures.append((seq, rec, await self.producer.send(DEAD_LETTER_TOPIC, value=rec["raw"],
-                                                                headers=headers)))
-        done = []
-        for seq, rec, fut in futures:
-            await fut
-            done.append(seq)
+        res = await self.dead_letter_sink.write(batch)
+        by_seq = dict(batch)
+        for seq in res.done:
+            rec = by_seq[seq]
             self.metrics.dead_letters.labels(stream=rec["stream"], reason=_reason_kind(rec["reason"])).inc()
-        self.engine.confirm_dead_letters(done)
+        for seq, why in res.rejected:
+            # Nowhere further to send it: it stays committed in the outbox (reported at stop) and is logged.
+            log.error("dead letter refused by kafka seq=%d stream=%s reason=%s", seq, by_seq[seq]["stream"], why)
+        self.engine.confirm_dead_letters(res.done)
 
     async def _deliver_alerts(self) -> None:
         if self.alerts is None:
             return
-        outbox = self.alerts.pop_outbox(500)
-        if outbox:
-            sent = []
-            for seq, tr in outbox:
-                delivered = set(tr.get("delivered", ()))
-                if "kafka" not in delivered and self.producer is not None:
-                    fut = await self.producer.send(ALERTS_TOPIC, key=tr["id"].encode(), value=orjson.dumps(
-                        {k: v for k, v in tr.items() if k != "delivered"}))
-                    await fut
-                    delivered.add("kafka")
-                if "influx" not in delivered:
-                    self.influx.add([alert_point(tr)])
-                    delivered.add("influx")
-                if "alertmanager" not in delivered and self.alertmanager is not None:
-                    if tr.get("am_action"):  # pending/flapping changes are not Alertmanager's business
-                        ok = await self.alertmanager.post([tr])
-                        if not ok:
-                            # Keep order (a resolve must not overtake its firing): stop here, retry later.
-                            self.alerts.update_outbox(seq, delivered)
-                            break
-                    delivered.add("alertmanager")
-                sent.append(seq)
-            self.alerts.ack_outbox(sent)
+        for sink in self.alert_sinks:
+            batch = self.alerts.pop_outbox(500, sink=sink.name)
+            if not batch:
+                continue
+            res = await sink.write(batch)
+            for seq, why in res.rejected:
+                log.error("alert transition rejected sink=%s seq=%d reason=%s", sink.name, seq, why)
+            settled = res.settled
+            if res.retry:
+                # Keep order per sink (a resolve must not overtake its firing): past the first kept item,
+                # everything goes again next round.
+                first = min(res.retry)
+                settled = [s for s in settled if s < first]
+            self.alerts.ack_outbox(settled, sink=sink.name)
         now = self.clock()
         if self.alertmanager is not None and now - self._last_resend >= self.settings.alert_resend_s:
             firing = self.alerts.firing()
@@ -492,28 +468,59 @@ class Runtime:
                 self._last_resend = now
         counts: dict[tuple[str, str], int] = {}
         for a in self.alerts.firing():
-            k = (a["labels"]["alertname"], a["labels"].get("severity", ""))
+            k = (a.alertname, a.labels.get("severity", ""))
             counts[k] = counts.get(k, 0) + 1
         self.metrics.alerts_active.clear()
         for (name, sev), n in counts.items():
             self.metrics.alerts_active.labels(alertname=name, severity=sev).set(n)
 
 
-def alert_point(tr: dict[str, Any]) -> Any:
-    """The `alerts` measurement point of one transition (Grafana annotations and tables)."""
-    from cityops.engine.pipeline import Point
+def alert_record(tr: Transition) -> KafkaRecord:
+    """The ``cityops.alerts`` record of a transition: key = its id, value = its record as JSON."""
+    rec = tr.to_record()
+    rec.pop("delivered", None)
+    return tr.id.encode(), orjson.dumps(rec), []
 
-    labels = tr["labels"]
+
+def dead_letter_record(rec: dict[str, Any]) -> KafkaRecord:
+    """The dead-letter topic record: the value is the bytes as received (or the refused point's line
+    protocol), untouched, so it can be replayed after a fix; the why in headers."""
+    if rec.get("measurement") is not None:
+        headers = [
+            ("cityops-reason", rec["reason"].encode()),
+            ("cityops-stream", rec["stream"].encode()),
+            ("cityops-sink", rec["topic"].encode()),
+            ("cityops-measurement", rec["measurement"].encode()),
+            ("cityops-outcome", rec["outcome"].encode()),
+            ("cityops-dlq-id", rec["id"].encode()),
+        ]
+        return None, rec["raw"], headers
+    headers = [
+        ("cityops-reason", rec["reason"].encode()),
+        ("cityops-stream", rec["stream"].encode()),
+        ("cityops-source-topic", rec["topic"].encode()),
+        ("cityops-source-partition", str(rec["partition"]).encode()),
+        ("cityops-source-offset", str(rec["offset"]).encode()),
+        ("cityops-outcome", rec["outcome"].encode()),
+        ("cityops-dlq-id", f"{rec['topic']}:{rec['partition']}:{rec['offset']}:{rec['index']}".encode()),
+    ]
+    if rec["index"] is not None:
+        headers.append(("cityops-batch-index", str(rec["index"]).encode()))
+    return None, rec["raw"], headers
+
+
+def alert_point(tr: Transition) -> Point:
+    """The `alerts` measurement point of one transition (Grafana annotations and tables)."""
+    labels = tr.labels
     # k=v pairs joined by ",", with "%", "," and "=" percent-encoded inside names and values: two
     # different label sets never make one entity (card "a,b=c" vs cards "a" and b "c").
     entity = ",".join(f"{_entity_part(k)}={_entity_part(v)}" for k, v in sorted(labels.items())
                       if k not in ("alertname", "severity", "domain"))
     # entity is a tag so two alerts of one rule in the same second stay two points.
     return Point("alerts", {"alertname": labels["alertname"], "severity": labels.get("severity", ""),
-                            "domain": labels.get("domain", ""), "status": tr["status"], "entity": entity},
-                 {"summary": tr.get("annotations", {}).get("summary", ""),
-                  "value": float(tr.get("value") or 0.0), "id": tr["id"]},
-                 int(tr["ts"]))
+                            "domain": labels.get("domain", ""), "status": str(tr.status), "entity": entity},
+                 {"summary": tr.annotations.get("summary", ""), "value": float(tr.value or 0.0), "id": tr.id},
+                 int(tr.ts))
 
 
 _ENTITY_ESCAPE = str.maketrans({"%": "%25", ",": "%2C", "=": "%3D"})

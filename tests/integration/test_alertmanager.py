@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -16,7 +17,8 @@ from cityops.alerts.manifest import load_manifests
 from cityops.engine.state import StateStore
 from cityops.localproc import LocalProcessError, ManagedProcess, free_port
 from cityops.localstack import start_alertmanager
-from cityops.sinks.alertmanager import AlertmanagerSink, to_postable
+from cityops.sinks.alertmanager import AlertmanagerSink, rfc3339, to_postable
+from cityops.types import Alert, AlertState, Transition
 
 AGENTS = Path(__file__).resolve().parents[2] / "agents"
 
@@ -37,7 +39,7 @@ def _engine() -> AlertEngine:
     return AlertEngine(StateStore(None).open(), load_manifests(AGENTS))
 
 
-def _outbox(engine: AlertEngine) -> list[dict[str, Any]]:
+def _outbox(engine: AlertEngine) -> list[Transition]:
     items = engine.pop_outbox(1000)
     engine.ack_outbox([s for s, _ in items])
     return [i for _, i in items]
@@ -69,7 +71,7 @@ async def test_firing_then_resolved(alertmanager: ManagedProcess) -> None:
                   summary="card travelled 27.1 km in 120 s (812 km/h)")
     async with AlertmanagerSink(alertmanager.url, registry=registry) as sink:
         items = _outbox(engine)
-        assert [i["status"] for i in items] == ["firing"]
+        assert [i.status for i in items] == ["firing"]
         assert await sink.post(items) is True
         assert _sent(registry, "sent") == 1
 
@@ -91,7 +93,7 @@ async def test_firing_then_resolved(alertmanager: ManagedProcess) -> None:
 
         engine.advance(now - 60 + 1800)  # 30 min without another impossible journey: resolved
         items = _outbox(engine)
-        assert [(i["status"], i["am_action"]) for i in items] == [("resolved", "resolved")]
+        assert [(i.status, i.am_action) for i in items] == [("resolved", "resolved")]
         assert await sink.post(items) is True
         await _wait_for(sink, lambda a: a == [], filter=matcher)
         assert engine.firing() == []
@@ -106,7 +108,7 @@ async def test_pending_and_flapping_are_not_posted(alertmanager: ManagedProcess)
     engine.signal("FoodColdChainBreach", loc, now, active=True, value=9.5)  # for: 30m → pending
     async with AlertmanagerSink(alertmanager.url, registry=registry) as sink:
         items = _outbox(engine)
-        assert [i["status"] for i in items] == ["pending"]
+        assert [i.status for i in items] == ["pending"]
         assert await sink.post(items) is True
         assert _sent(registry, "sent") == 0
         assert await sink.get_alerts(filter=[f'location="{loc["location"]}"']) == []
@@ -144,31 +146,33 @@ async def test_unreachable_then_started_alert_arrives_after_retry(tmp_path: Path
 
 async def test_rejected_alert_is_counted_not_retried(alertmanager: ManagedProcess) -> None:
     registry = CollectorRegistry()
-    good = {"labels": {"alertname": "CityopsSinkTest", "case": uuid.uuid4().hex},
-            "startsAt": "2024-01-01T00:00:00.000Z"}
-    bad = {"labels": {"alertname": "CityopsSinkTest", "bad-name": "x"}, "startsAt": "2024-01-01T00:00:00.000Z"}
+    good = Alert(labels={"alertname": "CityopsSinkTest", "case": uuid.uuid4().hex}, starts_at=1704067200.0)
+    bad = Alert(labels={"alertname": "CityopsSinkTest", "bad-name": "x"}, starts_at=1704067200.0)
     async with AlertmanagerSink(alertmanager.url, registry=registry, attempts=3, backoff_s=0.01) as sink:
         assert await sink.post([good, bad]) is True
         assert _sent(registry, "rejected") == 1
         assert _sent(registry, "sent") == 1
         assert _sent(registry, "retry") == 0
-        await _wait_for(sink, lambda a: len(a) == 1, filter=[f'case="{good["labels"]["case"]}"'])
+        await _wait_for(sink, lambda a: len(a) == 1, filter=[f'case="{good.labels["case"]}"'])
 
 
 def test_to_postable_formats() -> None:
     now = 1_700_000_000.0
-    firing = {"status": "firing", "am_action": "firing", "labels": {"alertname": "A"}, "annotations": {},
-              "starts_at": now - 30, "ends_at": None}
+    firing = Transition(id="A||0", alertname="A", status=AlertState.FIRING, previous=None,
+                        am_action=AlertState.FIRING, severity="", domain="", entity={}, labels={"alertname": "A"},
+                        annotations={}, starts_at=now - 30, ends_at=None, value=0.0, ts=now - 30)
     assert to_postable(firing, now, resend_s=60) == {
         "labels": {"alertname": "A"}, "annotations": {"event_starts_at": "2023-11-14T22:12:50.000Z"},
         "startsAt": "2023-11-14T22:12:50.000Z", "endsAt": "2023-11-14T22:17:20.000Z",
     }
-    resolved = {**firing, "status": "resolved", "am_action": "resolved", "ends_at": now + 999}
+    resolved = msgspec.structs.replace(firing, status=AlertState.RESOLVED, am_action=AlertState.RESOLVED,
+                                       ends_at=now + 999)
     assert to_postable(resolved, now)["endsAt"] == "2023-11-14T22:13:20.000Z"  # never in the future
-    assert to_postable({**firing, "status": "pending", "am_action": None}, now) is None
-    assert to_postable({**firing, "status": "resolved", "am_action": None}, now) is None
-    resend = to_postable({"labels": {"alertname": "A"}, "startsAt": "2023-11-14T22:12:50.000Z"}, now, 60)
+    assert to_postable(msgspec.structs.replace(firing, status=AlertState.PENDING, am_action=None), now) is None
+    assert to_postable(msgspec.structs.replace(firing, status=AlertState.RESOLVED, am_action=None), now) is None
+    resend = to_postable(Alert(labels={"alertname": "A"}, starts_at=now - 30), now, 60)
     assert resend is not None and resend["endsAt"] == "2023-11-14T22:17:20.000Z"
+    assert resend["startsAt"] == "2023-11-14T22:12:50.000Z"
 
 
 @pytest.mark.parametrize("skew_s", [3 * 3600.0, -3 * 86400.0], ids=["event-time-ahead", "event-time-behind"])
@@ -189,7 +193,7 @@ async def test_alertmanager_shows_exactly_what_cityops_has_firing(alertmanager: 
         return {a["labels"]["card"] for a in await sink.get_alerts(active=True, filter=matcher)}
 
     async def converged() -> list[dict[str, Any]]:
-        want = {a["labels"]["card"] for a in engine.firing()}
+        want = {a.labels["card"] for a in engine.firing()}
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if await active_cards() == want:
@@ -206,7 +210,6 @@ async def test_alertmanager_shows_exactly_what_cityops_has_firing(alertmanager: 
         assert len(got) == 3
         by_card = {a["labels"]["card"]: a for a in got}
         # Event time stays visible; Alertmanager's times are never in its future.
-        from cityops.alerts.lifecycle import rfc3339
         assert by_card[cards[0]["card"]]["annotations"]["event_starts_at"] == rfc3339(t0)
         for _ in range(3):  # periodic re-sends are accepted (the demo had them refused with 400)
             assert await sink.post(engine.firing()) is True
@@ -216,8 +219,8 @@ async def test_alertmanager_shows_exactly_what_cityops_has_firing(alertmanager: 
         engine.signal("CardImpossibleTravel", cards[2], t0 + 1700, active=True, value=600.0)
         engine.advance(t0 + 1801)
         items = _outbox(engine)
-        assert sorted(i["status"] for i in items) == ["firing", "resolved", "resolved"] or \
-            sorted(i["status"] for i in items) == ["resolved", "resolved"]
+        assert sorted(i.status for i in items) == ["firing", "resolved", "resolved"] or \
+            sorted(i.status for i in items) == ["resolved", "resolved"]
         assert await sink.post(items) is True
         assert await sink.post(engine.firing()) is True
         got = await converged()

@@ -38,6 +38,7 @@ from cityops.settings import load_kafka_settings, load_settings
 from cityops.sinks.alertmanager import AlertmanagerAuthError, AlertmanagerSink
 from cityops.sinks.influx import InfluxSink, query
 from cityops.topics import ensure_topics, topic_specs
+from cityops.types import Alert
 from tests.conftest import INFLUX_ADMIN, PSEUDONYM_KEY, Worker
 from tests.integration.conftest import ALERTMANAGER_USER
 from tests.pki import CLIENT_KEY_PASSWORD, Pki
@@ -135,8 +136,8 @@ async def test_alertmanager_sink_posts_and_reads_over_tls_with_basic_auth(secure
     registry = CollectorRegistry()
     card = "p-" + uuid.uuid4().hex[:16]
     now = time.time()
-    alert = {"status": "firing", "labels": {"alertname": "CardImpossibleTravel", "card": card},
-             "annotations": {"summary": "secured"}, "starts_at": now - 30}
+    alert = Alert(labels={"alertname": "CardImpossibleTravel", "card": card}, annotations={"summary": "secured"},
+                  starts_at=now - 30)
     async with AlertmanagerSink(str(s.alertmanager_url), http=alertmanager_http(s), registry=registry) as sink:
         status = await sink.status()
         assert status["cluster"]["status"] in ("disabled", "ready") and status["versionInfo"]["version"]
@@ -166,8 +167,7 @@ async def test_alertmanager_refusal_is_clear_and_keeps_the_alerts(secure_alertma
         env["CITYOPS_ALERTMANAGER_CA_FILE"] = str(pki.other_ca)
     s = load_settings(env)
     registry = CollectorRegistry()
-    alert = {"status": "firing", "labels": {"alertname": "CardImpossibleTravel", "card": "p-x"},
-             "starts_at": time.time()}
+    alert = Alert(labels={"alertname": "CardImpossibleTravel", "card": "p-x"}, starts_at=time.time())
     async with AlertmanagerSink(str(s.alertmanager_url), http=alertmanager_http(s), registry=registry,
                                 attempts=1) as sink:
         with pytest.raises(AlertmanagerAuthError) as err:

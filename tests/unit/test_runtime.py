@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from cityops.runtime import alert_point
+from cityops.types import AlertState, Transition
 
 
-def _transition(**labels: str) -> dict[str, Any]:
-    return {"labels": {"alertname": "A", "severity": "warning", "domain": "traffic", **labels},
-            "status": "firing", "annotations": {"summary": "s"}, "value": 1.0, "id": "x", "ts": 1795564800.0}
+def _transition(**labels: str) -> Transition:
+    return Transition(labels={"alertname": "A", "severity": "warning", "domain": "traffic", **labels},
+                      status=AlertState.FIRING, annotations={"summary": "s"}, value=1.0, id="x", ts=1795564800.0,
+                      alertname="A", previous=None, am_action=AlertState.FIRING, severity="warning",
+                      domain="traffic", entity=labels, starts_at=1795564800.0, ends_at=None)
 
 
 def test_alert_entities_stay_distinct_when_values_hold_separators() -> None:

@@ -31,7 +31,6 @@ import logging
 import math
 import re
 from collections.abc import Collection, Iterable
-from datetime import datetime, timezone
 from typing import Any, Required, TypedDict
 
 import msgspec
@@ -40,18 +39,19 @@ from cityops.alerts.spec import RuleSpec
 from cityops.engine.codec import Codec, StateFormatError
 from cityops.engine.state import StateStore, Table
 from cityops.errors import CityopsError
+from cityops.types import Alert, AlertState, Transition, TransitionRecord
 
-__all__ = ["AlertEngine", "UnknownRuleError", "entity_key", "format_entity", "rfc3339"]
+__all__ = ["AlertEngine", "UnknownRuleError", "entity_key", "format_entity"]
 
 log = logging.getLogger(__name__)
 
 AlertKey = tuple[str, tuple[tuple[str, str], ...]]  # (rule, sorted entity items)
 
-_INACTIVE = "inactive"
-_PENDING = "pending"
-_FIRING = "firing"
-_RESOLVED = "resolved"
-_FLAPPING = "flapping"
+_INACTIVE = AlertState.INACTIVE
+_PENDING = AlertState.PENDING
+_FIRING = AlertState.FIRING
+_RESOLVED = AlertState.RESOLVED
+_FLAPPING = AlertState.FLAPPING
 
 _LABEL_NAME = re.compile(r"[^A-Za-z0-9_]")
 _META_SEQ = "alert_seq"
@@ -80,27 +80,6 @@ class AlertRecord(TypedDict, total=False):
     am_firing: bool  # Alertmanager was last told "firing"
 
 
-class Transition(TypedDict, total=False):
-    """Table ``alert_outbox``: one alert transition awaiting delivery to every sink (seq -> transition)."""
-
-    id: Required[str]  # rule|entity|n: the same transition always has the same id
-    alertname: Required[str]
-    status: Required[str]
-    previous: Required[str | None]
-    am_action: Required[str | None]
-    severity: Required[str]
-    domain: Required[str]
-    entity: Required[dict[str, str]]
-    labels: Required[dict[str, str]]
-    annotations: Required[dict[str, str]]
-    starts_at: Required[float | None]
-    ends_at: Required[float | None]
-    value: Required[float]
-    ts: Required[float]
-    generator_url: str
-    delivered: list[str]  # sinks that already have it
-
-
 def _record_codec(shape: str, typ: Any) -> Codec:
     """A codec for a map of named fields kept as a dict: fields checked against the TypedDict ``typ``."""
     known = typ.__required_keys__ | typ.__optional_keys__
@@ -118,7 +97,7 @@ def _record_codec(shape: str, typ: Any) -> Codec:
 
 # Durable shapes: both are maps of named fields, kept as dicts in memory; unchanged from format 0.
 ALERT_CODEC = _record_codec("alert", AlertRecord)
-TRANSITION_CODEC = _record_codec("alert_transition", Transition)
+TRANSITION_CODEC = _record_codec("alert_transition", TransitionRecord)
 
 
 class UnknownRuleError(CityopsError, KeyError):
@@ -133,11 +112,6 @@ def entity_key(rule: str, entity: dict[str, Any]) -> AlertKey:
 def format_entity(items: Iterable[tuple[str, str]]) -> str:
     """``k=v,k2=v2`` in key order: the entity part of a transition id."""
     return ",".join(f"{k}={v}" for k, v in items)
-
-
-def rfc3339(ts: float) -> str:
-    """Epoch seconds → RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T08:00:00.000Z``."""
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _label_name(name: str) -> str:
@@ -450,7 +424,7 @@ class AlertEngine:
         rec["notified"] = status
         # What Alertmanager must hear: it knows only firing and resolved, and only of alerts it was told
         # fired. A flapping alert stays as last told; one that ends flapping not firing gets resolved.
-        am_action: str | None = None
+        am_action: AlertState | None = None
         if status == _FIRING:
             am_action = _FIRING
             rec["am_firing"] = True
@@ -458,27 +432,17 @@ class AlertEngine:
             am_action = _RESOLVED
             rec["am_firing"] = False
         starts_at = rec["starts_at"] if rec["starts_at"] is not None else at
-        item = {
-            "id": f"{key[0]}|{format_entity(key[1])}|{n}",
-            "alertname": spec.name,
-            "status": status,
-            "previous": previous,
-            "am_action": am_action,
-            "severity": spec.severity,
-            "domain": spec.domain,
-            "entity": dict(key[1]),
-            "labels": self._labels(key, spec),
-            "annotations": self._annotations(key, rec, spec),
-            "starts_at": starts_at,
-            "ends_at": at if status == _RESOLVED else None,
-            "value": rec.get("value", 0.0),
-            "ts": at,
-        }
-        if self.generator_url:
-            item["generator_url"] = self.generator_url
+        item = Transition(
+            id=f"{key[0]}|{format_entity(key[1])}|{n}", alertname=spec.name, status=status,
+            previous=None if previous is None else AlertState(previous), am_action=am_action,
+            severity=spec.severity, domain=spec.domain, entity=dict(key[1]), labels=self._labels(key, spec),
+            annotations=self._annotations(key, rec, spec), starts_at=starts_at,
+            ends_at=at if status == _RESOLVED else None, value=rec.get("value", 0.0), ts=at,
+            generator_url=self.generator_url,
+        )
         seq = self.store.meta[_META_SEQ]
         self.store.meta[_META_SEQ] = seq + 1
-        self.outbox[seq] = item
+        self.outbox[seq] = item.to_record()
 
     # -- reading ------------------------------------------------------------------------------------
     def status(self, rule: str, entity: dict[str, str]) -> str:
@@ -491,41 +455,33 @@ class AlertEngine:
         rec = self.alerts.get(entity_key(rule, entity))
         return dict(rec) if rec and "active" in rec else None
 
-    def firing(self) -> list[dict[str, Any]]:
-        """Alerts Alertmanager was told are firing, as API v2 postable alerts without ``endsAt``.
-
-        For the periodic re-send (Alertmanager resolves an alert that is not re-sent before its
-        ``endsAt``). A flapping alert stays in the state last notified.
-        """
+    def firing(self) -> list[Alert]:
+        """Alerts Alertmanager was told are firing, in alert-key order (for the periodic re-send: Alertmanager
+        resolves an alert that is not re-sent before its ``endsAt``). A flapping alert stays in the state
+        last notified. The sink builds its wire format from them."""
         out = []
         for key in sorted(self._live):
             rec = self.alerts.get(key)
             spec = self.rules.get(key[0])
             if rec is None or spec is None or not rec.get("am_firing"):
                 continue
-            alert: dict[str, Any] = {
-                "labels": self._labels(key, spec),
-                "annotations": self._annotations(key, rec, spec),
-                "startsAt": rfc3339(rec["starts_at"]),
-            }
-            if self.generator_url:
-                alert["generatorURL"] = self.generator_url
-            out.append(alert)
+            out.append(Alert(labels=self._labels(key, spec), annotations=self._annotations(key, rec, spec),
+                             starts_at=rec["starts_at"], generator_url=self.generator_url))
         return out
 
     # -- outbox -------------------------------------------------------------------------------------
-    def pop_outbox(self, max_n: int = 500, sink: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+    def pop_outbox(self, max_n: int = 500, sink: str | None = None) -> list[tuple[int, Transition]]:
         """The oldest ``max_n`` outbox items (not yet delivered to ``sink``, if given), oldest first.
 
-        Items stay in the outbox until acknowledged with ``ack_outbox``. An item's ``delivered`` key (if
-        present) lists the sinks that already have it.
+        Items stay in the outbox until acknowledged with ``ack_outbox``. An item's ``delivered`` lists the
+        sinks that already have it: each sink's own cursor.
         """
         if sink is None:
             seqs = heapq.nsmallest(max_n, self.outbox.keys())
         else:
             data = self.outbox.data
             seqs = heapq.nsmallest(max_n, (s for s, item in data.items() if sink not in item.get("delivered", ())))
-        return [(s, self.outbox[s]) for s in seqs]
+        return [(s, Transition.from_record(self.outbox[s])) for s in seqs]
 
     def update_outbox(self, seq: int, delivered: Iterable[str]) -> None:
         """Record that item ``seq`` reached the sinks in ``delivered`` (kept; the rest retry later)."""

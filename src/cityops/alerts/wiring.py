@@ -91,8 +91,9 @@ def build_alerting(settings: Any, store: StateStore) -> tuple[AlertEngine | None
     rules = [build(spec) for spec in specs.values() if spec.kind in KINDS]
     one_shot = {r.spec.name for r in rules if getattr(r, "one_shot", False)}
     one_shot |= {s.name for s in specs.values() if STREAM_KINDS.get(s.kind)}
+    # The outputs that each read the outbox with their own cursor (cityops.runtime.Runtime.alert_sinks).
     sinks = ["kafka", "influx"] + (["alertmanager"] if settings.alertmanager_url else [])
-    engine = AlertEngine(store, specs, one_shot=one_shot, generator_url=f"http://{settings.web_host}:"
+    engine = AlertEngine(store, specs, one_shot=one_shot, sinks=sinks, generator_url=f"http://{settings.web_host}:"
                          f"{settings.web_port}/healthz")
     log.info("alerting rules=%d kinds=%s registry=%s sinks=%s", len(specs),
              ",".join(sorted({s.kind for s in specs.values()})), registry_path, ",".join(sinks))

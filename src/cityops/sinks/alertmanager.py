@@ -14,18 +14,18 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
-from cityops.alerts.lifecycle import rfc3339
 from cityops.connections import HttpSecurity, tls_failure
 from cityops.errors import CityopsError, ConfigError
+from cityops.types import Alert, AlertState, SinkResult, Transition
 
 __all__ = ["AlertmanagerAuthError", "AlertmanagerError", "AlertmanagerSink", "AlertmanagerUnavailable",
-           "to_postable"]
+           "rfc3339", "to_postable"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,13 @@ def _counter(registry: CollectorRegistry) -> Counter:
     return counter
 
 
-def to_postable(item: dict[str, Any], now: float, resend_s: float = 60.0) -> dict[str, Any] | None:
-    """One Alertmanager v2 postable alert from an outbox transition or a ``firing()`` entry; None = skip.
+def rfc3339(ts: float) -> str:
+    """Epoch seconds → RFC 3339 UTC with milliseconds, e.g. ``2024-05-01T08:00:00.000Z``."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_postable(item: Transition | Alert, now: float, resend_s: float = 60.0) -> dict[str, Any] | None:
+    """One Alertmanager v2 postable alert from an outbox ``Transition`` or a firing ``Alert``; None = skip.
 
     Alertmanager judges ``startsAt``/``endsAt`` against its own wall clock: an alert whose ``endsAt`` is
     past is resolved, a firing alert's ``endsAt`` is a lease that each re-send renews, and a post with
@@ -73,51 +78,42 @@ def to_postable(item: dict[str, Any], now: float, resend_s: float = 60.0) -> dic
     or far behind it (a backlog). So the wall clock ``now`` (epoch seconds) decides what Alertmanager sees:
 
     - ``startsAt`` = min(event-time start, ``now``): never in Alertmanager's future;
-    - firing: ``endsAt`` = ``now`` + 4 × ``resend_s``: a lease; if this worker stops re-sending,
-      Alertmanager resolves the alert by itself;
+    - firing (a ``Transition`` whose ``am_action`` is firing, or an ``Alert``: a re-send):
+      ``endsAt`` = ``now`` + 4 × ``resend_s``: a lease; if this worker stops re-sending, Alertmanager
+      resolves the alert by itself;
     - resolved: ``endsAt`` = min(event-time end, ``now``), and never before ``startsAt``: in the past, so
       Alertmanager resolves it at once.
 
     The event times stay visible as the annotations ``event_starts_at`` (and ``event_ends_at`` on resolve),
-    RFC 3339 UTC. Pending, flapping and cancelled pending alerts are not Alertmanager's business.
+    RFC 3339 UTC. Transitions with no ``am_action`` (pending, flapping, a cancelled pending alert) are not
+    Alertmanager's business: None.
     """
-    if "status" in item:
-        action = item.get("am_action", item["status"] if item["status"] in ("firing", "resolved") else None)
+    if isinstance(item, Alert):
+        action: AlertState | None = AlertState.FIRING
+        event_start = item.starts_at
+        ends = None
+    else:
+        action = item.am_action
         if action is None:
             return None
-        event_start = float(item["starts_at"])
-        annotations = dict(item.get("annotations") or {})
-        annotations["event_starts_at"] = rfc3339(event_start)
-        alert: dict[str, Any] = {"labels": dict(item["labels"]), "annotations": annotations}
-        starts_at = min(event_start, now)
-        if action == "firing":
-            ends_at = now + 4 * resend_s
-        else:
-            ends = item.get("ends_at")
-            event_end = float(ends) if ends is not None else now
-            if ends is not None:
-                annotations["event_ends_at"] = rfc3339(event_end)
-            ends_at = max(min(event_end, now), starts_at)
-        alert["startsAt"] = rfc3339(starts_at)
-        alert["endsAt"] = rfc3339(ends_at)
-        if item.get("generator_url"):
-            alert["generatorURL"] = item["generator_url"]
-        return alert
-    # Already in Alertmanager's format (AlertEngine.firing()): a re-send of a firing alert, whose
-    # ``startsAt`` is its event-time start.
-    alert = dict(item)
-    annotations = dict(alert.get("annotations") or {})
-    event_start = _parse_rfc3339(alert["startsAt"])
-    annotations.setdefault("event_starts_at", rfc3339(event_start))
-    alert["annotations"] = annotations
-    alert["startsAt"] = rfc3339(min(event_start, now))
-    alert["endsAt"] = rfc3339(now + 4 * resend_s)
+        event_start = item.starts_at if item.starts_at is not None else item.ts
+        ends = item.ends_at
+    annotations = dict(item.annotations)
+    annotations["event_starts_at"] = rfc3339(event_start)
+    alert: dict[str, Any] = {"labels": dict(item.labels), "annotations": annotations}
+    starts_at = min(event_start, now)
+    if action == AlertState.FIRING:
+        ends_at = now + 4 * resend_s
+    else:
+        event_end = float(ends) if ends is not None else now
+        if ends is not None:
+            annotations["event_ends_at"] = rfc3339(event_end)
+        ends_at = max(min(event_end, now), starts_at)
+    alert["startsAt"] = rfc3339(starts_at)
+    alert["endsAt"] = rfc3339(ends_at)
+    if item.generator_url:
+        alert["generatorURL"] = item.generator_url
     return alert
-
-
-def _parse_rfc3339(value: str) -> float:
-    """Epoch seconds of an RFC 3339 time (``Z`` or an offset)."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 class AlertmanagerSink:
@@ -128,7 +124,10 @@ class AlertmanagerSink:
     waiting ``backoff_s`` × 2^n between them, at most ``backoff_cap_s`` (defaults 0.5 s and 30 s).
     ``registry``: where ``cityops_alert_notifications_total{receiver,outcome}`` lives (default: global).
     Lifecycle: ``await start()`` (or first use) … ``await close()``; also an async context manager.
+    A ``cityops.types.Sink``: ``write`` a batch of (cursor, Transition | Alert); its outbox cursor is ``name``.
     """
+
+    name = "alertmanager"
 
     def __init__(
         self,
@@ -194,45 +193,65 @@ class AlertmanagerSink:
             self._notifications.labels(self.receiver, outcome).inc(n)
 
     # -- output -------------------------------------------------------------------------------------
-    async def post(self, alerts: Sequence[dict[str, Any]]) -> bool:
-        """Send outbox transitions and/or ``firing()`` entries; True = done (sent, skipped or rejected).
+    async def post(self, alerts: Sequence[Transition | Alert]) -> bool:
+        """Send transitions and/or firing alerts (re-sends); True = done (sent, skipped or rejected).
 
         False = Alertmanager stayed unreachable (or 5xx) for all attempts: keep the items, call again later.
         """
+        result = await self.write(list(enumerate(alerts)))
+        return not result.retry
+
+    async def write(self, batch: Sequence[tuple[Any, Transition | Alert]]) -> SinkResult[Any]:
+        """The ``Sink`` contract: post ``batch`` of (cursor, item); what was done, to retry, rejected and why.
+
+        Items Alertmanager has no business with (no ``am_action``) are done without a request.
+        """
         now = self.now()
-        body = [a for a in (to_postable(item, now, self.resend_s) for item in alerts) if a is not None]
+        result: SinkResult[Any] = SinkResult()
+        keys: list[Any] = []
+        body: list[dict[str, Any]] = []
+        for key, item in batch:
+            alert = to_postable(item, now, self.resend_s)
+            if alert is None:
+                result.done.append(key)
+            else:
+                keys.append(key)
+                body.append(alert)
         if not body:
-            return True
+            return result
         status, text = await self._post_with_retry(body)
         if status is None:
             self._count("unavailable", len(body))
-            return False
+            result.retry.extend(keys)
+            return result
         if status < 300:
             self._count("sent", len(body))
-            return True
+            result.done.extend(keys)
+            return result
         # 4xx. Alertmanager stores the valid alerts of a batch even when it answers 400 for the others;
         # re-post one by one (idempotent: same labels) to count and log exactly the rejected ones.
         if len(body) == 1:
-            self._reject(body[0], status, text)
-            return True
-        ok = True
-        for alert in body:
+            result.rejected.append((keys[0], self._reject(body[0], status, text)))
+            return result
+        for key, alert in zip(keys, body):
             st, txt = await self._post_with_retry([alert])
             if st is None:
                 self._count("unavailable", 1)
-                ok = False
+                result.retry.append(key)
             elif st < 300:
                 self._count("sent", 1)
+                result.done.append(key)
             else:
-                self._reject(alert, st, txt)
-        return ok
+                result.rejected.append((key, self._reject(alert, st, txt)))
+        return result
 
-    def _reject(self, alert: dict[str, Any], status: int, text: str) -> None:
+    def _reject(self, alert: dict[str, Any], status: int, text: str) -> str:
         self._count("rejected", 1)
         log.error(
             "alertmanager rejected alert url=%s status=%d alertname=%s labels=%s reason=%s",
             self.url, status, alert.get("labels", {}).get("alertname"), alert.get("labels"), text.strip()[:300],
         )
+        return f"alertmanager HTTP {status}: {text.strip()[:300]}"
 
     async def _post_with_retry(self, body: list[dict[str, Any]]) -> tuple[int | None, str]:
         """(HTTP status, body text) of the first non-retryable answer; (None, reason) when out of attempts."""

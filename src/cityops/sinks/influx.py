@@ -16,9 +16,9 @@ import base64
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import orjson
@@ -28,10 +28,12 @@ from influxdb_client import WritePrecision
 from cityops.connections import HttpSecurity, tls_failure
 from cityops.engine.pipeline import Point
 from cityops.errors import CityopsError, ConfigError
+from cityops.types import SinkResult
 
 log = logging.getLogger("cityops.sinks.influx")
 
 PointKey = tuple[str, tuple[tuple[str, str], ...], int]
+T = TypeVar("T")
 
 
 class InfluxUnavailable(CityopsError):
@@ -345,3 +347,23 @@ async def query(url: str, database: str, q: str, token: str | None = None,
     if "error" in result:
         raise CityopsError(f"InfluxQL error: {result['error']}")
     return result.get("series", [])
+
+
+class InfluxPointSink(Generic[T]):
+    """A ``cityops.types.Sink`` putting items (e.g. alert transitions) into InfluxDB as points.
+
+    ``name``: its outbox cursor; ``to_point(item) -> Point``. Items are queued in ``influx``'s pending
+    points and written with the KPI points by ``InfluxSink.flush`` (same retries; refused points go to
+    ``on_rejected``). While ``influx`` is full (backpressure) every item is kept for a later round.
+    """
+
+    def __init__(self, name: str, influx: InfluxSink, to_point: Callable[[T], Point]) -> None:
+        self.name = name
+        self.influx = influx
+        self.to_point = to_point
+
+    async def write(self, batch: Sequence[tuple[Any, T]]) -> SinkResult[Any]:
+        if self.influx.full:
+            return SinkResult(retry=[k for k, _ in batch])
+        self.influx.add([self.to_point(item) for _, item in batch])
+        return SinkResult(done=[k for k, _ in batch])

@@ -10,6 +10,8 @@ import pytest
 from cityops.alerts.lifecycle import AlertEngine, UnknownRuleError
 from cityops.alerts.spec import RuleSpec
 from cityops.engine.state import StateStore
+from cityops.sinks.alertmanager import rfc3339
+from cityops.types import Alert, Transition
 
 T0 = 1_700_000_000.0
 CARD = {"card": "p-0123456789abcdef0123"}
@@ -42,14 +44,14 @@ def _engine(rules: dict[str, RuleSpec] | None = None, tmp: Path | None = None) -
     return store, AlertEngine(store, rules or _rules())
 
 
-def _drain(engine: AlertEngine) -> list[dict[str, Any]]:
+def _drain(engine: AlertEngine) -> list[Transition]:
     items = engine.pop_outbox(10_000)
     engine.ack_outbox([s for s, _ in items])
     return [item for _, item in items]
 
 
-def _statuses(items: list[dict[str, Any]]) -> list[str]:
-    return [i["status"] for i in items]
+def _statuses(items: list[Transition]) -> list[str]:
+    return [i.status for i in items]
 
 
 # -- pending → firing ----------------------------------------------------------------------------------
@@ -65,19 +67,19 @@ def test_pending_then_firing_after_for() -> None:
     items = _drain(eng)
     assert _statuses(items) == ["pending", "firing"]
     pending, firing = items
-    assert pending["starts_at"] == T0 and pending["am_action"] is None
+    assert pending.starts_at == T0 and pending.am_action is None
     # Firing time is when the condition had held `for`, not when advance() happened to be called.
-    assert firing["starts_at"] == T0 + 600 and firing["ts"] == T0 + 600 and firing["ends_at"] is None
-    assert firing["am_action"] == "firing"
-    assert firing["labels"] == {
+    assert firing.starts_at == T0 + 600 and firing.ts == T0 + 600 and firing.ends_at is None
+    assert firing.am_action == "firing"
+    assert firing.labels == {
         "alertname": "Cold", "severity": "warning", "domain": "food", "team": "food-safety", "location": "market-7",
     }
-    assert firing["annotations"] == {
+    assert firing.annotations == {
         "summary": "Cold chain breach at market-7: 8.0 °C",
         "description": "limit 4 °C.",
         "runbook_url": "https://rb.example/agents/food-safety.md#cold",
     }
-    assert firing["value"] == 8.0
+    assert firing.value == 8.0
     assert store.meta["alert_seq"] == 2
 
 
@@ -87,7 +89,7 @@ def test_firing_decided_by_signal_time_without_advance() -> None:
     eng.signal("Cold", LOC, T0 + 700, active=True, value=7.0)
     items = _drain(eng)
     assert _statuses(items) == ["pending", "firing"]
-    assert items[1]["starts_at"] == T0 + 600
+    assert items[1].starts_at == T0 + 600
 
 
 def test_no_firing_when_condition_drops_before_for() -> None:
@@ -99,8 +101,8 @@ def test_no_firing_when_condition_drops_before_for() -> None:
     items = _drain(eng)
     assert _statuses(items) == ["pending", "resolved"]
     cancelled = items[1]
-    assert cancelled["previous"] == "pending" and cancelled["am_action"] is None
-    assert cancelled["ends_at"] == T0 + 500
+    assert cancelled.previous == "pending" and cancelled.am_action is None
+    assert cancelled.ends_at == T0 + 500
     assert eng.firing() == []
 
 
@@ -135,8 +137,8 @@ def test_hysteresis_recovery_must_hold_resolve_after() -> None:
     items = _drain(eng)
     assert _statuses(items) == ["firing", "resolved"]
     resolved = items[1]
-    assert resolved["starts_at"] == T0 and resolved["ends_at"] == T0 + 700 and resolved["ts"] == T0 + 700
-    assert resolved["am_action"] == "resolved" and resolved["previous"] == "firing"
+    assert resolved.starts_at == T0 and resolved.ends_at == T0 + 700 and resolved.ts == T0 + 700
+    assert resolved.am_action == "resolved" and resolved.previous == "firing"
 
 
 def test_continuous_firing_stays_while_no_recovery_is_reported() -> None:
@@ -157,8 +159,8 @@ def test_one_shot_resolves_after_quiet_time() -> None:
     assert eng.status("Travel", CARD) == "inactive"
     items = _drain(eng)
     assert _statuses(items) == ["firing", "resolved"]
-    assert items[0]["annotations"]["summary"] == "Card p-0123456789abcdef0123 travelled 900 km/h"
-    assert items[1]["ends_at"] == T0 + 1000 + 1800
+    assert items[0].annotations["summary"] == "Card p-0123456789abcdef0123 travelled 900 km/h"
+    assert items[1].ends_at == T0 + 1000 + 1800
 
 
 def test_explicit_one_shot_list() -> None:
@@ -176,8 +178,8 @@ def test_new_episode_after_resolve() -> None:
     eng.signal("Travel", CARD, T0 + 9000, active=True, value=500.0)
     items = _drain(eng)
     assert _statuses(items) == ["firing", "resolved", "firing"]
-    assert items[2]["starts_at"] == T0 + 9000
-    assert len({i["id"] for i in items}) == 3
+    assert items[2].starts_at == T0 + 9000
+    assert len({i.id for i in items}) == 3
 
 
 # -- flapping ------------------------------------------------------------------------------------------
@@ -192,15 +194,15 @@ def test_flapping_holds_notifications_then_one_of_the_current_state() -> None:
     items = _drain(eng)
     assert _statuses(items) == ["firing", "resolved", "firing", "flapping"]
     # Alertmanager was last told "firing" (the 3rd change): it keeps being re-sent while flapping.
-    assert [a["labels"]["location"] for a in eng.firing()] == ["market-7"]
+    assert [a.labels["location"] for a in eng.firing()] == ["market-7"]
     eng.signal("Cold", LOC, t, active=True, value=9.0)  # ends up firing
     eng.advance(t + 999)
     assert _drain(eng) == []  # still within a flap window of the last change
     eng.advance(t + 1000)
     items = _drain(eng)
     assert _statuses(items) == ["firing"]
-    assert items[0]["previous"] == "flapping" and items[0]["am_action"] == "firing"
-    assert [a["labels"]["location"] for a in eng.firing()] == ["market-7"]
+    assert items[0].previous == "flapping" and items[0].am_action == "firing"
+    assert [a.labels["location"] for a in eng.firing()] == ["market-7"]
 
 
 def test_flapping_while_told_firing_keeps_resending_then_resolves() -> None:
@@ -215,7 +217,7 @@ def test_flapping_while_told_firing_keeps_resending_then_resolves() -> None:
     eng.advance(T0 + 2000)
     items = _drain(eng)
     assert _statuses(items) == ["resolved"]
-    assert items[0]["am_action"] is None  # Alertmanager already has it resolved
+    assert items[0].am_action is None  # Alertmanager already has it resolved
 
 
 def test_flap_detection_can_be_off() -> None:
@@ -243,15 +245,15 @@ def test_durable_across_restart_no_duplicate_firing_and_resolve_kept(tmp_path: P
     assert store2.offsets[("food.trace-events", 0)] == 41
     assert eng2.status("Cold", LOC) == "firing"
     assert eng2.pop_outbox(100) == []  # nothing re-announced
-    assert {a["labels"]["alertname"] for a in eng2.firing()} == {"Cold", "Travel"}
+    assert {a.labels["alertname"] for a in eng2.firing()} == {"Cold", "Travel"}
     # The replay regenerates the lost signal, time goes on: the resolves still come, once each.
     eng2.signal("Cold", LOC, T0 + 800, active=False, value=2.0)
     eng2.advance(T0 + 5000)
     items = _drain(eng2)
-    assert sorted((i["alertname"], i["status"]) for i in items) == [("Cold", "resolved"), ("Travel", "resolved")]
-    assert {i["id"] for i in items}.isdisjoint({i["id"] for i in delivered})
-    cold = next(i for i in items if i["alertname"] == "Cold")
-    assert cold["ends_at"] == T0 + 1100 and cold["am_action"] == "resolved"
+    assert sorted((i.alertname, i.status) for i in items) == [("Cold", "resolved"), ("Travel", "resolved")]
+    assert {i.id for i in items}.isdisjoint({i.id for i in delivered})
+    cold = next(i for i in items if i.alertname == "Cold")
+    assert cold.ends_at == T0 + 1100 and cold.am_action == "resolved"
     store2.commit({})
     store2.close()
 
@@ -270,7 +272,7 @@ def test_uncommitted_outbox_is_regenerated_identically(tmp_path: Path) -> None:
     lost = eng.pop_outbox(10)
     store.close()
     store2, eng2 = _engine(tmp=tmp_path)
-    assert [i["status"] for _, i in eng2.pop_outbox(10)] == ["firing"]
+    assert [i.status for _, i in eng2.pop_outbox(10)] == ["firing"]
     eng2.advance(T0 + 4000)
     assert eng2.pop_outbox(10) == lost  # same seqs, same ids, same content
     store2.close()
@@ -289,7 +291,7 @@ def test_outbox_ids_are_deterministic() -> None:
 
     first, second = run(), run()
     assert first == second
-    ids = [i["id"] for _, i in first]
+    ids = [i.id for _, i in first]
     assert ids == [
         "Cold|location=market-7|0",
         "Travel|card=p-0123456789abcdef0123|0",
@@ -304,7 +306,7 @@ def test_entity_key_ignores_dict_order() -> None:
     _, eng = _engine(_rules(Cold={"for_s": 0.0}))
     eng.signal("Cold", {"b": "2", "a": "1"}, T0, active=True)
     eng.signal("Cold", {"a": "1", "b": "2"}, T0 + 1, active=True)
-    assert [i["id"] for i in _drain(eng)] == ["Cold|a=1,b=2|0"]
+    assert [i.id for i in _drain(eng)] == ["Cold|a=1,b=2|0"]
 
 
 def test_outbox_per_sink_acks() -> None:
@@ -330,7 +332,7 @@ def test_outbox_partial_delivery_is_durable(tmp_path: Path) -> None:
     store.close()
     store2, eng2 = _engine(tmp=tmp_path)
     ((seq2, item2),) = eng2.pop_outbox(10)
-    assert seq2 == seq and item2["delivered"] == ["influx", "kafka"]
+    assert seq2 == seq and item2.delivered == ("influx", "kafka")
     assert eng2.pop_outbox(10, sink="kafka") == []
     eng2.ack_outbox([seq2])
     assert eng2.outbox_size() == 0
@@ -341,21 +343,22 @@ def test_firing_is_alertmanager_postable() -> None:
     _, eng = _engine()
     eng.signal("Travel", CARD, T0, active=True, value=800.0)
     (alert,) = eng.firing()
-    assert alert == {
-        "labels": {"alertname": "Travel", "severity": "critical", "domain": "security", "team": "transit",
-                   "card": "p-0123456789abcdef0123"},
-        "annotations": {"summary": "Card p-0123456789abcdef0123 travelled 800 km/h", "description": "",
-                        "runbook_url": "https://rb.example/t.md#travel"},
-        "startsAt": "2023-11-14T22:13:20.000Z",
-    }
+    assert alert == Alert(
+        labels={"alertname": "Travel", "severity": "critical", "domain": "security", "team": "transit",
+                "card": "p-0123456789abcdef0123"},
+        annotations={"summary": "Card p-0123456789abcdef0123 travelled 800 km/h", "description": "",
+                     "runbook_url": "https://rb.example/t.md#travel"},
+        starts_at=T0,
+    )
+    assert rfc3339(alert.starts_at) == "2023-11-14T22:13:20.000Z"
 
 
 def test_missing_template_field_and_bad_label_names_do_not_break() -> None:
     _, eng = _engine(_rules(Travel={"summary": "Card {card} at {station}"}))
     eng.signal("Travel", {"card": "p-1", "reader-id": "r 7"}, T0, active=True, value=1.0)
     (item,) = _drain(eng)
-    assert item["annotations"]["summary"] == "Card p-1 at {station}"
-    assert item["labels"]["reader_id"] == "r 7"
+    assert item.annotations["summary"] == "Card p-1 at {station}"
+    assert item.labels["reader_id"] == "r 7"
 
 
 def test_unknown_rule_fails_loudly() -> None:
@@ -372,11 +375,11 @@ def test_resolved_alert_state_is_compacted_but_ids_stay_unique() -> None:
     (rec,) = store.table("alerts").values()
     assert set(rec) == {"status", "n", "t", "notified"}
     eng.signal("Travel", CARD, T0 + 6000, active=True, value=800.0)
-    assert [i["id"].rsplit("|", 1)[1] for i in _drain(eng)] == ["0", "1", "2"]
+    assert [i.id.rsplit("|", 1)[1] for i in _drain(eng)] == ["0", "1", "2"]
 
 
 def test_outbox_independent_of_advance_cadence() -> None:
-    def run(step: float) -> list[tuple[int, dict[str, Any]]]:
+    def run(step: float) -> list[tuple[int, Transition]]:
         _, eng = _engine()
         for i in range(5):
             eng.signal("Travel", {"card": f"p-{i}"}, T0 + 7 * i, active=True, value=800.0)
@@ -391,5 +394,5 @@ def test_outbox_independent_of_advance_cadence() -> None:
     coarse, fine = run(4100.0), run(7.0)
     assert coarse == fine
     # Signals are handled as they arrive; what timers emit comes in event-time order.
-    by_timer = [item["ts"] for _, item in coarse[7:]]
+    by_timer = [item.ts for _, item in coarse[7:]]
     assert len(by_timer) == 6 and by_timer == sorted(by_timer)
