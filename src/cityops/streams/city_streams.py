@@ -6,11 +6,12 @@ import hashlib
 from typing import Any
 
 import msgspec
-import orjson
 
 from cityops.engine.context import Context, Decoded, Rejected
 from cityops.engine.windows import Fields, Kpi
+from cityops.streams import jsontext
 from cityops.streams.models import CardTap, HealthCardEvent, RoadReading
+from cityops.streams.times import RFC3339Error, rfc3339_seconds
 
 
 def _reason(exc: Exception) -> str:
@@ -36,8 +37,25 @@ class Pseudonymizer:
         return got
 
 
+def _int_fields(model: type[msgspec.Struct]) -> tuple[str, ...]:
+    """Names of a model's integer fields (plain or optional)."""
+    out = []
+    for f in msgspec.inspect.type_info(model).fields:  # type: ignore[attr-defined]
+        t = f.type
+        kinds = t.types if isinstance(t, msgspec.inspect.UnionType) else (t,)
+        if any(isinstance(k, msgspec.inspect.IntType) for k in kinds):
+            out.append(f.encode_name)
+    return tuple(out)
+
+
 class JsonStream:
-    """A stream whose message value is one JSON event object or a JSON array of them."""
+    """A stream whose message value is one JSON event object or a JSON array of them.
+
+    ``decode`` accepts exactly the events the published contract (streams/<topic>/schema.json) accepts,
+    and judges every element of a batch on its own: an element that breaks the contract, or any error
+    while decoding it, dead-letters that element alone (its batch index and a ``$[i].field`` path in the
+    reason). Only a message that is not JSON at all, or is neither an object nor an array, is rejected whole.
+    """
 
     model: type[msgspec.Struct]
     kpis: dict[str, Kpi]
@@ -49,6 +67,7 @@ class JsonStream:
         self._one = msgspec.json.Decoder(self.model)
         self._many = msgspec.json.Decoder(list[self.model])  # type: ignore[name-defined]
         self._enc = msgspec.json.Encoder()
+        self._ints = _int_fields(self.model)
 
     def decode(self, raw: bytes) -> list[Decoded | Rejected]:
         if not raw:
@@ -59,42 +78,69 @@ class JsonStream:
         try:
             if first == b"[":
                 events = self._many.decode(raw)
+                batch = True
             else:
                 events = [self._one.decode(raw)]
-        except msgspec.ValidationError as exc:  # (a subclass of DecodeError: test it first)
+                batch = False
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # (ValidationError is a DecodeError)
             return self._decode_slow(raw, exc)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            return [Rejected(f"malformed JSON: {_reason(exc)}")]
         if not events:
             return [Rejected("empty batch: JSON array with no events")]
-        return [self._accept(ev, i) for i, ev in enumerate(events)]
+        return [self._accept(ev, i, f"$[{i}]" if batch else "$") for i, ev in enumerate(events)]
 
     def _decode_slow(self, raw: bytes, exc: Exception) -> list[Decoded | Rejected]:
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as err:
+            doc, lenient = jsontext.loads(raw)
+        except jsontext.MalformedJson as err:
             return [Rejected(f"malformed JSON: {err}")]
         if isinstance(doc, dict):
-            return [Rejected(f"contract: {_reason(exc)}", 0, doc)]
+            return [self._element(doc, 0, "$", lenient)]
         if not isinstance(doc, list):
             return [Rejected(f"contract: message must be a JSON object or array of objects, got {type(doc).__name__}")]
         if not doc:
             return [Rejected("empty batch: JSON array with no events")]
-        out: list[Decoded | Rejected] = []
-        for i, element in enumerate(doc):
-            try:
-                ev = msgspec.convert(element, self.model, strict=True)
-            except msgspec.ValidationError as err:
-                out.append(Rejected(f"contract: {_reason(err).replace('$', f'$[{i}]', 1)}", i, element))
-                continue
-            out.append(self._accept(ev, i))
-        return out
+        return [self._element(element, i, f"$[{i}]", lenient) for i, element in enumerate(doc)]
 
-    def _accept(self, ev: Any, index: int) -> Decoded:
-        digest = hashlib.blake2b(self._enc.encode(ev), digest_size=8).digest()
-        if self.pseudonymize is not None and hasattr(ev, "card_id"):
-            ev.card_id = self.pseudonymize(ev.card_id)
-        return Decoded(ev.event_id, ev.ts.timestamp(), ev.source, digest, ev, index)
+    def _element(self, element: Any, index: int, where: str, lenient: bool) -> Decoded | Rejected:
+        """One element of a parsed message: its typed event, or why it breaks the contract."""
+        try:
+            if lenient:
+                at = jsontext.lone_surrogate(element, where)
+                if at is not None:
+                    return Rejected(f"contract: lone surrogate in a string at `{at}`: not Unicode text "
+                                    "(RFC 8259 section 8.2)", index, None)
+            if isinstance(element, dict) and self._ints:
+                element = self._integral(element)
+            ev = msgspec.convert(element, self.model, strict=True)
+        except msgspec.ValidationError as err:
+            return Rejected(f"contract: {_reason(err).replace('$', where, 1)}", index, element)
+        except Exception as err:  # a decoder bug must not take the batch's other events with it
+            return Rejected(f"decoder error at `{where}`: {type(err).__name__}: {err}", index, element)
+        return self._accept(ev, index, where, element)
+
+    def _integral(self, element: dict[str, Any]) -> dict[str, Any]:
+        # JSON Schema's "integer" is a value, not a spelling: 60.0 and 6e1 are integers. msgspec's int
+        # refuses any number written with a fraction or exponent, so such values are made ints first.
+        for name in self._ints:
+            v = element.get(name)
+            if type(v) is float and v.is_integer():
+                element = dict(element)
+                element[name] = int(v)
+        return element
+
+    def _accept(self, ev: Any, index: int, where: str, element: Any = None) -> Decoded | Rejected:
+        try:
+            ts = rfc3339_seconds(ev.ts)
+        except RFC3339Error as err:
+            return Rejected(f"contract: {err} - at `{where}.ts`", index,
+                            element if element is not None else msgspec.to_builtins(ev))
+        try:
+            digest = hashlib.blake2b(self._enc.encode(ev), digest_size=8).digest()
+            if self.pseudonymize is not None and hasattr(ev, "card_id"):
+                ev.card_id = self.pseudonymize(ev.card_id)
+        except Exception as err:  # a decoder bug must not take the batch's other events with it
+            return Rejected(f"decoder error at `{where}`: {type(err).__name__}: {err}", index, None)
+        return Decoded(ev.event_id, ts, ev.source, digest, ev, index)
 
     def apply(self, ev: Decoded, ctx: Context) -> None:  # pragma: no cover - overridden
         raise NotImplementedError

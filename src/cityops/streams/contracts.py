@@ -23,9 +23,10 @@ _TAG = (" InfluxDB tag `{}`: written as it is, or, when it holds a backslash or 
 DESCRIPTIONS: dict[str, str] = {
     "event_id": "Unique per event; an id seen again within 24 h of event time is counted once "
                 "(same content: duplicate; different content: EventTampering).",
-    "ts": "Event time, RFC 3339 with an explicit offset, e.g. 2026-11-25T08:00:00.123+08:00. Its 60 s window "
-          "must lie within what InfluxDB stores (1677-09-21T00:12:43.145224194Z..2262-04-11T23:47:16.854775806Z), "
-          "else the event is dead-lettered.",
+    "ts": "Event time, RFC 3339 date-time with an explicit offset, e.g. 2026-11-25T08:00:00.123+08:00. "
+          "A leap second (23:59:60 UTC) is accepted and counted at 23:59:59.999999 UTC of its day. Its 60 s "
+          "window must lie within what InfluxDB stores (1677-09-21T00:12:43.145224194Z.."
+          "2262-04-11T23:47:16.854775806Z), else the event is dead-lettered.",
     "source": "The device or system that produced the event (reader, terminal, detector id).",
     "card_id": "One-card / health-card number. Pseudonymized at ingest with a keyed hash; never stored raw.",
     "mode": "Transport mode.",
@@ -67,7 +68,9 @@ def contract_schema(topic: str) -> dict[str, Any]:
         "$id": f"https://cityops.example/streams/{topic}/schema.json",
         "title": topic,
         "description": (body.get("description", "") + " A Kafka message value is UTF-8 JSON: one such object, "
-                        "or a JSON array of them. Unknown fields are allowed and ignored."),
+                        "or a JSON array of them. Unknown fields are allowed and ignored. `format` is asserted (reference "
+                        "validator: jsonschema-rs with format validation); an integer may be written with a zero "
+                        "fraction (60.0), as JSON Schema defines integers by value."),
         "type": "object",
         "properties": props,
         "required": sorted(body.get("required", [])),

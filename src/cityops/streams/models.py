@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 NonEmpty = Annotated[str, Meta(min_length=1, max_length=256)]
-# RFC 3339 with an explicit offset: a naive time has no defined instant, so it breaks the contract.
-EventTime = Annotated[datetime, Meta(tz=True)]
+# RFC 3339 with an explicit offset (JSON Schema `format: date-time`): the text is kept as sent and checked
+# and converted by cityops.streams.times, which accepts exactly what the format accepts (leap seconds
+# included; msgspec's own datetime type rejects those and lets through forms RFC 3339 does not allow).
+EventTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 NonNegative = Annotated[float, Meta(ge=0, le=1e12)]
 Lat = Annotated[float, Meta(ge=-90, le=90)]
 Lon = Annotated[float, Meta(ge=-180, le=180)]
-Sig = Annotated[str, Meta(pattern="^[0-9a-fA-F]{64}$")]
+# The lengths as well as the pattern: Python's `$` also matches before a trailing newline, ECMA-262's
+# (JSON Schema's) does not; with the length fixed at 64 both read the contract the same way.
+Sig = Annotated[str, Meta(pattern="^[0-9a-fA-F]{64}$", min_length=64, max_length=64)]
 
 
 class CardTap(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):

@@ -1,0 +1,117 @@
+"""RFC 3339 ``date-time`` → epoch seconds, exactly the strings JSON Schema's ``format: date-time`` accepts.
+
+One parser for every event time cityops reads (card taps', road readings' and health events' ``ts``, EPCIS
+``eventTime``), so the decoders accept precisely what the published contracts accept: the grammar of
+RFC 3339 section 5.6 (``T``/``Z`` in either case, any number of fraction digits, an offset ``Z`` or
+``±HH:MM`` with hours 00-23), a real calendar date (proleptic Gregorian, years 0000-9999), and a leap
+second ``:60`` only where the time is 23:59:60 in UTC (as the reference validator, jsonschema-rs, checks).
+
+Leap seconds. POSIX/epoch time has no leap seconds, and InfluxDB, Python and the windows count on it, so
+cityops maps a leap second ``23:59:60[.f]`` (UTC) to ``23:59:59.999999`` UTC of the same day: the last
+instant of the minute it belongs to. The event therefore lands in the 60 s window of 23:59, on its own
+day, ordered after every other instant of that minute that has microsecond resolution; its fraction is
+dropped (all leap-second instants of one day map to one instant).
+
+Fractions are truncated to whole microseconds (as ``datetime`` does), so the result equals
+``datetime.fromisoformat(text).timestamp()`` wherever ``datetime`` can represent the time.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["RFC3339Error", "rfc3339_seconds", "is_rfc3339"]
+
+# [0-9], not \d: Python's \d also matches other scripts' digits (e.g. fullwidth), which RFC 3339 does not.
+# Used with fullmatch, so a trailing newline is not let through the way `$` would.
+_match = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+).fullmatch
+_seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" + offset -> epoch seconds (checked)
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_LEAP_FRACTION = 0.999999
+
+
+class RFC3339Error(ValueError):
+    """Not an RFC 3339 date-time; the message says which part is wrong."""
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil; any year)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _is_leap_year(y: int) -> bool:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+def _second(text: str, offset_text: str) -> int:
+    """Epoch seconds of a grammar-checked text's whole second (a leap second: 23:59:59); validates fields."""
+    year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
+    hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
+    if not 1 <= month <= 12:
+        raise RFC3339Error(f"month {month:02d} out of range 01-12 in {text[:64]!r}")
+    last = 29 if month == 2 and _is_leap_year(year) else _DAYS_IN_MONTH[month - 1]
+    if not 1 <= day <= last:
+        raise RFC3339Error(f"day {day:02d} out of range 01-{last} for {year:04d}-{month:02d} in {text[:64]!r}")
+    if hour > 23 or minute > 59 or second > 60:
+        raise RFC3339Error(f"time {hour:02d}:{minute:02d}:{second:02d} out of range in {text[:64]!r}")
+    offset = 0
+    if offset_text != "Z":
+        oh, om = int(offset_text[1:3]), int(offset_text[4:6])
+        if oh > 23 or om > 59:
+            raise RFC3339Error(f"offset {offset_text} out of range in {text[:64]!r}")
+        offset = (oh * 3600 + om * 60) * (1 if offset_text[0] == "+" else -1)
+    if second == 60:
+        if (hour * 60 + minute - offset // 60) % 1440 != 1439:
+            raise RFC3339Error(f"leap second not at 23:59:60 UTC in {text[:64]!r}")
+        second = 59
+    return _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second - offset
+
+
+def rfc3339_seconds(text: str) -> float:
+    """Epoch seconds (UTC, float, microsecond resolution) of an RFC 3339 date-time.
+
+    Raises ``RFC3339Error`` (a ValueError) for anything JSON Schema's ``date-time`` format rejects: other
+    ISO 8601 forms (space separator, basic format, no offset, ``+0800``, ``+08``), impossible dates
+    (``2026-02-30``), out-of-range fields, and a second 60 that is not 23:59:60 UTC. Leap seconds map to
+    23:59:59.999999 UTC (module docstring).
+    """
+    if type(text) is not str:
+        raise RFC3339Error(f"expected an RFC 3339 date-time string, got {type(text).__name__}")
+    if _match(text) is None:
+        raise RFC3339Error(f"not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)): {text[:64]!r}")
+    # The grammar fixes every position up to the seconds; the offset is "Z"/"z" or the last six characters.
+    if text[-1] in "Zz":
+        offset_text, end = "Z", len(text) - 1
+    else:
+        offset_text, end = text[-6:], len(text) - 6
+    # Events of a stream share their seconds: validating and converting one once is most of the cost.
+    key = text[:19] + offset_text
+    whole = _seconds.get(key)
+    if whole is None:
+        whole = _second(text, offset_text)
+        if len(_seconds) >= 65536:
+            _seconds.clear()
+        _seconds[key] = whole
+    if end == 19:  # no fraction
+        return float(whole) + (_LEAP_FRACTION if text[17] == "6" else 0.0)
+    if text[17] == "6":  # a leap second: its fraction is dropped (module docstring)
+        return whole + _LEAP_FRACTION
+    # Truncated to microseconds, as datetime does: a fraction never rounds into the next second.
+    return whole + float(text[19:end if end < 26 else 26])
+
+
+def is_rfc3339(text: object) -> bool:
+    """True if ``text`` is an RFC 3339 date-time ``rfc3339_seconds`` accepts."""
+    try:
+        rfc3339_seconds(text)  # type: ignore[arg-type]
+    except RFC3339Error:
+        return False
+    return True
+
