@@ -506,6 +506,8 @@ def dead_letter_record(rec: dict[str, Any]) -> KafkaRecord:
     ]
     if rec["index"] is not None:
         headers.append(("cityops-batch-index", str(rec["index"]).encode()))
+    if rec.get("path"):  # where the event sits in its message (a batch element, an EPCIS document's event)
+        headers.append(("cityops-event-path", rec["path"].encode()))
     return None, rec["raw"], headers
 
 

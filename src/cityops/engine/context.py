@@ -28,6 +28,7 @@ class Rejected:
     reason: str
     index: int | None = None  # position in its message batch; None = the whole message
     fragment: Any = None
+    path: str | None = None  # JSON Pointer of the event in its message ("/3", "/epcisBody/eventList/3")
 
 
 class Signals(Protocol):

@@ -27,6 +27,7 @@ from cityops.engine.context import Context, Decoded, Rejected, StreamKind
 from cityops.engine.state import StateStore
 from cityops.engine.windows import DiscardWindows, Kpi, WindowCodec, WindowKey, Windows, outside_storable
 from cityops.streams.city_streams import QUALITY, QUALITY_INDEX
+from cityops.streams.times import rfc3339_seconds
 
 log = logging.getLogger("cityops.engine")
 
@@ -342,6 +343,7 @@ class Engine:
         accepted = 0
         seen = False
         for res in results:
+            added = None  # the dedup entry this event made, taken back if applying it fails
             if type(res) is Rejected:
                 if quality_run:
                     self._quality_run(topic, quality_run, on_quality_many)
@@ -381,6 +383,7 @@ class Engine:
                 seen = True
                 wm = wms.get(tp)
                 dedup[key] = Seen(digest=res.digest, ts=ts)
+                added = key
                 buckets[(topic, int(ts // 3600))].append(key)
                 if wm is not None and ts < wm - lateness:
                     # Too late for its KPI window, but still data: it entered the dedup table above, and it
@@ -392,12 +395,14 @@ class Engine:
                         hook(topic, "late", ts, res.source, ctx)
                     self.late_ctx.clock = wm
                     apply(res, self.late_ctx)
+                    added = None  # applied: it counts
                 else:
                     pclock.see(res.source)
                     if wm is None or ts > wm:
                         wms[tp] = wm = pclock.advance(wm, ts, res.source, jump)
                     ctx.clock = wm
                     apply(res, ctx)
+                    added = None  # applied: it counts
                     accepted += 1
                     if on_quality_many:
                         quality_run.append((ts, res.source))
@@ -410,10 +415,15 @@ class Engine:
                     heapq.heappush(self._rule_heap, bkey)
             except Exception as exc:
                 log.exception("processing failed at=%s[%d]@%d index=%d", topic, partition, offset, res.index)
+                if added is not None:
+                    # The event is dead-lettered, so it was not counted: a corrected re-send must not be
+                    # taken for its duplicate.
+                    dedup.pop(added)
                 if quality_run:
                     self._quality_run(topic, quality_run, on_quality_many)
                 self._reject(topic, partition, offset, raw,
-                             Rejected(f"processing error: {type(exc).__name__}: {exc}", res.index), now)
+                             Rejected(f"processing error: {type(exc).__name__}: {exc}", res.index,
+                                      path=getattr(res, "path", None)), now)
         if quality_run:
             self._quality_run(topic, quality_run, on_quality_many)
         if seen:
@@ -456,7 +466,7 @@ class Engine:
         seq = self.store.meta["dlq_seq"] = self.store.meta["dlq_seq"] + 1
         self.dlq[seq] = {
             "stream": topic, "topic": topic, "partition": partition, "offset": offset,
-            "index": res.index, "reason": res.reason, "outcome": outcome, "raw": raw,
+            "index": res.index, "path": res.path, "reason": res.reason, "outcome": outcome, "raw": raw,
             "element": None if res.fragment is None or res.index is None else _dumps(res.fragment),
         }
         wm = self.partition_wm.get((topic, partition))
@@ -837,13 +847,10 @@ def record_digest(raw: bytes | None) -> str:
 
 def _event_time(value: Any) -> float | None:
     """Epoch seconds of an RFC 3339 time with offset, or None."""
-    if not isinstance(value, str):
-        return None
     try:
-        dt = datetime.fromisoformat(value)
+        return rfc3339_seconds(value)
     except ValueError:
         return None
-    return dt.timestamp() if dt.tzinfo is not None else None
 
 
 def _iso(ts: float) -> str:

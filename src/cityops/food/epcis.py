@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Iterable
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,14 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
+from cityops.streams.times import rfc3339_seconds
+
 __all__ = [
     "DEFAULT_SCHEMA_PATH",
     "EVENT_TYPES",
     "EpcisError",
     "EpcisValidator",
+    "EventRuleError",
     "Extracted",
     "canonical_id",
     "cbv",
@@ -28,6 +31,7 @@ __all__ = [
     "event_identity",
     "event_time",
     "extract_events",
+    "canonical_json",
     "gs1_check_digit",
     "to_celsius",
 ]
@@ -42,6 +46,15 @@ EVENT_TYPES = frozenset(
 
 class EpcisError(ValueError):
     """A message that is not an EPCIS 2.0 document or event (the reason is the exception text)."""
+
+
+class EventRuleError(EpcisError):
+    """A schema-valid event that breaks a cityops rule; ``path`` is the JSON Pointer inside the event."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{reason} at {path}")
+        self.path = path
+        self.reason = reason
 
 
 # -- validation ---------------------------------------------------------------------------------------------
@@ -90,12 +103,19 @@ class EpcisValidator:
 class Extracted:
     """Events of one message: (index, event, JSON-LD context in force) plus per-index/whole-message failures."""
 
-    __slots__ = ("events", "rejected", "fatal")
+    __slots__ = ("events", "rejected", "fatal", "prefix")
 
     def __init__(self) -> None:
         self.events: list[tuple[int, dict[str, Any], Any]] = []
         self.rejected: list[tuple[int, str, Any]] = []
         self.fatal: str | None = None
+        self.prefix: tuple[str, ...] | None = None  # instance path of the event list; () = a single event
+
+    def event_path(self, index: int) -> str:
+        """JSON Pointer of event ``index`` in its message ("" for a single-event message)."""
+        if not self.prefix:
+            return ""
+        return _fmt_path((*self.prefix, index))
 
 
 def _merge_context(outer: Any, inner: Any) -> Any:
@@ -122,11 +142,28 @@ def _event_list(doc: dict[str, Any]) -> tuple[list[Any] | None, tuple[str, ...]]
     return (evs if isinstance(evs, list) else None), ("epcisBody", "eventList")
 
 
-def extract_events(msg: Any, validator: EpcisValidator) -> Extracted:
+_RULE_SURROGATE = "cityops rule: lone surrogate in a string, not Unicode text (RFC 8259 section 8.2)"
+_RULE_DOUBLE = "cityops rule: number beyond the range of a double (the event could not be kept as sent)"
+
+
+def _lenient_reason(value: Any) -> str | None:
+    """Why a value the lenient JSON parse let through cannot be taken: "<reason> at <pointer>", or None."""
+    from cityops.streams import jsontext
+
+    for finder, rule in ((jsontext.lone_surrogate, _RULE_SURROGATE), (jsontext.beyond_double, _RULE_DOUBLE)):
+        at = finder(value)
+        if at is not None:
+            return f"{rule} at {_fmt_path(at) if at else '/'}"
+    return None
+
+
+def extract_events(msg: Any, validator: EpcisValidator, *, lenient: bool = False) -> Extracted:
     """Split a parsed message into its events and validate them against the official schema.
 
     Failures inside one event reject that event only; failures in the envelope (header, body shape) or a
-    single-event message reject the whole message (``fatal``).
+    single-event message reject the whole message (``fatal``). ``lenient``: the message was parsed by the
+    standard library (``cityops.streams.jsontext.loads``) and may hold lone surrogates or numbers beyond a
+    double; an event holding one is rejected by a cityops rule (the schema validator cannot judge them).
     """
     out = Extracted()
     if not isinstance(msg, dict):
@@ -141,6 +178,25 @@ def extract_events(msg: Any, validator: EpcisValidator) -> Extracted:
     else:
         out.fatal = "schema /required at /: \"type\" is missing or not a string"
         return out
+    out.prefix = prefix
+
+    early: dict[int, tuple[str, Any]] = {}  # index -> (reason, the event as sent)
+    if lenient:
+        if not prefix or events is None:
+            reason = _lenient_reason(msg)
+            if reason is not None:
+                out.fatal = reason
+                return out
+        else:
+            for i, ev in enumerate(events):
+                reason = _lenient_reason(ev)
+                if reason is not None:
+                    early[i] = (reason.replace(" at /", f" at {_fmt_path((*prefix, i))}/", 1), ev)
+                    events[i] = {}  # the validator sees a placeholder (its errors there are not reported)
+            reason = _lenient_reason(msg)
+            if reason is not None:  # left in the envelope
+                out.fatal = reason
+                return out
 
     valid = validator.is_valid(msg)
     bad: dict[int, str] = {}
@@ -158,7 +214,10 @@ def extract_events(msg: Any, validator: EpcisValidator) -> Extracted:
         return out
     assert events is not None
     for i, ev in enumerate(events):
-        if i in bad:
+        if i in early:
+            events[i] = early[i][1]
+            out.rejected.append((i, early[i][0], early[i][1]))
+        elif i in bad:
             out.rejected.append((i, bad[i], ev))
         else:
             out.events.append((i, ev, _merge_context(ctx, ev.get("@context"))))
@@ -166,13 +225,21 @@ def extract_events(msg: Any, validator: EpcisValidator) -> Extracted:
 
 
 def event_time(value: str) -> float:
-    """Epoch seconds (UTC) of an xsd:dateTime with offset or Z (schema-checked before this is called)."""
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        import dateutil.parser  # installed with the hash generator; only for rare ISO forms 3.11 rejects
+    """Epoch seconds (UTC) of an RFC 3339 date-time (the schema's ``format: date-time``, checked before).
 
-        return dateutil.parser.isoparse(value).timestamp()
+    The parser accepts exactly what the schema's format accepts, leap seconds included (23:59:60 UTC is
+    counted at 23:59:59.999999 UTC: ``cityops.streams.times``). Raises ValueError otherwise.
+    """
+    return rfc3339_seconds(value)
+
+
+def canonical_json(value: Any) -> bytes:
+    """Key-sorted compact JSON of a parsed value: orjson's, or the standard library's for integers beyond
+    64 bits (valid JSON that orjson cannot write), so identity and digest never fail on them."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # -- CBV vocabulary ------------------------------------------------------------------------------------------
@@ -281,27 +348,42 @@ def to_celsius(value: float, uom: str | None) -> float | None:
     return None
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def temperatures(ev: dict[str, Any]) -> list[float]:
-    """Temperature readings (°C) of an event's sensorElementList: value, else mean, else min and max."""
+    """Temperature readings (°C) of an event's sensorElementList: value, else mean, else min and max.
+
+    Raises ``EventRuleError`` (with the reading's path) for a reading that is not a finite double in °C
+    (JSON allows numbers like 1e400; a KPI or an alert value cannot hold them): a cityops rule.
+    """
     out: list[float] = []
     sel = ev.get("sensorElementList")
     if not isinstance(sel, list):
         return out
-    for element in sel:
+    for i, element in enumerate(sel):
         reports = element.get("sensorReport") if isinstance(element, dict) else None
         if not isinstance(reports, list):
             continue
-        for rep in reports:
+        for j, rep in enumerate(reports):
             if not isinstance(rep, dict) or rep.get("type") not in _TEMPERATURE:
                 continue
             uom = rep.get("uom")
-            picked = [rep[k] for k in ("value",) if isinstance(rep.get(k), (int, float))]
-            if not picked and isinstance(rep.get("meanValue"), (int, float)):
-                picked = [rep["meanValue"]]
-            if not picked:
-                picked = [rep[k] for k in ("minValue", "maxValue") if isinstance(rep.get(k), (int, float))]
-            for v in picked:
-                c = to_celsius(v, uom)
+            keys = [k for k in ("value",) if _number(rep.get(k))]
+            if not keys and _number(rep.get("meanValue")):
+                keys = ["meanValue"]
+            if not keys:
+                keys = [k for k in ("minValue", "maxValue") if _number(rep.get(k))]
+            for k in keys:
+                try:
+                    c = to_celsius(rep[k], uom)
+                except OverflowError:
+                    c = math.inf
+                if c is not None and not math.isfinite(c):
+                    raise EventRuleError(f"/sensorElementList/{i}/sensorReport/{j}/{k}",
+                                         f"cityops rule: temperature {rep[k]!r} {uom or 'CEL'} is not a finite "
+                                         "number")
                 if c is not None:
                     out.append(c)
     return out
@@ -382,7 +464,7 @@ def event_hash_id(event: dict[str, Any], context: Any) -> str:
 
 def _fallback_id(event: dict[str, Any]) -> str:
     body = {k: v for k, v in event.items() if k not in ("@context", "eventID", "recordTime", "errorDeclaration")}
-    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    digest = hashlib.sha256(canonical_json(body)).hexdigest()
     return f"ni:///sha-256;{digest}?ver=cityops-json"
 
 

@@ -6,14 +6,14 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from cityops.engine.codec import Codec
 from cityops.engine.context import Context, Decoded, Rejected
 from cityops.engine.windows import Fields, Kpi
 from cityops.food.epcis import (
     EpcisValidator,
+    EventRuleError,
     canonical_id,
+    canonical_json,
     cbv,
     epc_ids,
     event_identity,
@@ -22,6 +22,7 @@ from cityops.food.epcis import (
     temperatures,
 )
 from cityops.food.lineage import Lineage
+from cityops.streams import jsontext
 
 __all__ = ["FOOD_KPIS", "FoodStream", "normalise"]
 
@@ -159,31 +160,52 @@ class FoodStream:
 
     # -- decode --------------------------------------------------------------------------------------------
     def decode(self, raw: bytes) -> list[Decoded | Rejected]:
-        """Every event of one message, accepted (Decoded) or dead-lettered (Rejected with the schema path)."""
+        """Every event of one message, accepted (Decoded) or dead-lettered (Rejected with the schema path).
+
+        Each event is judged on its own, at any depth (a document's eventList, a query document's
+        resultsBody, the sensor readings inside an event): a schema error, a cityops rule or any error while
+        decoding one event rejects that event alone, with its index and its JSON Pointer in the reason. Only
+        a message that is not JSON, or whose envelope is broken, is rejected whole.
+        """
         if self.legacy_cbv_urns and b"urn:epcglobal:cbv:" in raw:
             raw = (raw.replace(b"urn:epcglobal:cbv:bizstep:", b"https://ref.gs1.org/cbv/BizStep-")
                    .replace(b"urn:epcglobal:cbv:disp:", b"https://ref.gs1.org/cbv/Disp-"))
         try:
-            msg = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+            msg, lenient = jsontext.loads(raw)
+        except jsontext.MalformedJson as exc:
             return [Rejected(f"malformed JSON: {exc}", None, raw[:200])]
-        ex = extract_events(msg, self.validator)
+        ex = extract_events(msg, self.validator, lenient=lenient)
         if ex.fatal is not None:
             return [Rejected(ex.fatal, None, None)]
-        out: list[Decoded | Rejected] = [Rejected(reason, i, frag) for i, reason, frag in ex.rejected]
+        out: list[Decoded | Rejected] = [Rejected(reason, i, frag, ex.event_path(i) or None)
+                                         for i, reason, frag in ex.rejected]
         for i, ev, ctx in ex.events:
-            norm = normalise(ev)
-            out.append(Decoded(
-                event_id=event_identity(ev, ctx),
-                ts=event_time(ev["eventTime"]),
-                source=norm["rp"] or norm["loc"] or "unknown",
-                digest=hashlib.sha256(orjson.dumps(ev, option=orjson.OPT_SORT_KEYS)).digest()[:16],
-                event=norm,
-                index=i,
-            ))
+            out.append(self._event(ex, i, ev, ctx))
         if len(out) > 1 and ex.rejected:
             out.sort(key=lambda r: r.index if r.index is not None else -1)
         return out
+
+    def _event(self, ex: Any, i: int, ev: dict[str, Any], ctx: Any) -> Decoded | Rejected:
+        """One schema-valid event: its identity, event time and normalised form, or why cityops rejects it."""
+        where = ex.event_path(i)
+        try:
+            try:
+                ts = event_time(ev["eventTime"])
+            except ValueError as exc:
+                raise EventRuleError("/eventTime", f"eventTime: {exc}") from None
+            norm = normalise(ev)
+            return Decoded(
+                event_id=event_identity(ev, ctx),
+                ts=ts,
+                source=norm["rp"] or norm["loc"] or "unknown",
+                digest=hashlib.sha256(canonical_json(ev)).digest()[:16],
+                event=norm,
+                index=i,
+            )
+        except EventRuleError as exc:
+            return Rejected(f"{exc.reason} at {where}{exc.path}", i, ev, where or None)
+        except Exception as exc:  # a decoder bug must not take the document's other events with it
+            return Rejected(f"decoder error at {where or '/'}: {type(exc).__name__}: {exc}", i, ev, where or None)
 
     # -- apply ---------------------------------------------------------------------------------------------
     def restore(self, ctx: Context) -> None:

@@ -48,6 +48,14 @@ def _int_fields(model: type[msgspec.Struct]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _pointed(results: list[Decoded | Rejected]) -> list[Decoded | Rejected]:
+    """Batch results, each rejected element with its JSON Pointer ("/3") in the message."""
+    for r in results:
+        if type(r) is Rejected and r.index is not None:
+            r.path = f"/{r.index}"
+    return results
+
+
 class JsonStream:
     """A stream whose message value is one JSON event object or a JSON array of them.
 
@@ -86,7 +94,9 @@ class JsonStream:
             return self._decode_slow(raw, exc)
         if not events:
             return [Rejected("empty batch: JSON array with no events")]
-        return [self._accept(ev, i, f"$[{i}]" if batch else "$") for i, ev in enumerate(events)]
+        if not batch:
+            return [self._accept(events[0], 0, "$")]
+        return _pointed([self._accept(ev, i, f"$[{i}]") for i, ev in enumerate(events)])
 
     def _decode_slow(self, raw: bytes, exc: Exception) -> list[Decoded | Rejected]:
         try:
@@ -99,16 +109,16 @@ class JsonStream:
             return [Rejected(f"contract: message must be a JSON object or array of objects, got {type(doc).__name__}")]
         if not doc:
             return [Rejected("empty batch: JSON array with no events")]
-        return [self._element(element, i, f"$[{i}]", lenient) for i, element in enumerate(doc)]
+        return _pointed([self._element(element, i, f"$[{i}]", lenient) for i, element in enumerate(doc)])
 
     def _element(self, element: Any, index: int, where: str, lenient: bool) -> Decoded | Rejected:
         """One element of a parsed message: its typed event, or why it breaks the contract."""
         try:
             if lenient:
-                at = jsontext.lone_surrogate(element, where)
+                at = jsontext.lone_surrogate(element)
                 if at is not None:
-                    return Rejected(f"contract: lone surrogate in a string at `{at}`: not Unicode text "
-                                    "(RFC 8259 section 8.2)", index, None)
+                    return Rejected(f"contract: lone surrogate in a string at `{jsontext.json_path(at, where)}`: "
+                                    "not Unicode text (RFC 8259 section 8.2)", index, None)
             if isinstance(element, dict) and self._ints:
                 element = self._integral(element)
             ev = msgspec.convert(element, self.model, strict=True)

@@ -14,11 +14,15 @@ holds it is dead-lettered alone, with its path (a cityops rule, documented in th
 from __future__ import annotations
 
 import json
+import math
+import sys
 from typing import Any
 
 import orjson
 
-__all__ = ["MalformedJson", "loads", "lone_surrogate"]
+__all__ = ["MalformedJson", "beyond_double", "find", "json_path", "json_pointer", "loads", "lone_surrogate"]
+
+_DOUBLE_MAX = int(sys.float_info.max)
 
 
 class MalformedJson(ValueError):
@@ -51,26 +55,59 @@ def loads(raw: bytes) -> tuple[Any, bool]:
         raise MalformedJson(str(first)) from None
 
 
-def lone_surrogate(value: Any, path: str = "$") -> str | None:
-    """The path (``$.a[2].b``) of the first string (or object key) in ``value`` holding a lone surrogate."""
-    if isinstance(value, str):
-        return path if _has_surrogate(value) else None
+def find(value: Any, bad: Any) -> list[str | int] | None:
+    """The path (keys and indexes) of the first value, or object key, in ``value`` for which ``bad`` holds.
+
+    A key is named with backslash escapes (the path must itself be writable as UTF-8).
+    """
+    if bad(value):
+        return []
     if isinstance(value, dict):
         for k, v in value.items():
-            if isinstance(k, str) and _has_surrogate(k):
-                return f"{path}.{k.encode('utf-8', 'backslashreplace').decode()}"
-            found = lone_surrogate(v, f"{path}.{k}")
+            if bad(k):
+                return [k.encode("utf-8", "backslashreplace").decode() if isinstance(k, str) else k]
+            found = find(v, bad)
             if found is not None:
-                return found
+                return [k, *found]
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            found = lone_surrogate(v, f"{path}[{i}]")
+            found = find(v, bad)
             if found is not None:
-                return found
+                return [i, *found]
     return None
 
 
-def _has_surrogate(text: str) -> bool:
+def lone_surrogate(value: Any) -> list[str | int] | None:
+    """The path of the first string or object key in ``value`` holding a lone surrogate."""
+    return find(value, _has_surrogate)
+
+
+def beyond_double(value: Any) -> list[str | int] | None:
+    """The path of the first number in ``value`` a double cannot hold (``1e400``, a 400-digit integer)."""
+    return find(value, _beyond_double)
+
+
+def _beyond_double(v: Any) -> bool:
+    if type(v) is float:
+        return v in (math.inf, -math.inf)
+    if type(v) is int:
+        return abs(v) > _DOUBLE_MAX
+    return False
+
+
+def json_path(parts: list[str | int], root: str = "$") -> str:
+    """``$.a[2].b`` (msgspec's notation, used in the city streams' reasons) of a path."""
+    return root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+def json_pointer(parts: list[str | int]) -> str:
+    """RFC 6901 JSON Pointer (``/a/2/b``, EPCIS schema errors' notation) of a path."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _has_surrogate(text: Any) -> bool:
+    if type(text) is not str:
+        return False
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
