@@ -20,6 +20,15 @@ def _reason(exc: Exception) -> str:
     return text if text else type(exc).__name__
 
 
+def _located(exc: Exception, where: str) -> str:
+    """msgspec's reason with its path rooted at the element (``$[3].flow``); the element itself if it has none."""
+    text = _reason(exc)
+    head, sep, tail = text.rpartition(" - at `$")
+    if sep:
+        return f"{head} - at `{where}{tail}"
+    return f"{text} - at `{where}`"
+
+
 class Pseudonymizer:
     """Keyed hash of card numbers (BLAKE2b-MAC, 80 bits, hex): stable per key, not reversible without it."""
 
@@ -123,7 +132,7 @@ class JsonStream:
                 element = self._integral(element)
             ev = msgspec.convert(element, self.model, strict=True)
         except msgspec.ValidationError as err:
-            return Rejected(f"contract: {_reason(err).replace('$', where, 1)}", index, element)
+            return Rejected(f"contract: {_located(err, where)}", index, element)
         except Exception as err:  # a decoder bug must not take the batch's other events with it
             return Rejected(f"decoder error at `{where}`: {type(err).__name__}: {err}", index, element)
         return self._accept(ev, index, where, element)
