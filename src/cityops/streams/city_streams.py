@@ -85,6 +85,7 @@ class JsonStream:
         self._many = msgspec.json.Decoder(list[self.model])  # type: ignore[name-defined]
         self._enc = msgspec.json.Encoder()
         self._ints = _int_fields(self.model)
+        self._fields = frozenset(f.encode_name for f in msgspec.inspect.type_info(self.model).fields)  # type: ignore[attr-defined]
 
     def decode(self, raw: bytes) -> list[Decoded | Rejected]:
         if not raw:
@@ -128,6 +129,10 @@ class JsonStream:
                 if at is not None:
                     return Rejected(f"contract: lone surrogate in a string at `{jsontext.json_path(at, where)}`: "
                                     "not Unicode text (RFC 8259 section 8.2)", index, None)
+                at = jsontext.beyond_double(element)
+                if at and at[0] in self._fields:  # (in an unknown field it is ignored, as the contract says)
+                    return Rejected(f"contract: number at `{jsontext.json_path(at, where)}` is beyond the range "
+                                    "of a double (it reads as infinity)", index, element)
             if isinstance(element, dict) and self._ints:
                 element = self._integral(element)
             ev = msgspec.convert(element, self.model, strict=True)

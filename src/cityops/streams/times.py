@@ -27,6 +27,7 @@ __all__ = ["RFC3339Error", "rfc3339_seconds", "is_rfc3339"]
 _match = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
 ).fullmatch
+_local = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?").fullmatch
 _seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" + offset -> epoch seconds (checked)
 _DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _LEAP_FRACTION = 0.999999
@@ -85,6 +86,9 @@ def rfc3339_seconds(text: str) -> float:
     if type(text) is not str:
         raise RFC3339Error(f"expected an RFC 3339 date-time string, got {type(text).__name__}")
     if _match(text) is None:
+        if _local(text) is not None:
+            raise RFC3339Error(f"no UTC offset (Z or ±HH:MM) in {text[:64]!r}: without a timezone a local time "
+                               "names no instant")
         raise RFC3339Error(f"not an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)): {text[:64]!r}")
     # The grammar fixes every position up to the seconds; the offset is "Z"/"z" or the last six characters.
     if text[-1] in "Zz":
