@@ -80,6 +80,7 @@ class DeadLetter(StateStruct, kw_only=True):
     element: bytes | None = None  # the rejected batch element as JSON, when known
     measurement: str | None = None  # a point a sink refused: its measurement
     id: str | None = None  # a point a sink refused: its stable dead-letter id
+    path: str | None = None  # JSON Pointer of the rejected event in its message, when it is nested
 
 
 class BufferedEvent(StateStruct, kw_only=True):
@@ -99,7 +100,7 @@ def _seen_v0(key: Any, plain: list[Any]) -> dict[str, Any]:
 
 
 SEEN_CODEC = Codec("dedup_seen", Seen, migrations={0: _seen_v0})
-_DLQ_ONLY_IF_SET = ("measurement", "id")  # fields only some records carry (refused points)
+_DLQ_ONLY_IF_SET = ("measurement", "id", "path")  # fields only some records carry (refused points)
 
 
 def _dead_letter_dict(key: Any, dl: DeadLetter) -> dict[str, Any]:
@@ -132,7 +133,16 @@ def buffer_codec(event_types: dict[str, Any]) -> Codec:
         topic, ev = plain  # format 0: (topic, Decoded as its field map)
         return {"topic": topic, **ev}
 
-    return Codec("buffered_event", BufferedEvent, to_plain=out, from_plain=back, migrations={0: v0})
+    def v1(key: Any, plain: dict[str, Any]) -> dict[str, Any]:
+        # Version 1 held the city events' `ts` as a datetime; since version 2 it is the RFC 3339 text as
+        # sent (cityops.streams.times parses it). An aware datetime's isoformat is that text's equal.
+        event = plain.get("event")
+        if isinstance(event, dict) and isinstance(event.get("ts"), datetime):
+            plain = dict(plain, event=dict(event, ts=event["ts"].isoformat()))
+        return plain
+
+    return Codec("buffered_event", BufferedEvent, version=2, to_plain=out, from_plain=back,
+                 migrations={0: v0, 1: v1})
 
 
 class NullSignals:
@@ -466,9 +476,11 @@ class Engine:
         seq = self.store.meta["dlq_seq"] = self.store.meta["dlq_seq"] + 1
         self.dlq[seq] = {
             "stream": topic, "topic": topic, "partition": partition, "offset": offset,
-            "index": res.index, "path": res.path, "reason": res.reason, "outcome": outcome, "raw": raw,
+            "index": res.index, "reason": res.reason, "outcome": outcome, "raw": raw,
             "element": None if res.fragment is None or res.index is None else _dumps(res.fragment),
         }
+        if res.path:
+            self.dlq.data[seq]["path"] = res.path
         wm = self.partition_wm.get((topic, partition))
         # The source of a rejected batch element is still known (it is sending, if badly): silence rules
         # must not take a source that sends only invalid events for a silent one.

@@ -11,7 +11,7 @@ from cityops.engine.context import Context, Decoded, Rejected
 from cityops.engine.windows import Fields, Kpi
 from cityops.streams import jsontext
 from cityops.streams.models import CardTap, HealthCardEvent, RoadReading
-from cityops.streams.times import RFC3339Error, rfc3339_seconds
+from cityops.streams.times import event_time_text, seconds_of
 
 
 def _reason(exc: Exception) -> str:
@@ -57,6 +57,32 @@ def _int_fields(model: type[msgspec.Struct]) -> tuple[str, ...]:
     return tuple(out)
 
 
+class _CheckedTime:
+    """``ts`` as the element-by-element path checks it: in field order, with the other fields."""
+
+
+def _check_time(typ: type, value: Any) -> Any:
+    if typ is _CheckedTime:
+        event_time_text(value)  # raises TypeError/ValueError, worded as msgspec words datetime errors
+        return _CheckedTime()
+    raise NotImplementedError(f"no decoder for {typ!r}")
+
+
+def _checking_model(model: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """``model`` with ``ts`` checked in place: msgspec then reports a message's first error in field order,
+    as it did while ``ts`` was decoded as a datetime (the same dead-letter reason for the same input)."""
+    fields = []
+    for f in msgspec.structs.fields(model):
+        typ = _CheckedTime if f.name == "ts" else f.type
+        if f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, typ, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, typ, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, typ))
+    return msgspec.defstruct(f"{model.__name__}Check", fields, kw_only=True, forbid_unknown_fields=False)
+
+
 def _pointed(results: list[Decoded | Rejected]) -> list[Decoded | Rejected]:
     """Batch results, each rejected element with its JSON Pointer ("/3") in the message."""
     for r in results:
@@ -83,6 +109,7 @@ class JsonStream:
         self.pseudonymize = pseudonymize
         self._one = msgspec.json.Decoder(self.model)
         self._many = msgspec.json.Decoder(list[self.model])  # type: ignore[name-defined]
+        self._checker = _checking_model(self.model)
         self._enc = msgspec.json.Encoder()
         self._ints = _int_fields(self.model)
         self._fields = frozenset(f.encode_name for f in msgspec.inspect.type_info(self.model).fields)  # type: ignore[attr-defined]
@@ -137,6 +164,10 @@ class JsonStream:
                 element = self._integral(element)
             ev = msgspec.convert(element, self.model, strict=True)
         except msgspec.ValidationError as err:
+            try:  # the first error in field order, the event time checked as the other fields
+                msgspec.convert(element, self._checker, strict=True, dec_hook=_check_time)
+            except msgspec.ValidationError as first:
+                err = first
             return Rejected(f"contract: {_located(err, where)}", index, element)
         except Exception as err:  # a decoder bug must not take the batch's other events with it
             return Rejected(f"decoder error at `{where}`: {type(err).__name__}: {err}", index, element)
@@ -154,11 +185,13 @@ class JsonStream:
 
     def _accept(self, ev: Any, index: int, where: str, element: Any = None) -> Decoded | Rejected:
         try:
-            ts = rfc3339_seconds(ev.ts)
-        except RFC3339Error as err:
+            text = event_time_text(ev.ts)
+        except (TypeError, ValueError) as err:
             return Rejected(f"contract: {err} - at `{where}.ts`", index,
                             element if element is not None else msgspec.to_builtins(ev))
         try:
+            ev.ts = text  # canonical: the digest's spelling of the time (see times.canonical_text)
+            ts = seconds_of(text)
             digest = hashlib.blake2b(self._enc.encode(ev), digest_size=8).digest()
             if self.pseudonymize is not None and hasattr(ev, "card_id"):
                 ev.card_id = self.pseudonymize(ev.card_id)

@@ -8,9 +8,10 @@ import msgspec
 from msgspec import Meta
 
 NonEmpty = Annotated[str, Meta(min_length=1, max_length=256)]
-# RFC 3339 with an explicit offset (JSON Schema `format: date-time`): the text is kept as sent and checked
-# and converted by cityops.streams.times, which accepts exactly what the format accepts (leap seconds
-# included; msgspec's own datetime type rejects those and lets through forms RFC 3339 does not allow).
+
+# RFC 3339 with an explicit offset (JSON Schema `format: date-time`), kept as text by msgspec and checked by
+# cityops.streams.times (JsonStream), which accepts exactly what the format accepts: msgspec's own
+# datetime rejects leap seconds and lets through forms RFC 3339 does not allow (a space, "+0800").
 EventTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 NonNegative = Annotated[float, Meta(ge=0, le=1e12)]
 Lat = Annotated[float, Meta(ge=-90, le=90)]

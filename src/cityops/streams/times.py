@@ -19,8 +19,14 @@ Fractions are truncated to whole microseconds (as ``datetime`` does), so the res
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from typing import Annotated, Any
 
-__all__ = ["RFC3339Error", "rfc3339_seconds", "is_rfc3339"]
+import msgspec
+
+__all__ = ["RFC3339Error", "canonical_text", "event_time_text", "is_rfc3339", "rfc3339_seconds", "seconds_of"]
+
+_AwareDateTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 # [0-9], not \d: Python's \d also matches other scripts' digits (e.g. fullwidth), which RFC 3339 does not.
 # Used with fullmatch, so a trailing newline is not let through the way `$` would.
@@ -109,6 +115,70 @@ def rfc3339_seconds(text: str) -> float:
         return whole + _LEAP_FRACTION
     # Truncated to microseconds, as datetime does: a fraction never rounds into the next second.
     return whole + float(text[19:end if end < 26 else 26])
+
+
+def canonical_text(text: str) -> str:
+    """One spelling per instant-and-offset of an RFC 3339 text ``rfc3339_seconds`` accepted: ``T`` and ``Z``
+    upper case, ``+00:00``/``-00:00`` as ``Z``, a fraction as six digits (none when zero).
+
+    It is the text msgspec writes for the datetime the text names, which is what the city streams' event
+    digests were computed over while their ``ts`` was decoded as a datetime: keeping it keeps the digests
+    of events a restored dedup table holds (a re-send stays a duplicate, not tampering, across the upgrade).
+    """
+    if text[-1] in "Zz":
+        offset, end = "Z", len(text) - 1
+    else:
+        offset, end = text[-6:], len(text) - 6
+        if offset in ("+00:00", "-00:00"):
+            offset = "Z"
+    digits = text[20:end]
+    if len(digits) > 6:
+        try:  # rounded to microseconds, carrying into the seconds: msgspec's own reading of it
+            return msgspec.json.encode(msgspec.json.decode(b'"' + text.encode() + b'"', type=_AwareDateTime)
+                                       ).decode()[1:-1]
+        except msgspec.DecodeError:  # a leap second or year 0000 (never decoded as a datetime): as sent
+            return text
+    head = text[:19] if text[10] == "T" else text[:10] + "T" + text[11:19]
+    if not digits or digits == "000000"[: len(digits)]:
+        return head + offset
+    return head + "." + digits + "000000"[len(digits):] + offset
+
+
+_JSON_KIND = {dict: "object", list: "array", str: "str", int: "int", float: "float", bool: "bool",
+              type(None): "null"}
+_parsed: dict[str, float] = {}  # canonical text -> epoch seconds, of the times event_time_text checked last
+
+
+def event_time_text(value: Any) -> str:
+    """The checked, canonical text (``canonical_text``) of a JSON value given as an event time.
+
+    For the city streams' ``ts`` (``cityops.streams.models.dec_hook``): raises TypeError for a non-string
+    and ValueError for a string that is not an RFC 3339 date-time, worded as msgspec words its datetime
+    errors wherever msgspec's datetime also rejects the value (so a dead letter's reason is the one the
+    release that decoded ``ts`` as a datetime gave), else with this module's reason. ``seconds_of`` then
+    gives the time's epoch seconds without parsing it again.
+    """
+    if type(value) is not str:
+        raise TypeError(f"Expected `datetime`, got `{_JSON_KIND.get(type(value), type(value).__name__)}`")
+    try:
+        seconds = rfc3339_seconds(value)
+    except RFC3339Error as exc:
+        try:
+            msgspec.convert(value, _AwareDateTime)
+        except msgspec.ValidationError as err:
+            raise ValueError(str(err)) from None
+        raise ValueError(f"Invalid RFC3339 encoded datetime: {exc}") from None
+    text = canonical_text(value)
+    if len(_parsed) >= 65536:
+        _parsed.clear()
+    _parsed[text] = seconds
+    return text
+
+
+def seconds_of(text: str) -> float:
+    """Epoch seconds of a text ``event_time_text`` returned (parsed again only if no longer remembered)."""
+    got = _parsed.get(text)
+    return got if got is not None else rfc3339_seconds(text)
 
 
 def is_rfc3339(text: object) -> bool:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
+from typing import Annotated
 
 import jsonschema_rs
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cityops.streams.times import RFC3339Error, is_rfc3339, rfc3339_seconds
+from cityops.streams.times import RFC3339Error, canonical_text, is_rfc3339, rfc3339_seconds
 from tests.jsonschema_strategies import near_date_times
 
 # The reference: the validator the EPCIS stream already uses, with format assertion on.
 DATE_TIME = jsonschema_rs.validator_for({"type": "string", "format": "date-time"}, validate_formats=True)
 
+AWARE = Annotated[datetime, msgspec.Meta(tz=True)]
 NEW_YEAR_2017 = datetime(2017, 1, 1, tzinfo=timezone.utc).timestamp()
 
 
@@ -101,3 +105,27 @@ def test_equals_datetime_wherever_datetime_can_represent_the_time(
     text = dt.isoformat(timespec=spec)
     assert rfc3339_seconds(text) == pytest.approx(datetime.fromisoformat(text).timestamp(), abs=1e-6)
     assert DATE_TIME.is_valid(text)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+       st.integers(-(23 * 60 + 59), 23 * 60 + 59), st.integers(0, 12), st.booleans(), st.booleans())
+def test_canonical_text_is_what_msgspec_writes_for_the_datetime(
+        local: datetime, offset_min: int, digits: int, lower: bool, zero_as_z: bool) -> None:
+    """The city streams' digests were taken over msgspec's datetime text: the same text keeps them."""
+    dt = local.replace(tzinfo=timezone(timedelta(minutes=offset_min)))
+    frac = f"{dt.microsecond:06d}{dt.microsecond % 7}{'0' * 6}"[:digits]
+    off = dt.isoformat()[-6:]
+    if off == "+00:00" and zero_as_z:
+        off = "Z"
+    text = dt.isoformat(timespec="seconds")[:-6] + ("." + frac if frac else "") + off
+    if lower:
+        text = text.lower()
+    assert DATE_TIME.is_valid(text)
+    want = msgspec.json.encode(msgspec.json.decode(json.dumps(text).encode(), type=AWARE)).decode()[1:-1]
+    assert canonical_text(text) == want
+
+
+def test_canonical_text_of_times_msgspec_never_read() -> None:
+    assert canonical_text("2016-12-31T23:59:60.5Z") == "2016-12-31T23:59:60.500000Z"
+    assert canonical_text("2016-12-31t23:59:60.1234567z") == "2016-12-31t23:59:60.1234567z"

@@ -160,6 +160,7 @@ def test_an_error_while_applying_one_event_dead_letters_it_alone_and_a_resend_co
                     event(3, "2016-12-31T23:59:60Z", eventID="urn:uuid:3")])
     engine.process(FOOD, 0, 0, json.dumps(doc).encode())
     assert engine.counts[(FOOD, "accepted")] == 2 and engine.counts[(FOOD, "invalid")] == 1
+    engine.checkpoint()
     [(_seq, letter)] = engine.pending_dead_letters()
     assert letter["index"] == 1 and "apply failed" in letter["reason"]
     stream.fail = False  # the producer re-sends the event once the fault is fixed: it counts, not a duplicate
@@ -269,6 +270,7 @@ def test_one_corrupted_event_never_loses_the_others(case: tuple[bytes, int, int,
     engine.process(FOOD, 0, 0, raw)
     outcomes = {outcome: k for (topic, outcome), k in engine.counts.items() if topic == FOOD}
     assert sum(outcomes.values()) == n, outcomes  # each event has exactly one outcome (late ones included)
+    engine.checkpoint()
     letters = [letter for _s, letter in engine.pending_dead_letters()]
     assert len(letters) <= 1 and all(letter["index"] == victim for letter in letters), letters
 
