@@ -27,7 +27,7 @@ from cityops.engine.context import Context, Decoded, Rejected, StreamKind
 from cityops.engine.state import StateStore
 from cityops.engine.windows import DiscardWindows, Kpi, WindowCodec, WindowKey, Windows, outside_storable
 from cityops.streams.city_streams import QUALITY, QUALITY_INDEX
-from cityops.streams.times import rfc3339_seconds
+from cityops.streams.times import canonical_text, rfc3339_seconds
 
 log = logging.getLogger("cityops.engine")
 
@@ -138,7 +138,7 @@ def buffer_codec(event_types: dict[str, Any]) -> Codec:
         # sent (cityops.streams.times parses it). An aware datetime's isoformat is that text's equal.
         event = plain.get("event")
         if isinstance(event, dict) and isinstance(event.get("ts"), datetime):
-            plain = dict(plain, event=dict(event, ts=event["ts"].isoformat()))
+            plain = dict(plain, event=dict(event, ts=canonical_text(event["ts"].isoformat())))
         return plain
 
     return Codec("buffered_event", BufferedEvent, version=2, to_plain=out, from_plain=back,

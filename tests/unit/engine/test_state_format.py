@@ -26,6 +26,7 @@ from cityops.engine.windows import Kpi, WindowCodec
 from cityops.food.lineage import CERT_CODEC, LOT_CODEC, Cert, Lot
 from cityops.streams.city_streams import HEALTH, QUALITY, RIDERSHIP, ROAD
 from cityops.streams.models import CardTap
+from cityops.streams.times import rfc3339_seconds
 
 
 def _header(version: int) -> bytes:
@@ -200,7 +201,9 @@ def test_format0_is_converted_with_a_backup_and_its_values_migrated(tmp_path: Pa
     assert s.table("dedup", SEEN_CODEC).data == {("taps", "e1"): Seen(digest=b"d", ts=5.0)}
     topic, got = s.table("rule_buffer", buffer_codec({"taps": CardTap})).data[(5.0, 1)]
     assert topic == "taps" and got.event_id == "e1" and got.digest == b"d"
-    assert got.event.ts == ev.ts and got.event.card_id == "p-1" and type(got.event) is CardTap
+    # Since issue 9 (leap seconds) a city event's ts is its RFC 3339 text: the same instant, as text.
+    assert rfc3339_seconds(got.event.ts) == ev.ts.timestamp() and got.event.ts == "2026-11-25T00:00:00Z"
+    assert got.event.card_id == "p-1" and type(got.event) is CardTap
     s.close()
     again = StateStore(tmp_path).open()  # now format 1 throughout
     assert again.table("food_lots", LOT_CODEC).data == {"lot-1": Lot(facts=3, seen=10.0, upstream=["lot-0"])}
@@ -323,7 +326,7 @@ def test_outbox_and_alert_records_round_trip_and_refuse_unknown_fields() -> None
 
 
 def test_buffered_events_come_back_as_their_stream_type() -> None:
-    ev = CardTap(event_id="e", ts=datetime(2026, 11, 25, tzinfo=timezone.utc), source="g", card_id="p", mode="bus",
+    ev = CardTap(event_id="e", ts="2026-11-25T00:00:00Z", source="g", card_id="p", mode="bus",
                  line="1", direction="out", fare_cny=2.5, lat=31.0, lon=120.0)
     codec = buffer_codec({"taps": CardTap, "food": dict[str, Any]})
     topic, got = _round_trip(codec, (1.0, 1), ("taps", Decoded("e", 1.0, "g", b"\x00d", ev, 3)))
