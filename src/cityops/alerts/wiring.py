@@ -6,8 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from cityops.alerts.kinds import ENGINE_START, KINDS, SOURCES, build
 from cityops.alerts.lifecycle import AlertEngine
 from cityops.alerts.manifest import load_manifests
@@ -15,6 +13,7 @@ from cityops.alerts.sources import SourceRegistry
 from cityops.engine.context import Decoded
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
+from cityops.streams import jsontext
 
 log = logging.getLogger("cityops.alerts")
 
@@ -49,7 +48,7 @@ class RegistryGate:
         if not reg.must_sign(ev.source):
             return None
         # The signature covers the event as sent, so verify against the original JSON element.
-        doc = orjson.loads(raw)
+        doc, _lenient = jsontext.loads(raw)  # (as the decoder parsed it: numbers beyond a double included)
         element = doc[ev.index] if isinstance(doc, list) else doc
         sig = element.get("sig") if isinstance(element, dict) else None
         body = {k: v for k, v in element.items() if k != "sig"}

@@ -163,3 +163,22 @@ def test_one_corrupted_element_never_loses_the_others(case: tuple[str, bytes, in
     e.checkpoint()
     letters = [letter for _s, letter in e.pending_dead_letters()]
     assert len(letters) <= 1 and all(letter["index"] == victim for letter in letters), letters
+
+
+def test_a_signed_event_with_a_number_beyond_a_double_in_an_unknown_field_still_verifies() -> None:
+    """The source registry reads the message as the decoder does: an infinite extra number is no error."""
+    from cityops.alerts.sources import SourceRegistry, sign
+    from cityops.alerts.wiring import RegistryGate
+
+    topic = "traffic.card-taps"
+    key = "ab" * 16
+    reg = SourceRegistry.from_dict({"sources": {"reader-1": {"stream": topic, "must_sign": True, "key": key}}})
+    events = batch(topic, 2)
+    for ev in events:
+        ev["source"] = "reader-1"
+        ev["extra"] = float("inf")  # JSON `1e400`, read as infinity
+        ev["sig"] = sign(bytes.fromhex(key), ev)
+    raw = json.dumps(events).replace("Infinity", "1e400").encode()
+    e = engine(registry=RegistryGate(reg))
+    e.process(topic, 0, 0, raw)
+    assert e.counts[(topic, "accepted")] == 2, dict(e.counts)
