@@ -45,7 +45,7 @@ def main() -> int:
     store = StateStore(None)  # in memory
     alerts, rules, gate = build_alerting(settings, store)
     clock = [0.0]
-    eng = Engine(store, build_streams(settings), signals=alerts, rules=rules, registry=gate, settings=settings,
+    eng = Engine(store, build_streams(settings, alerts.rules if alerts is not None else None), signals=alerts, rules=rules, registry=gate, settings=settings,
                  now=lambda: clock[0])
     eng.ctx.extra.update(context_extras(store, gate, None))
     start = datetime(2026, 11, 23, 0, 0, tzinfo=CST)

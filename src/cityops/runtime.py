@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from cityops.alerts.spec import RuleSpec
 from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, Point, record_digest
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
@@ -60,8 +61,9 @@ class ShutdownReport:
                 f"start on this data dir) cause={self.cause or 'unknown'}")
 
 
-def build_streams(settings: Settings) -> list[Any]:
-    """All stream kinds the worker consumes, configured from settings."""
+def build_streams(settings: Settings, rules: Mapping[str, RuleSpec] | None = None) -> list[Any]:
+    """All stream kinds the worker consumes, configured from settings; ``rules`` (alert name -> RuleSpec,
+    the loaded manifests; None = alerting off) give streams that evaluate rules their names and thresholds."""
     pseudo = Pseudonymizer(settings.pseudonym_key.get_secret_value().encode())
     streams: list[Any] = [cls(topic, topic, pseudo) for topic, cls in STREAM_CLASSES.items()]
     try:
@@ -70,8 +72,7 @@ def build_streams(settings: Settings) -> list[Any]:
         return streams
     # The lineage outlives the food lateness: an upload still on time finds the history of its lots.
     retention = max(settings.food_retention_s, settings.stream_lateness_s.get(FoodStream.topic, 0.0) + 86400.0)
-    streams.append(FoodStream(cold_min_c=settings.cold_chain_min_c, cold_max_c=settings.cold_chain_max_c,
-                              retention_s=retention))
+    streams.append(FoodStream.from_rules((rules or {}).values(), retention_s=retention))
     return streams
 
 
@@ -94,7 +95,7 @@ class Runtime:
         if build_alerting is not None:
             self.alerts, rules, registry = build_alerting(settings, self.store)
         self.engine = Engine(
-            self.store, build_streams(settings),
+            self.store, build_streams(settings, self.alerts.rules if self.alerts is not None else None),
             allowed_lateness_s=settings.allowed_lateness_s, stream_lateness_s=settings.stream_lateness_s,
             max_future_s=settings.max_future_s, dedup_horizon_s=settings.dedup_horizon_s,
             window_s=settings.window_s, signals=self.alerts, rules=rules, registry=registry,

@@ -163,8 +163,6 @@ class Settings(KafkaSettings):
     source_registry: Path | None = Field(None, description="streams/sources.json: enforce known/signing sources")
     rules_dir: Path | None = Field(None, description="agents/ directory with rule manifests")
     runbook_base: str = "https://git.cityops.example/cityops/-/blob/main"
-    cold_chain_min_c: float = 0.0
-    cold_chain_max_c: float = 4.0
     food_retention_s: float = Field(7 * 86400.0, gt=0)
     alert_resend_s: float = Field(60.0, gt=0)
     log_level: str = "INFO"

@@ -13,13 +13,15 @@ from cityops.alerts.sources import SourceRegistry
 from cityops.engine.context import Decoded
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
+from cityops.food.stream import RULE_KINDS as FOOD_RULE_KINDS
 from cityops.streams import jsontext
 
 log = logging.getLogger("cityops.alerts")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-# Conditions raised by stream code itself (the food pipeline) rather than by a registered kind.
-STREAM_KINDS = {"certificate_reuse": True, "untraced_sale": True, "cold_chain": False}  # kind -> one-shot
+# Rule kinds evaluated by stream code itself (the food pipeline) rather than by a registered kind: the
+# stream declares them (kind -> one-shot); the rules' names and thresholds come from the manifests.
+STREAM_KINDS = FOOD_RULE_KINDS
 
 
 def default_rules_dir() -> Path | None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cityops.alerts.spec import RuleSpec
 from cityops.engine.codec import Codec
 from cityops.engine.context import Context, Decoded, Rejected
 from cityops.engine.windows import Fields, Kpi
+from cityops.errors import ConfigError
 from cityops.food.epcis import (
     EpcisValidator,
     EventRuleError,
@@ -24,11 +27,11 @@ from cityops.food.epcis import (
 from cityops.food.lineage import Lineage
 from cityops.streams import jsontext
 
-__all__ = ["FOOD_KPIS", "FoodStream", "normalise"]
+__all__ = ["FOOD_KPIS", "RULE_KINDS", "FoodStream", "normalise"]
 
-RULE_CERT_REUSE = "FoodCertificateReuse"
-RULE_UNTRACED_SALE = "FoodUntracedSale"
-RULE_COLD_BREACH = "FoodColdChainBreach"
+# The rule kinds this stream evaluates itself (kind -> one-shot): their alert names and thresholds are only
+# in the manifests (agents/food-safety.yml), given to the stream by ``FoodStream.from_rules``.
+RULE_KINDS = {"certificate_reuse": True, "untraced_sale": True, "cold_chain": False}
 
 
 # -- KPIs ------------------------------------------------------------------------------------------------------
@@ -134,7 +137,10 @@ def _step_tag(step: str | None) -> str:
 class FoodStream:
     """StreamKind for GS1 EPCIS 2.0 food-trace messages (documents, query documents or single events).
 
-    ``cold_min_c`` / ``cold_max_c``: chilled-meat range in °C (default 0–4, inclusive).
+    ``alertnames``: rule kind (``RULE_KINDS``) -> the manifest's alert name; a kind without a rule raises
+    nothing (its KPIs are still written). ``cold_min_c`` / ``cold_max_c``: the range in °C (inclusive) of
+    the ``cold_chain`` rule, also used by the ``food_cold_chain`` KPI's ``out_of_range`` (default 0–4 when
+    no manifest has a cold_chain rule). Built from manifests with ``from_rules``.
     ``retention_s``: lineage history kept, in event time (default 7 days).
     ``schema_path``: the official EPCIS JSON schema (default: the copy in streams/food.trace-events/).
     ``legacy_cbv_urns``: rewrite EPCIS 1.x CBV URNs (urn:epcglobal:cbv:...) to web URIs before validation;
@@ -147,8 +153,16 @@ class FoodStream:
     kpis = FOOD_KPIS  # the engine writes these windows (same rules as the city streams)
     event_type = dict[str, Any]  # Decoded.event: the plain view of ``normalise``
 
-    def __init__(self, *, cold_min_c: float = 0.0, cold_max_c: float = 4.0, retention_s: float = 7 * 86400.0,
+    def __init__(self, *, alertnames: Mapping[str, str] | None = None, cold_min_c: float = 0.0,
+                 cold_max_c: float = 4.0, retention_s: float = 7 * 86400.0,
                  schema_path: Path | str | None = None, legacy_cbv_urns: bool = False) -> None:
+        names = dict(alertnames or {})
+        unknown = set(names) - set(RULE_KINDS)
+        if unknown:
+            raise ValueError(f"FoodStream evaluates rule kinds {sorted(RULE_KINDS)}, not {sorted(unknown)}")
+        self._cert_rule = names.get("certificate_reuse")
+        self._untraced_rule = names.get("untraced_sale")
+        self._cold_rule = names.get("cold_chain")
         if cold_min_c >= cold_max_c:
             raise ValueError(f"cold_min_c ({cold_min_c}) must be below cold_max_c ({cold_max_c})")
         self.cold_min_c = float(cold_min_c)
@@ -157,6 +171,33 @@ class FoodStream:
         self.legacy_cbv_urns = legacy_cbv_urns
         self.validator = EpcisValidator(schema_path)
         self._lineage: Lineage | None = None
+
+    @classmethod
+    def from_rules(cls, rules: Iterable[RuleSpec], **kw: Any) -> "FoodStream":
+        """The stream evaluating the manifests' rules of its kinds (``RULE_KINDS``); ``kw`` as the constructor.
+
+        One rule per kind; the ``cold_chain`` rule's ``params`` ``min_c``/``max_c`` (°C) are its range.
+        Errors: ``ConfigError`` naming the rules (two of one kind) or the manifest parameter.
+        """
+        names: dict[str, str] = {}
+        for spec in rules:
+            if spec.kind not in RULE_KINDS:
+                continue
+            if spec.kind in names:
+                raise ConfigError(f"rules {names[spec.kind]!r} and {spec.name!r} are both of kind {spec.kind!r}: "
+                                  f"the food stream evaluates one rule of each kind")
+            names[spec.kind] = spec.name
+            if spec.kind == "cold_chain":
+                try:
+                    kw["cold_min_c"] = float(spec.params["min_c"])
+                    kw["cold_max_c"] = float(spec.params["max_c"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise ConfigError(f"rule {spec.name!r} ({spec.agent}): kind cold_chain needs params min_c "
+                                      f"and max_c in °C, numbers ({exc!r})") from None
+                if kw["cold_min_c"] >= kw["cold_max_c"]:
+                    raise ConfigError(f"rule {spec.name!r} ({spec.agent}): params min_c ({kw['cold_min_c']:g}) "
+                                      f"must be below max_c ({kw['cold_max_c']:g})")
+        return cls(alertnames=names, **kw)
 
     # -- decode --------------------------------------------------------------------------------------------
     def decode(self, raw: bytes) -> list[Decoded | Rejected]:
@@ -236,8 +277,8 @@ class FoodStream:
                 acc[1] += 1
             for cert in e["certs"]:
                 n = lin.certificate(cert, location, ts)
-                if n > 1:
-                    ctx.signals.signal(RULE_CERT_REUSE, {"certificate": cert}, ts, active=True, value=float(n),
+                if n > 1 and self._cert_rule is not None:
+                    ctx.signals.signal(self._cert_rule, {"certificate": cert}, ts, active=True, value=float(n),
                                        summary=f"quarantine certificate {cert} used on inspections at {n} locations")
 
         temps = e["temps"]
@@ -247,7 +288,8 @@ class FoodStream:
             acc = windows.acc(_K_COLD, (location,), ts)
             acc[0] += len(temps)
             acc[1] += len(bad)
-            self._cold(ctx, location, ts, bad, temps)
+            if self._cold_rule is not None:
+                self._cold(ctx, self._cold_rule, location, ts, bad, temps)
 
         if step == "retail_selling":
             acc = windows.acc(_K_CHAIN, (), ts)
@@ -255,22 +297,23 @@ class FoodStream:
             for lot in e["own"]:
                 ok = lin.traced(lot)
                 sold[lot] = max(sold.get(lot, 0), int(ok))
-                if not ok and lin.mark_alerted(lot):
-                    ctx.signals.signal(RULE_UNTRACED_SALE, {"lot": lot}, ts, active=True,
+                if not ok and self._untraced_rule is not None and lin.mark_alerted(lot):
+                    ctx.signals.signal(self._untraced_rule, {"lot": lot}, ts, active=True,
                                        summary=f"lot {lot} sold without slaughter, conformant inspection and"
                                                " receiving in its history")
 
-    def _cold(self, ctx: Context, location: str, ts: float, bad: list[float], temps: list[float]) -> None:
+    def _cold(self, ctx: Context, rule: str, location: str, ts: float, bad: list[float],
+              temps: list[float]) -> None:
         table = ctx.store.table("food_cold", COLD_CODEC)
         was_out = table.data.get(location, False)
         if bad:
             worst = max(bad, key=lambda t: max(self.cold_min_c - t, t - self.cold_max_c))
             if not was_out:
                 table[location] = True
-            ctx.signals.signal(RULE_COLD_BREACH, {"location": location}, ts, active=True, value=worst,
+            ctx.signals.signal(rule, {"location": location}, ts, active=True, value=worst,
                                summary=f"{worst:.1f} °C at {location}, outside "
                                        f"{self.cold_min_c:g}–{self.cold_max_c:g} °C")
         elif was_out:
             del table[location]
-            ctx.signals.signal(RULE_COLD_BREACH, {"location": location}, ts, active=False, value=temps[-1],
+            ctx.signals.signal(rule, {"location": location}, ts, active=False, value=temps[-1],
                                summary=f"back in range at {location}")

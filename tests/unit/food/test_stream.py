@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from itertools import count
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 
+from cityops.alerts.lifecycle import AlertEngine
+from cityops.alerts.manifest import load_manifests
 from cityops.engine.context import Context, Rejected
 from cityops.engine.state import StateStore
 from cityops.engine.windows import Windows
+from cityops.errors import ConfigError
 from cityops.food.epcis import canonical_id
 from cityops.food.stream import FOOD_KPIS, FoodStream
 from cityops.simulate.food import generate, generate_with_truth
@@ -49,9 +53,13 @@ class Recorder:
         return [(r, dict(e)) for (r, e), on in self.state.items() if on and (rule is None or r == rule)]
 
 
+AGENTS = Path(__file__).resolve().parents[3] / "agents"
+SHIPPED = load_manifests(AGENTS)  # the food rules' names and thresholds: only in agents/food-safety.yml
+
+
 class Harness:
-    def __init__(self, **kw: Any) -> None:
-        self.stream = FoodStream(**kw)
+    def __init__(self, rules: Any = None, **kw: Any) -> None:
+        self.stream = FoodStream.from_rules((SHIPPED if rules is None else rules).values(), **kw)
         self.store = StateStore(None)
         self.signals = Recorder()
         self.ctx = Context(self.store, Windows(self.store.table("windows"), FOOD_KPIS), self.signals, None)
@@ -219,12 +227,57 @@ def test_cold_chain_counts_and_breach_signals() -> None:
     assert all(c[0] == "FoodColdChainBreach" and c[1] == {"location": loc} for c in h.signals.calls)
 
 
-def test_cold_range_is_configurable() -> None:
-    h = Harness(cold_min_c=-2.0, cold_max_c=8.0)
+def _food_rules(tmp_path: Path, edit: Any) -> dict[str, Any]:
+    """The shipped manifests with agents/food-safety.yml and its runbook changed by ``edit(text) -> text``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for src in AGENTS.iterdir():
+        text = src.read_text()
+        (tmp_path / src.name).write_text(edit(text) if src.stem == "food-safety" else text)
+    return load_manifests(tmp_path)
+
+
+def test_cold_range_is_configurable(tmp_path: Path) -> None:
+    # The range is the rule's (its manifest params), nowhere else.
+    h = Harness(_food_rules(tmp_path, lambda t: t.replace("params: {min_c: 0, max_c: 4}",
+                                                           "params: {min_c: -2, max_c: 8}")))
     _reading(h, T0, 7.0)
     assert h.total("food_cold_chain", "out_of_range") == 0 and h.signals.calls == []
     with pytest.raises(ValueError, match="cold_min_c"):
         FoodStream(cold_min_c=5, cold_max_c=4)
+    with pytest.raises(ConfigError, match="min_c"):
+        Harness(_food_rules(tmp_path / "bad", lambda t: t.replace("params: {min_c: 0, max_c: 4}",
+                                                                  "params: {min_c: 5, max_c: 4}")))
+
+
+def test_renamed_food_alerts_are_raised_under_the_manifest_names(tmp_path: Path) -> None:
+    """Issue 10: renaming FoodColdChainBreach in its manifest still started, and the next out-of-range
+    reading was dead-lettered (the stream signalled the old name). Every food rule kind, renamed."""
+    renames = {"FoodColdChainBreach": "ColdRoomTooWarm", "FoodCertificateReuse": "CertCopied",
+               "FoodUntracedSale": "LotWithoutTrace"}
+
+    def edit(text: str) -> str:
+        for old, new in renames.items():
+            text = text.replace(f"alert: {old}", f"alert: {new}").replace(f"## {old}", f"## {new}")
+        return text
+
+    rules = _food_rules(tmp_path, edit)
+    assert not set(renames) & set(rules)
+    store = StateStore(None).open()
+    engine = AlertEngine(store, rules)  # raises UnknownRuleError for a name no manifest defines
+    h = Harness(rules)
+    h.ctx.signals = engine
+    _reading(h, T0, 9.0)
+    engine.advance(T0 + 3600)
+    assert {tr.alertname for _, tr in engine.pop_outbox(100)} == {"ColdRoomTooWarm"}
+    lot = "urn:epc:class:lgtin:6901001.020001.RENAMED"
+    h.send(T0 + 10, "retail_selling", classes=[lot], disposition="retail_sold", bizLocation={"id": MARKET})
+    assert {tr.alertname for _, tr in engine.pop_outbox(100)} >= {"LotWithoutTrace"}
+
+
+def test_food_rule_kind_without_a_rule_raises_nothing() -> None:
+    h = Harness({k: v for k, v in SHIPPED.items() if v.kind != "cold_chain"})
+    _reading(h, T0, 9.0)
+    assert h.total("food_cold_chain", "out_of_range") == 1 and h.signals.calls == []
 
 
 def test_trace_step_tag_for_extension_and_missing() -> None:
