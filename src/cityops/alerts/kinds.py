@@ -29,6 +29,7 @@ needed by ``source_silent`` and used by ``impossible_travel`` for taps without c
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -143,6 +144,9 @@ class RuleKind:
     entry_type: ClassVar[Any] = None
     one_shot: ClassVar[bool] = False
     min_sweep_every_s: ClassVar[float] = 300.0
+    # (key, entry in memory) -> the entry as written, for a kind that keeps live objects in its table (its
+    # entry_type is then what this returns); None: entries are written as they are.
+    entry_out: ClassVar[Callable[[Any, Any], Any] | None] = None
 
     def __init__(self, spec: RuleSpec) -> None:
         self.spec = spec
@@ -230,7 +234,9 @@ class RuleKind:
                     return {"active": plain[0], "ts": plain[1]}  # format 0: (active, ts)
                 return cls.entry_v0(key, plain)
 
-            codec = Codec(f"rule:{cls.kind}", by_key=type_of, migrations={0: v0})
+            out = cls.entry_out
+            to_plain = None if out is None else (lambda key, value: value if _is_open(key) else out(key, value))
+            codec = Codec(f"rule:{cls.kind}", by_key=type_of, migrations={0: v0}, to_plain=to_plain)
             cls._codec = codec  # type: ignore[attr-defined]
         return codec
 
@@ -719,7 +725,10 @@ class KpiAnomaly(RuleKind):
         "timezone": (str, DEFAULT_TZ),  # the city's: where its days begin
     }
     # ("det", series) -> the series' KpiDetector.to_state(): named fields, versioned by the detector itself.
+    # In memory the entry is the live KpiDetector (a restored entry: its state, until the series' next
+    # window); it is written by to_state once per commit that follows a change, not once per window.
     entry_type = dict[str, Any]
+    entry_out = staticmethod(lambda key, value: value.to_state() if isinstance(value, KpiDetector) else value)
 
     @classmethod
     def entry_v0(cls, key: Any, plain: Any) -> Any:
@@ -751,12 +760,6 @@ class KpiAnomaly(RuleKind):
             self._new()
         except (TypeError, ValueError) as exc:
             raise self.error("detector", str(exc)) from exc
-
-    def __init__(self, spec: RuleSpec) -> None:
-        super().__init__(spec)
-        # Live detectors beside their stored state, valid only while the table still holds that very state
-        # object: saves a from_state per window, and a restored or rolled-back table is never ignored.
-        self._cache: dict[Any, tuple[Any, KpiDetector]] = {}
 
     @property
     def horizon_s(self) -> float:
@@ -809,20 +812,25 @@ class KpiAnomaly(RuleKind):
 
     def _detector(self, table: Table[Any, Any], key: Any) -> KpiDetector:
         stored = table.get(key)
-        cached = self._cache.get(key)
-        if cached is not None and stored is not None and cached[0] is stored:
-            return cached[1]
         if stored is None:
             return self._new()
-        try:
-            det = KpiDetector.from_state(stored)  # also adopts a SeasonalDetector/ProfileDetector state
-        except (TypeError, ValueError, KeyError):
-            return self._new()
+        if isinstance(stored, KpiDetector):
+            det = stored
+        else:
+            try:
+                det = KpiDetector.from_state(stored)  # also adopts a SeasonalDetector/ProfileDetector state
+            except (TypeError, ValueError, KeyError):
+                return self._new()
         # State of other channels (the rule's model or channels were switched): start over rather than keep it.
+        return det if det.channels == self._channels else self._new()
+
+    @functools.cached_property
+    def _channels(self) -> tuple[str, ...]:
+        """The detector channels this rule's configuration runs."""
         forced = self._MODELS[self.params["model"]]
         chans = forced if forced is not None else self.params["detector"].get("channels", KpiDetector.DEFAULT_CHANNELS)
         chans = (chans,) if isinstance(chans, str) else chans
-        return det if det.channels == tuple(dict.fromkeys(chans)) else self._new()
+        return tuple(dict.fromkeys(chans))
 
     def on_window(
         self, measurement: str, tags: dict[str, str], fields: dict[str, Any], window_start: float, ctx: Context
@@ -846,9 +854,7 @@ class KpiAnomaly(RuleKind):
             # in time order, and repeats of one odd value are not a persistent run.
             return
         score, direction, anomalous = det.update(float(window_start), float(value))
-        state = det.to_state()
-        table[key] = state
-        self._cache[key] = (state, det)
+        table[key] = det  # marks it changed: the commit writes det.to_state()
         base = dict(series)
         for d in ("high", "low"):
             active = anomalous and d == direction
@@ -859,15 +865,15 @@ class KpiAnomaly(RuleKind):
             )
 
     def expired(self, key: Any, value: Any, now_ts: float, ctx: Context) -> bool:
-        st = value["state"]
-        # KpiDetector state: one sub-state per enabled channel; a legacy detector state: flat.
-        subs = [x for x in (st.get("seasonal"), st.get("profile"), st.get("art")) if isinstance(x, dict)] or [st]
-        seen = [x["last_ts"] for x in subs if x.get("last_ts") is not None]
-        last = max(seen) if seen else None
-        gone = last is None or now_ts - last > self.horizon_s
-        if gone:
-            self._cache.pop(key, None)
-        return gone
+        if isinstance(value, KpiDetector):
+            last = value.last_ts
+        else:
+            st = value["state"]
+            # KpiDetector state: one sub-state per enabled channel; a legacy detector state: flat.
+            subs = [x for x in (st.get("seasonal"), st.get("profile"), st.get("art")) if isinstance(x, dict)] or [st]
+            seen = [x["last_ts"] for x in subs if x.get("last_ts") is not None]
+            last = max(seen) if seen else None
+        return last is None or now_ts - last > self.horizon_s
 
 
 # ----------------------------------------------------------------------------------- silence and quality

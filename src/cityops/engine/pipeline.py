@@ -221,8 +221,15 @@ class Engine:
                        for s in self.streams.values()}
         # key (event ts, seq) -> (topic, event) not yet ruled on
         self.rule_buffer = store.table("rule_buffer", buffer_codec(event_types))
-        self._rule_heap: list[tuple[float, int]] = list(self.rule_buffer.data)
-        heapq.heapify(self._rule_heap)
+        # The buffer itself: per stream, a heap of (event time, sequence number, stream, event). Buffering and
+        # releasing an event costs a push and a pop; the durable table is brought up to date once per
+        # checkpoint (_sync_rule_buffer), so an event released before the next commit is never written at all.
+        self._rule_heaps: dict[str, list[tuple[float, int, str, Decoded]]] = {}
+        for (ts, seq), (topic, ev) in self.rule_buffer.data.items():
+            self._rule_heaps.setdefault(topic, []).append((ts, seq, topic, ev))
+        for rheap in self._rule_heaps.values():
+            heapq.heapify(rheap)
+        self._rule_released: list[tuple[float, int]] = []  # written entries released since the last commit
         self.signals = signals if signals is not None else NullSignals()
         self.ctx = Context(store=store, windows=self.windows, signals=self.signals, settings=settings)
         # Streams and rules with durable tables declare them now, so state this release cannot read stops
@@ -241,6 +248,7 @@ class Engine:
         meta.setdefault("partition_clock", {})
         meta.setdefault("dlq_seq", 0)
         meta.setdefault("rule_seq", 0)
+        self._rule_seq = self._rule_synced = int(meta["rule_seq"])  # entries up to _rule_synced are in the table
         # Dead letters up to this sequence number are committed: only those may leave (outbox rule).
         self._dlq_committed = meta["dlq_seq"]
         # Newest event time per (topic, partition). Lateness is judged per partition: a partition's
@@ -350,6 +358,9 @@ class Engine:
                         if self.max_future_s is not None and timestamp is not None and timestamp > 0 else None)
         ctx = self.ctx
         apply = stream.apply
+        rule_heap = self._rule_heaps.get(topic) if on_event else None
+        if on_event and rule_heap is None:
+            rule_heap = self._rule_heaps[topic] = []
         accepted = 0
         seen = False
         for res in results:
@@ -419,10 +430,8 @@ class Engine:
                 if on_event:
                     # Rules see a stream's events in event-time order, once every partition of the stream
                     # is past them (see _release): per-card rules then decide as if there were one partition.
-                    seq = self.store.meta["rule_seq"] = self.store.meta["rule_seq"] + 1
-                    bkey = (ts, seq)
-                    self.rule_buffer[bkey] = (topic, res)
-                    heapq.heappush(self._rule_heap, bkey)
+                    self._rule_seq = seq = self._rule_seq + 1
+                    heapq.heappush(rule_heap, (ts, seq, topic, res))
             except Exception as exc:
                 log.exception("processing failed at=%s[%d]@%d index=%d", topic, partition, offset, res.index)
                 if added is not None:
@@ -498,38 +507,62 @@ class Engine:
                  res.index, res.reason)
 
     def _release(self, now: float) -> None:
-        """Hand buffered events to the rules, oldest first, up to each stream's closing watermark."""
-        heap = self._rule_heap
-        if not heap:
-            return
+        """Hand buffered events to the rules, oldest first, up to each stream's closing watermark.
+
+        Each stream's events wait in their own heap, so a stream held back (its clock behind) costs nothing
+        here; the events released from several streams reach the rules merged in event-time order.
+        """
+        heaps = self._rule_heaps
         closing = self.ctx.extra.get("stream_clock") or {}
         all_idle = not any(now - seen <= self.idle_partition_s for seen in self._last_seen_wall.values())
-        buffer = self.rule_buffer
-        held: list[tuple[float, int]] = []
-        # Past every stream's clock nothing more can be released: stop there (events dated far ahead wait in
-        # the buffer without being looked at again at every checkpoint).
-        newest = max(closing.values(), default=float("-inf"))
-        while heap:
-            key = heap[0]
-            if not all_idle and key[0] > newest:
-                break
-            topic, ev = buffer.data[key]
-            limit = closing.get(topic)
-            if not all_idle and (limit is None or key[0] > limit):
-                # Streams move at different speeds: hold this one, look further for other streams'.
-                held.append(heapq.heappop(heap))
-                if len(held) > 10_000:
-                    break
+        runs: list[list[tuple[float, int, str, Decoded]]] = []
+        pop = heapq.heappop
+        for topic, heap in heaps.items():
+            if not heap:
                 continue
-            heapq.heappop(heap)
-            del buffer[key]
-            for hook in self._hooks(topic)["on_event"]:
+            limit = float("inf") if all_idle else closing.get(topic)
+            if limit is None or heap[0][0] > limit:
+                continue
+            run = []
+            while heap and heap[0][0] <= limit:
+                run.append(pop(heap))
+            runs.append(run)
+        if not runs:
+            return
+        synced = self._rule_synced
+        released = self._rule_released
+        ctx = self.ctx
+        hooks_of: dict[str, list[Any]] = {}
+        for ts, seq, topic, ev in runs[0] if len(runs) == 1 else heapq.merge(*runs):
+            if seq <= synced:
+                released.append((ts, seq))
+            hooks = hooks_of.get(topic)
+            if hooks is None:
+                hooks = hooks_of[topic] = self._hooks(topic)["on_event"]
+            for hook in hooks:
                 try:
-                    hook(topic, ev, self.ctx)
+                    hook(topic, ev, ctx)
                 except Exception:
                     log.exception("rule failed on event stream=%s event_id=%s", topic, ev.event_id)
-        for key in held:
-            heapq.heappush(heap, key)
+
+    def _sync_rule_buffer(self) -> None:
+        """Bring the durable ``rule_buffer`` table up to date with the heaps (right before a commit).
+
+        Written: the events buffered since the last commit and still waiting; deleted: written events released
+        since. The cost is what changed plus one pass over the events still waiting.
+        """
+        table = self.rule_buffer
+        for key in self._rule_released:
+            table.pop(key)
+        self._rule_released = []
+        synced = self._rule_synced
+        if self._rule_seq > synced:
+            for heap in self._rule_heaps.values():
+                for ts, seq, topic, ev in heap:
+                    if seq > synced:
+                        table[(ts, seq)] = (topic, ev)
+            self._rule_synced = self._rule_seq
+        self.store.meta["rule_seq"] = self._rule_seq
 
     def _untrusted(self, topic: str, partition: int, offset: int, raw: bytes, ev: Decoded, now: float,
                    verdict: tuple[str, str], hooks: dict[str, list[Any]]) -> None:
@@ -788,6 +821,7 @@ class Engine:
                 if tp in offsets:
                     digests[tp] = record_digest(raw)
             self._last_raw = {}
+        self._sync_rule_buffer()
         result.bytes_written = self.store.commit(offsets)
         self._dlq_committed = self.store.meta["dlq_seq"]
         return result
