@@ -39,18 +39,29 @@ class RegistryGate:
 
     def __init__(self, registry: SourceRegistry) -> None:
         self.registry = registry
-        self.streams = {info.stream for info in registry.sources.values()}
+        # Per stream: registered source -> whether it must sign. One lookup decides most events.
+        self._sources: dict[str, dict[str, bool]] = {}
+        for info in registry.sources.values():
+            self._sources.setdefault(info.stream, {})[info.source] = info.must_sign
+        self.streams = set(self._sources)
+        self._parsed: tuple[bytes | None, Any] = (None, None)  # the last message parsed for its signatures
 
     def check(self, topic: str, ev: Decoded, raw: bytes) -> tuple[str, str] | None:
-        if topic not in self.streams:  # no registry for this stream (e.g. EPCIS partners): not gated
+        sources = self._sources.get(topic)
+        if sources is None:  # no registry for this stream (e.g. EPCIS partners): not gated
+            return None
+        must_sign = sources.get(ev.source)
+        if must_sign is None:
+            return "untrusted", f"untrusted source: {ev.source!r} is not registered for {topic}"
+        if not must_sign:
             return None
         reg = self.registry
-        if not reg.is_known(ev.source, topic):
-            return "untrusted", f"untrusted source: {ev.source!r} is not registered for {topic}"
-        if not reg.must_sign(ev.source):
-            return None
-        # The signature covers the event as sent, so verify against the original JSON element.
-        doc, _lenient = jsontext.loads(raw)  # (as the decoder parsed it: numbers beyond a double included)
+        # The signature covers the event as sent, so verify against the original JSON element, as the decoder
+        # parsed it (numbers beyond a double included); a batch is parsed once for all its signed events.
+        last, doc = self._parsed
+        if last is not raw:
+            doc, _lenient = jsontext.loads(raw)
+            self._parsed = (raw, doc)
         element = doc[ev.index] if isinstance(doc, list) else doc
         sig = element.get("sig") if isinstance(element, dict) else None
         body = {k: v for k, v in element.items() if k != "sig"}
