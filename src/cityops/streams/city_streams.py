@@ -11,7 +11,7 @@ from cityops.engine.context import Context, Decoded, Rejected
 from cityops.engine.windows import Fields, Kpi
 from cityops.streams import jsontext
 from cityops.streams.models import CardTap, HealthCardEvent, RoadReading
-from cityops.streams.times import event_time_text, seconds_of
+from cityops.streams.times import event_time, event_time_text
 
 
 def _reason(exc: Exception) -> str:
@@ -185,13 +185,11 @@ class JsonStream:
 
     def _accept(self, ev: Any, index: int, where: str, element: Any = None) -> Decoded | Rejected:
         try:
-            text = event_time_text(ev.ts)
+            ts, ev.ts = event_time(ev.ts)  # the text made canonical: the digest's spelling of the time
         except (TypeError, ValueError) as err:
             return Rejected(f"contract: {err} - at `{where}.ts`", index,
                             element if element is not None else msgspec.to_builtins(ev))
         try:
-            ev.ts = text  # canonical: the digest's spelling of the time (see times.canonical_text)
-            ts = seconds_of(text)
             digest = hashlib.blake2b(self._enc.encode(ev), digest_size=8).digest()
             if self.pseudonymize is not None and hasattr(ev, "card_id"):
                 ev.card_id = self.pseudonymize(ev.card_id)

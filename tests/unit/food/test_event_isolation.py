@@ -78,12 +78,14 @@ def test_leap_second_in_every_spelling(t: str) -> None:
 
 def test_leap_second_in_other_times_of_the_event_is_accepted() -> None:
     ev = event(1, "2016-12-31T23:59:59Z", recordTime="2016-12-31T23:59:60Z",
+               errorDeclaration={"declarationTime": "2017-01-01T07:59:60.25+08:00",
+                                 "reason": "incorrect_data"},
                sensorElementList=[{"sensorMetadata": {"time": "2016-12-31T23:59:60Z"},
                                    "sensorReport": [{"type": "Temperature", "value": 2.0, "uom": "CEL",
                                                      "time": "2016-12-31T23:59:60.5Z"}]}])
-    doc = document([ev])
+    doc = document([ev, event(2, "2016-12-31T23:59:60Z")])
     assert STREAM.validator.is_valid(doc)
-    assert [type(r) for r in decode(doc)] == [Decoded]
+    assert [type(r) for r in decode(doc)] == [Decoded, Decoded]
 
 
 # -- every depth -----------------------------------------------------------------------------------------------
