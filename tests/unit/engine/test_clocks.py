@@ -324,3 +324,72 @@ def test_food_lineage_is_not_swept_by_an_event_dated_far_ahead() -> None:
     e.process(FOOD, 0, 2, upload)
     lineage = e.streams[FOOD].lineage(e.ctx)
     assert lineage.traced(lots[0]) and lineage.now < NOON + DAY
+
+
+# ------------------------------------------------------------------------- issue 14: bounded cost of a clock jump
+def _calls(fn: Any) -> int:
+    """Python and C function calls made while running ``fn()``: the work done, counted, not timed."""
+    import sys
+
+    n = 0
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        nonlocal n
+        if event in ("call", "c_call"):
+            n += 1
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return n
+
+
+def _with_every_rule(age_s: float) -> tuple[int, Engine]:
+    """An engine with every shipped rule (agents/*.yml); a first tap ``age_s`` old on one partition, then live
+    taps on four partitions; returns the calls made by the checkpoint in which the clocks jump."""
+    from types import SimpleNamespace
+
+    from cityops.alerts.wiring import build_alerting, context_extras, default_rules_dir
+
+    settings = SimpleNamespace(rules_dir=default_rules_dir(), source_registry="none", runbook_base="",
+                               web_host="127.0.0.1", web_port=1, alertmanager_url=None)
+    store = StateStore(None)
+    alerts, rules, gate = build_alerting(settings, store)
+    assert len(rules) >= 10
+    now = T0 + 5 * 365.25 * DAY
+    e = make(store, signals=alerts, rules=rules, registry=gate, clock=[now])
+    e.ctx.extra.update(context_extras(store, gate, None))
+    e.expect_partitions([(TAPS, p) for p in range(4)])
+    e.process(TAPS, 0, 0, tap(0, now - age_s))
+    e.checkpoint()
+    for p in range(4):
+        for j in range(3):
+            e.process(TAPS, p, 1 + j, tap(10 * p + j + 1, now - 10 + j, source=f"gate-{j}"))
+    return _calls(e.checkpoint), e
+
+
+def test_a_five_year_old_first_tap_costs_a_checkpoint_what_an_hour_old_one_costs() -> None:
+    """Issue 14 in process, every shipped rule on: the checkpoint that crosses five years of event time does the
+    work of one that crosses an hour (it froze commits for ~41 s: invalid_share walked 15.8 M windows)."""
+    hour, e_hour = _with_every_rule(3600.0)
+    years, e_years = _with_every_rule(5 * 365.25 * DAY)
+    assert e_years.partition_wm[(TAPS, 0)] == e_hour.partition_wm[(TAPS, 0)]  # both clocks jumped to the live taps
+    assert years <= 2 * hour + 5000, (hour, years)
+
+
+def test_lifecycle_advance_over_decades_costs_the_alerts_it_holds() -> None:
+    from cityops.alerts.lifecycle import AlertEngine
+    from cityops.alerts.spec import RuleSpec
+
+    def run(jump: float) -> int:
+        store = StateStore(None)
+        rules = {"R": RuleSpec(name="R", kind="tampering", agent="a", for_s=60.0, resolve_after_s=300.0)}
+        eng = AlertEngine(store, rules)
+        for i in range(20):
+            eng.signal("R", {"source": f"s{i}"}, T0 + i, active=True)
+        eng.advance(T0 + 100)
+        return _calls(lambda: eng.advance(T0 + 100 + jump))
+
+    assert run(30 * 365.25 * DAY) <= run(3600.0) + 200
