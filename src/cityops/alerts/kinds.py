@@ -18,7 +18,9 @@ Hooks the engine calls (each a no-op by default):
 
 State: each rule keeps its per-entity state in ``ctx.store.table(f"rule:{name}", codec)`` as plain data, so
 two rules of the same kind never share it and it survives a crash exactly; ``on_tick`` evicts entries older
-than the kind's ``horizon_s`` (event time). The codec (shape ``rule:<kind>``) is derived from the kind:
+than the kind's ``horizon_s`` (event time) on the rule's *retention clock*: the rules' clock, never past the
+clock of the rule's own stream (``retention_stream``; see ``cityops.engine.clocks``), so another stream, or an
+event dated far ahead, cannot expire it. A tick costs the state a rule holds, never the event time it crosses. The codec (shape ``rule:<kind>``) is derived from the kind:
 ``Condition`` for the entities ``report`` keeps open, and the kind's ``entry_type`` (or
 ``entry_type_of(key)``) for its own entries, with ``entry_v0`` reading them from the pickled format (see
 ``cityops.engine.codec``). Context extras: ``ctx.extra["sources"]`` (a ``SourceRegistry``,
