@@ -403,20 +403,24 @@ class Engine:
                     continue
                 seen = True
                 wm = wms.get(tp)
-                dedup[key] = Seen(digest=res.digest, ts=ts)
+                late = wm is not None and ts < wm - lateness
+                # A late event is remembered from when it arrived (its partition's clock), not from its own old
+                # time: a re-sent upload days late is still known as a duplicate for the dedup horizon.
+                kept = wm if late else ts
+                dedup[key] = Seen(digest=res.digest, ts=kept)
                 added = key
-                buckets[(topic, int(ts // 3600))].append(key)
-                if wm is not None and ts < wm - lateness:
+                buckets[(topic, int(kept // 3600))].append(key)
+                if late:
                     # Too late for its KPI window, but still data: it entered the dedup table above, and it
                     # reaches the stream's own state (the food lineage) and the rules.
                     if quality_run:
                         self._quality_run(topic, quality_run, on_quality_many)
+                    self.late_ctx.clock = wm
+                    apply(res, self.late_ctx)
+                    added = None  # applied: it counts (as late)
                     self._count(topic, "late", now)
                     for hook in on_quality:
                         hook(topic, "late", ts, res.source, ctx)
-                    self.late_ctx.clock = wm
-                    apply(res, self.late_ctx)
-                    added = None  # applied: it counts
                 else:
                     pclock.see(res.source)
                     if wm is None or ts > wm:

@@ -313,6 +313,16 @@ def test_food_events_beyond_their_lateness_reach_the_lineage_but_no_window() -> 
     assert e.counts[(FOOD, "duplicate")] == 6
 
 
+def test_an_event_later_than_the_dedup_horizon_is_remembered_from_its_arrival() -> None:
+    e = make(clock=[T0 + 30 * DAY])
+    for i in range(2):
+        e.process(TAPS, 0, i, tap(100 + i, T0 + 10 * DAY, source=f"g{i}"))
+    e.process(TAPS, 0, 2, tap(1, T0))  # ten days late: beyond lateness and the 24 h dedup horizon
+    e.checkpoint()
+    e.process(TAPS, 0, 3, tap(1, T0))  # re-sent
+    assert e.counts[(TAPS, "late")] == 1 and e.counts[(TAPS, "duplicate")] == 1
+
+
 def test_food_lineage_is_not_swept_by_an_event_dated_far_ahead() -> None:
     e = make(food=True, clock=[NOON + 30 * DAY], stream_lateness_s={FOOD: 7 * DAY})
     current, _upload, lots = slaughterhouse_and_market(1)
