@@ -38,6 +38,13 @@ Every clock is event time in epoch seconds (UTC) and never goes back. From the i
   stream, or the stream of its KPI measurement; at most the rules' clock) and the food lineage (on the food
   partition clocks).
 
+Why an order statistic and not the maximum: Flink's bounded-out-of-orderness watermark (newest event time minus
+a bound, ``WatermarkStrategy.forBoundedOutOfOrderness`` with ``withIdleness``) and Beam's heuristic watermarks
+move with the newest event, so one event far ahead moves them for good. Flink's remedy is one watermark per
+source split, combined by their minimum; the same idea inside one partition is to let a far jump count only
+once a second event — a second source, when there are several — has reached it: the clock is then the second
+largest of the per-source newest times, which no single source can move.
+
 * **Wall-clock guard** (``CITYOPS_MAX_FUTURE_S``): an event dated more than that ahead of its Kafka record's
   timestamp is dead-lettered with the reason ``future``. The record timestamp, not ``time.time()``, is the wall
   clock here, so a replay of the same records after a crash decides the same.
