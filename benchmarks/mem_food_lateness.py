@@ -45,6 +45,8 @@ def run(lateness_s: float, days: float, seed: int) -> dict[str, float]:
             clock[0] = engine.engine_time or clock[0]
             res = engine.checkpoint()
             engine.confirm_written([(p.measurement, p.tags, p.ts) for p in res.points])
+    res = engine.checkpoint()  # commits what the last messages changed: the steady state starts after it
+    engine.confirm_written([(p.measurement, p.tags, p.ts) for p in res.points])
     t = time.perf_counter()
     for _ in range(20):
         res = engine.checkpoint()
