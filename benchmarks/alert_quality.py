@@ -41,7 +41,8 @@ def main() -> int:
     args = ap.parse_args()
 
     settings = load_settings({"CITYOPS_KAFKA_BOOTSTRAP": "unused:9092", "CITYOPS_INFLUX_URL": "http://unused:8086",
-                              "CITYOPS_PSEUDONYM_KEY": KEY, "CITYOPS_DATA_DIR": "/nonexistent"})
+                              "CITYOPS_PSEUDONYM_KEY": KEY, "CITYOPS_DATA_DIR": "/nonexistent",
+                              "CITYOPS_SOURCE_REGISTRY": "simulator"})
     store = StateStore(None)  # in memory
     alerts, rules, gate = build_alerting(settings, store)
     clock = [0.0]

@@ -58,6 +58,8 @@ class Worker:
             CITYOPS_WEB_PORT=str(self.port),
             CITYOPS_CONSUMER_SESSION_TIMEOUT_S="6",
             CITYOPS_TOPIC_PARTITIONS="4",
+            # The tests feed the simulated city: its source registry, as the demo and compose configure it.
+            CITYOPS_SOURCE_REGISTRY="simulator",
         )
         self.env.update(env)
         self.log_path = tmp_path / "worker.log"

@@ -1,4 +1,4 @@
-"""The `cityops` command: worker, simulate, demo, topics, nab-detect, dashboards, evaluate-alerts."""
+"""The `cityops` command: worker, check-config, simulate, demo, topics, nab-detect, dashboards, evaluate-alerts."""
 
 from __future__ import annotations
 
@@ -80,6 +80,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from cityops.checkconfig import check_config
+
+    report = check_config()
+    print(report.text())
+    for problem in report.problems:
+        print(f"cityops: {problem}", file=sys.stderr)
+    return 0 if report.ok else 2
+
+
 def tune_gc(threshold: int) -> None:
     """Fewer cyclic-GC passes for a process that holds much live state (measured: benchmarks/bench_kpi_path.py).
 
@@ -158,9 +168,6 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
         from cityops.alerts.wiring import default_rules_dir
 
         rules_dir = Path(args.rules_dir) if args.rules_dir else default_rules_dir()
-        if rules_dir is None:
-            print("error: --rule needs the agents/ directory; pass --rules-dir", file=sys.stderr)
-            return 2
         spec = load_manifests(rules_dir).get(args.rule)
         if spec is None or spec.kind != "kpi_anomaly":
             print(f"error: --rule {args.rule}: no kpi_anomaly rule of that name in {rules_dir}", file=sys.stderr)
@@ -193,9 +200,9 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
-    from cityops import dashboards
+    from cityops import dashboards, resources
 
-    boards = dashboards.load_dashboards(Path(args.dir))
+    boards = dashboards.load_dashboards(Path(args.dir) if args.dir else resources.dashboards_dir())
     bad = 0
     for b in boards:
         problems = dashboards.validate(b)
@@ -299,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default CITYOPS_LOG_LEVEL or INFO)")
     w.set_defaults(func=cmd_worker)
 
+    c = sub.add_parser("check-config", help="load settings, rules, source registry and data files; print what "
+                                            "is active; exit 2 naming each problem (needs no servers)",
+                       description="Everything `cityops worker` would load at start, from the same CITYOPS_* "
+                                   "variables: settings (unknown CITYOPS_* names are errors), rule manifests "
+                                   "and runbooks, the source registry, the EPCIS schema, stream contracts and "
+                                   "dashboards. Opens no connection.")
+    c.set_defaults(func=cmd_check_config)
+
     s = sub.add_parser("simulate", help="generate realistic Changzhou events to Kafka or a JSONL file",
                        description="Deterministic simulator: transit one-card taps, road detectors, "
                                    "health-card events and EPCIS meat-chain events.")
@@ -368,14 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--rule", metavar="ALERTNAME",
                    help="use a kpi_anomaly rule's sensitivity and detector arguments from agents/*.yml, "
                         "e.g. RidershipAnomaly")
-    n.add_argument("--rules-dir", help="manifest directory for --rule (default: the repository's agents/)")
+    n.add_argument("--rules-dir", help="manifest directory for --rule (default: the manifests shipped in the "
+                                       "package, = the repository's agents/)")
     n.add_argument("--detector", metavar="JSON",
                    help='further KpiDetector arguments, e.g. \'{"noise": "poisson"}\' (applied after --rule)')
     n.set_defaults(func=cmd_nab_detect)
 
     g = sub.add_parser("dashboards", help="validate dashboards/ or push them to Grafana (grafana-client)")
     g.add_argument("action", choices=("validate", "push"))
-    g.add_argument("--dir", default="dashboards")
+    g.add_argument("--dir", default=None,
+                   help="folder of dashboard JSON files (default: the dashboards shipped in the package, "
+                        "= the repository's dashboards/)")
     g.add_argument("--url", default=None,
                    help="Grafana base URL (default $CITYOPS_GRAFANA_URL, else http://127.0.0.1:3000); token in "
                         "$CITYOPS_GRAFANA_TOKEN")

@@ -6,7 +6,14 @@ class CityopsError(Exception):
 
 
 class ConfigError(CityopsError):
-    """A setting is missing or wrong; the message names it and what to do."""
+    """A setting is missing or wrong; the message names it and what to do.
+
+    ``problems``: one message per bad setting when several are wrong at once (default: the message).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 class Unreachable(CityopsError):

@@ -43,6 +43,9 @@ class Metrics:
                                    registry=r)
         self.alert_notifications = Counter("cityops_alert_notifications", "Alert deliveries by receiver",
                                            ["receiver", "outcome"], registry=r)
+        self.unlisted_source_events = Counter(
+            "cityops_unlisted_source_events", "Events of sources the registry does not list, processed because "
+            "CITYOPS_UNKNOWN_SOURCES=observe", ["stream"], registry=r)
         self._event_children: dict[tuple[str, str], Counter] = {}
         self.build_info = Gauge("cityops_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)
@@ -53,6 +56,9 @@ class Metrics:
         if child is None:
             child = self._event_children[(stream, outcome)] = self.events.labels(stream=stream, outcome=outcome)
         child.inc(n)
+
+    def on_unlisted(self, stream: str) -> None:
+        self.unlisted_source_events.labels(stream=stream).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

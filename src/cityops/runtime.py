@@ -93,7 +93,8 @@ class Runtime:
         except ImportError:
             build_alerting = None  # type: ignore[assignment]
         if build_alerting is not None:
-            self.alerts, rules, registry = build_alerting(settings, self.store)
+            self.alerts, rules, registry = build_alerting(settings, self.store, self.metrics.on_unlisted)
+        self.registry_gate = registry  # /healthz reports its mode
         self.engine = Engine(
             self.store, build_streams(settings, self.alerts.rules if self.alerts is not None else None),
             allowed_lateness_s=settings.allowed_lateness_s, stream_lateness_s=settings.stream_lateness_s,

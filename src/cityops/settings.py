@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -128,7 +131,8 @@ class Settings(KafkaSettings):
     pseudonym_key: SecretStr = Field(description="key of the keyed hash that pseudonymizes card numbers")
     data_dir: Path = Field(description="durable engine state (snapshot + commit log)")
     web_port: int = Field(6066, ge=1, le=65535, description="serves /metrics and /healthz")
-    web_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", min_length=1, description="address /metrics and /healthz listen on; "
+                          "0.0.0.0 in a container so Prometheus in another container can scrape")
     alertmanager_url: AnyHttpUrl | None = Field(None, description="Alertmanager base URL; unset = none")
     alertmanager_username: str | None = Field(None, description="basic auth user (--web.config.file)")
     alertmanager_password: SecretStr | None = None
@@ -160,8 +164,13 @@ class Settings(KafkaSettings):
                               "garbage collector (0 = Python's default, 700): the engine keeps hundreds of "
                               "thousands of live objects, and frequent full scans of them cost a third of the "
                               "throughput with every alert rule on")
-    source_registry: Path | None = Field(None, description="streams/sources.json: enforce known/signing sources")
-    rules_dir: Path | None = Field(None, description="agents/ directory with rule manifests")
+    source_registry: Path | None = Field(None, description="source registry file; unset or none = no registry; "
+                                         "simulator = the simulated city's (streams/sources.json, packaged)")
+    unknown_sources: Literal["enforce", "observe"] = Field(
+        "enforce", description="with a registry, events of unlisted sources: enforce = dead-lettered; observe = "
+        "processed, counted and UntrustedSource raised once per source")
+    rules_dir: Path | None = Field(None, description="rule manifests + runbooks; unset = the reference city's "
+                                   "shipped in the package (= agents/); none = no alert rules")
     runbook_base: str = "https://git.cityops.example/cityops/-/blob/main"
     food_retention_s: float = Field(7 * 86400.0, gt=0)
     alert_resend_s: float = Field(60.0, gt=0)
@@ -226,18 +235,50 @@ def load_kafka_settings(env: dict[str, str] | None = None, **overrides: Any) -> 
     return _load(KafkaSettings, env, overrides)
 
 
-def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Read settings from ``env`` (default: the process environment) or fail naming the variable."""
+# CITYOPS_* variables read by commands other than the worker (they are not worker settings, but they are
+# ours: an environment that sets them is not misconfigured).
+OTHER_VARIABLES: dict[str, str] = {
+    "CITYOPS_GRAFANA_URL": "`cityops dashboards push`: Grafana base URL",
+    "CITYOPS_GRAFANA_TOKEN": "`cityops dashboards push`: Grafana service-account token",
+}
+
+
+def setting_names() -> list[str]:
+    """Every CITYOPS_* variable cityops knows: one per Settings field, plus OTHER_VARIABLES."""
+    return sorted({"CITYOPS_" + name.upper() for name in Settings.model_fields} | set(OTHER_VARIABLES))
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """Messages for CITYOPS_* variables of ``env`` that are no setting (a typo would silently be a default)."""
+    known = set(setting_names())
+    problems = []
+    for name in sorted(env):
+        if name.upper().startswith("CITYOPS_") and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else " (see the settings table in README.md)"
+            problems.append(f"{name}: unknown setting{hint}")
+    return problems
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``env`` (default: the process environment) or fail naming the variable.
+
+    Raises ConfigError listing every bad, missing or unknown CITYOPS_* variable (``.problems``: one each).
+    """
     return _load(Settings, env, overrides)
 
 
-def _load(cls: Any, env: dict[str, str] | None, overrides: dict[str, Any]) -> Any:
+def _load(cls: Any, env: Mapping[str, str] | None, overrides: dict[str, Any]) -> Any:
+    # Unknown CITYOPS_* names are refused by every command that reads settings: a typo must not leave a
+    # default silently in force.
+    unknown = unknown_variables(os.environ if env is None else env)
     try:
         if env is None:
-            return cls(**overrides)
-        values = {k[len("CITYOPS_"):].lower(): v for k, v in env.items() if k.startswith("CITYOPS_")}
-        values.update(overrides)
-        return cls.model_validate(values)
+            settings = cls(**overrides)
+        else:
+            values = {k[len("CITYOPS_"):].lower(): v for k, v in env.items() if k.startswith("CITYOPS_")}
+            values.update(overrides)
+            settings = cls.model_validate(values)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -246,4 +287,8 @@ def _load(cls: Any, env: dict[str, str] | None, overrides: dict[str, Any]) -> An
                 problems.append("CITYOPS_" + "_".join(str(p) for p in err["loc"]).upper() + f": {msg}")
             else:  # a check across settings: its message names them
                 problems.append(msg.removeprefix("Value error, "))
-        raise ConfigError("bad configuration: " + "; ".join(problems)) from None
+        problems += unknown
+        raise ConfigError("bad configuration: " + "; ".join(problems), problems) from None
+    if unknown:
+        raise ConfigError("bad configuration: " + "; ".join(unknown), unknown)
+    return settings

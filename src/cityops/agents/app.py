@@ -98,6 +98,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
             "backpressure": runtime.backpressure,
             "watermarks": dict(runtime.engine.watermark),
             "events": {f"{s}/{o}": n for (s, o), n in runtime.engine.counts.items()},
+            # CITYOPS_SOURCE_REGISTRY / CITYOPS_UNKNOWN_SOURCES in force (null: no registry)
+            "source_registry": runtime.registry_gate.status() if runtime.registry_gate is not None else None,
         }
         ok = runtime.ready and age < max(30.0, 10 * settings.flush_interval_s)
         return web.json(body, status=200 if ok else 503)

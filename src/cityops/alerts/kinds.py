@@ -14,7 +14,9 @@ Hooks the engine calls (each a no-op by default):
                                                     items = [(ts, source), ...] (default: on_quality each)
     on_tick(now_ts, ctx)                            the engine's event-time watermark moved
     on_tampering(stream, event_id, source, ts, ctx) an event_id arrived again with different content
-    on_rejected_source(stream, source, reason, ts, ctx)  'untrusted_source' | 'bad_signature'
+    on_rejected_source(stream, source, reason, ts, ctx)  'untrusted_source' | 'bad_signature' (dead-lettered)
+                                                    | 'untrusted_source_observed' (an unlisted source's
+                                                    event let through: CITYOPS_UNKNOWN_SOURCES=observe)
 
 State: each rule keeps its per-entity state in ``ctx.store.table(f"rule:{name}", codec)`` as plain data, so
 two rules of the same kind never share it and it survives a crash exactly; ``on_tick`` evicts entries older
@@ -664,32 +666,35 @@ class Tampering(RuleKind):
 
 
 class _RejectedSource(RuleKind):
-    reason: ClassVar[str] = ""
+    # reason code the engine reports -> what happened to the event (the kind's summary)
+    reasons: ClassVar[dict[str, str]] = {}
     params_schema = {"stream": ((str, None), None)}
     one_shot = True
 
     def on_rejected_source(self, stream: str, source: str, reason: str, ts: float, ctx: Context) -> None:
-        if reason != self.reason or not _stream_ok(self.params, stream):
+        what = self.reasons.get(reason)
+        if what is None or not _stream_ok(self.params, stream):
             return
         self.signal(
             ctx, {"source": str(source), "stream": stream}, ts, active=True, value=1.0,
-            summary=f"event dead-lettered: {reason.replace('_', ' ')}",
-            description=f"source={source} stream={stream}",
+            summary=what, description=f"source={source} stream={stream}",
         )
 
 
 @register("untrusted_source")
 class UntrustedSource(_RejectedSource):
-    """An event from a source the registry does not list (for that stream); the event was dead-lettered."""
+    """An event from a source the registry does not list (for that stream): dead-lettered
+    (CITYOPS_UNKNOWN_SOURCES=enforce) or processed and counted (observe). One alert per source and stream."""
 
-    reason = "untrusted_source"
+    reasons = {"untrusted_source": "event dead-lettered: untrusted source",
+               "untrusted_source_observed": "event processed: source not in the registry (observe mode)"}
 
 
 @register("bad_signature")
 class BadSignature(_RejectedSource):
     """An event from a must-sign source whose ``sig`` does not verify; the event was dead-lettered."""
 
-    reason = "bad_signature"
+    reasons = {"bad_signature": "event dead-lettered: bad signature"}
 
 
 # ---------------------------------------------------------------------------------------------- anomalies

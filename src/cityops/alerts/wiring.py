@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cityops import resources
 from cityops.alerts.kinds import ENGINE_START, KINDS, SOURCES, build
 from cityops.alerts.lifecycle import AlertEngine
-from cityops.alerts.manifest import load_manifests
+from cityops.alerts.manifest import ManifestError, load_manifests
 from cityops.alerts.sources import SourceRegistry
 from cityops.engine.context import Decoded
 from cityops.engine.state import StateStore
@@ -18,33 +20,55 @@ from cityops.streams import jsontext
 
 log = logging.getLogger("cityops.alerts")
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 # Rule kinds evaluated by stream code itself (the food pipeline) rather than by a registered kind: the
 # stream declares them (kind -> one-shot); the rules' names and thresholds come from the manifests.
 STREAM_KINDS = FOOD_RULE_KINDS
 
 
-def default_rules_dir() -> Path | None:
-    d = REPO_ROOT / "agents"
-    return d if d.is_dir() else None
+def default_rules_dir() -> Path:
+    """The reference city's manifests shipped in the package (the same files as the repository's agents/)."""
+    return resources.rules_dir()
 
 
-def default_source_registry() -> Path | None:
-    p = REPO_ROOT / "streams" / "sources.json"
-    return p if p.is_file() else None
+# CITYOPS_UNKNOWN_SOURCES: what happens to an event from a source the registry does not list.
+ENFORCE, OBSERVE = "enforce", "observe"
+# The verdict for an unlisted source in observe mode: the engine raises UntrustedSource and processes it.
+OBSERVED = "observed"
 
 
 class RegistryGate:
-    """Engine hook: events from unknown sources, or with a bad signature, are dead-lettered uncounted."""
+    """Engine hook: the source registry's verdict on each event of a stream the registry covers.
 
-    def __init__(self, registry: SourceRegistry) -> None:
+    ``mode``: "enforce" (an unlisted source's events are dead-lettered, outcome "untrusted") or
+    "observe" (they are processed; verdict "observed", counted in ``unlisted`` per (stream, source) and
+    by ``on_unlisted``). A registered source that must sign and fails its signature is dead-lettered in
+    both modes: observe is for onboarding devices the registry does not know yet, not for forgeries.
+    """
+
+    def __init__(self, registry: SourceRegistry, *, mode: str = ENFORCE, path: Path | None = None,
+                 on_unlisted: Callable[[str], None] | None = None) -> None:
+        if mode not in (ENFORCE, OBSERVE):
+            raise ConfigError(f"CITYOPS_UNKNOWN_SOURCES: {mode!r} is not enforce or observe")
         self.registry = registry
+        self.mode = mode
+        self.path = path
         # Per stream: registered source -> whether it must sign. One lookup decides most events.
         self._sources: dict[str, dict[str, bool]] = {}
         for info in registry.sources.values():
             self._sources.setdefault(info.stream, {})[info.source] = info.must_sign
         self.streams = set(self._sources)
         self._parsed: tuple[bytes | None, Any] = (None, None)  # the last message parsed for its signatures
+        self.unlisted: dict[tuple[str, str], int] = {}  # (stream, source) -> events let through, since start
+        self.on_unlisted = on_unlisted
+
+    def status(self) -> dict[str, Any]:
+        """For /healthz: the registry file, the mode, and the events of unlisted sources let through."""
+        per_stream: dict[str, int] = {}
+        for (stream, _source), n in self.unlisted.items():
+            per_stream[stream] = per_stream.get(stream, 0) + n
+        return {"path": str(self.path) if self.path else None, "unknown_sources": self.mode,
+                "sources": len(self.registry.sources), "unlisted_sources": len(self.unlisted),
+                "unlisted_events": per_stream}
 
     def check(self, topic: str, ev: Decoded, raw: bytes) -> tuple[str, str] | None:
         sources = self._sources.get(topic)
@@ -52,6 +76,12 @@ class RegistryGate:
             return None
         must_sign = sources.get(ev.source)
         if must_sign is None:
+            if self.mode == OBSERVE:
+                key = (topic, str(ev.source))
+                self.unlisted[key] = self.unlisted.get(key, 0) + 1
+                if self.on_unlisted is not None:
+                    self.on_unlisted(topic)
+                return OBSERVED, f"unlisted source: {ev.source!r} is not registered for {topic} (observe mode)"
             return "untrusted", f"untrusted source: {ev.source!r} is not registered for {topic}"
         if not must_sign:
             return None
@@ -73,43 +103,98 @@ class RegistryGate:
 
 
 OFF = {"none", "off", "-"}
+# CITYOPS_SOURCE_REGISTRY=simulator: the registry of the simulated reference city, shipped in the package.
+SIMULATOR = "simulator"
 
 
-def _path_setting(value: Path | None, default: Path | None) -> Path | None:
-    """Unset → the repository default; "none"/"off" → disabled."""
-    if value is None:
-        return default
-    return None if str(value).strip().lower() in OFF else value
+def resolve_rules_dir(value: Path | str | None) -> Path | None:
+    """CITYOPS_RULES_DIR → the manifest folder: unset = the package's (the repository's agents/); "none" = off."""
+    if value is None or not str(value).strip():
+        return default_rules_dir()
+    return None if str(value).strip().lower() in OFF else Path(value)
 
 
-def build_alerting(settings: Any, store: StateStore) -> tuple[AlertEngine | None, list[Any], Any]:
-    """(alert engine, rule instances, registry gate) from CITYOPS_RULES_DIR and CITYOPS_SOURCE_REGISTRY.
+def resolve_source_registry(value: Path | str | None) -> Path | None:
+    """CITYOPS_SOURCE_REGISTRY → the registry file: unset or "none" = no registry; "simulator" = the
+    simulated city's devices (the package's copy of streams/sources.json); otherwise a path."""
+    if value is None or not str(value).strip() or str(value).strip().lower() in OFF:
+        return None
+    if str(value).strip().lower() == SIMULATOR:
+        return resources.simulator_registry()
+    return Path(value)
 
-    Either setting may be "none" to turn that part off.
+
+def load_registry_gate(settings: Any, on_unlisted: Callable[[str], None] | None = None) -> RegistryGate | None:
+    """The registry gate from CITYOPS_SOURCE_REGISTRY and CITYOPS_UNKNOWN_SOURCES; None without a registry.
+
+    Raises ConfigError naming the setting when the file is unreadable or invalid.
     """
-    rules_dir = _path_setting(settings.rules_dir, default_rules_dir())
-    registry_path = _path_setting(settings.source_registry, default_source_registry())
-    registry = None
-    if registry_path is not None:
-        try:
-            registry = SourceRegistry.load(registry_path)
-        except ValueError as exc:
-            raise ConfigError(f"CITYOPS_SOURCE_REGISTRY: {exc}") from exc
+    path = resolve_source_registry(settings.source_registry)
+    if path is None:
+        return None
+    try:
+        registry = SourceRegistry.load(path)
+    except ValueError as exc:
+        raise ConfigError(f"CITYOPS_SOURCE_REGISTRY: {exc}") from exc
+    return RegistryGate(registry, mode=getattr(settings, "unknown_sources", ENFORCE), path=path,
+                        on_unlisted=on_unlisted)
+
+
+def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
+    """(manifest folder, rule specs by alertname) from CITYOPS_RULES_DIR; (None, {}) when rules are off.
+
+    Raises ConfigError naming CITYOPS_RULES_DIR and the file when a manifest or runbook is wrong.
+    """
+    rules_dir = resolve_rules_dir(settings.rules_dir)
     if rules_dir is None:
-        log.warning("no rules directory (CITYOPS_RULES_DIR): alerting is off")
-        return None, [], RegistryGate(registry) if registry else None
-    specs = load_manifests(Path(rules_dir), runbook_base=settings.runbook_base,
-                           kinds=set(KINDS) | set(STREAM_KINDS))
-    rules = [build(spec) for spec in specs.values() if spec.kind in KINDS]
+        return None, {}
+    try:
+        specs = load_manifests(rules_dir, runbook_base=settings.runbook_base, kinds=set(KINDS) | set(STREAM_KINDS))
+    except ManifestError as exc:
+        raise ConfigError(f"CITYOPS_RULES_DIR ({rules_dir}): {exc}") from exc
+    return rules_dir, specs
+
+
+def build_rules(rules_dir: Path, specs: dict[str, Any]) -> list[Any]:
+    """The rule instances of ``specs`` (kinds with code); ConfigError naming CITYOPS_RULES_DIR on bad params."""
+    try:
+        return [build(spec) for spec in specs.values() if spec.kind in KINDS]
+    except ValueError as exc:
+        raise ConfigError(f"CITYOPS_RULES_DIR ({rules_dir}): {exc}") from exc
+
+
+def registry_mode(gate: RegistryGate | None) -> str:
+    """One phrase for logs and check-config: "off", or "<path> (enforce|observe, N sources)"."""
+    if gate is None:
+        return "off (CITYOPS_SOURCE_REGISTRY unset: events from any source are accepted)"
+    return f"{gate.path} ({gate.mode}, {len(gate.registry.sources)} sources)"
+
+
+def build_alerting(settings: Any, store: StateStore,
+                   on_unlisted: Callable[[str], None] | None = None) -> tuple[AlertEngine | None, list[Any], Any]:
+    """(alert engine, rule instances, registry gate) from CITYOPS_RULES_DIR, CITYOPS_SOURCE_REGISTRY and
+    CITYOPS_UNKNOWN_SOURCES.
+
+    CITYOPS_RULES_DIR unset: the manifests shipped in the package; "none": no rules.
+    CITYOPS_SOURCE_REGISTRY unset or "none": no registry; "simulator": the simulated city's.
+    ``on_unlisted(stream)``: called per event of an unlisted source let through in observe mode.
+    """
+    gate = load_registry_gate(settings, on_unlisted)
+    log.info("source registry: %s", registry_mode(gate))
+    rules_dir, specs = load_rules(settings)
+    if rules_dir is None:
+        log.warning("no rules directory (CITYOPS_RULES_DIR=none): alerting is off")
+        return None, [], gate
+    rules = build_rules(rules_dir, specs)
     one_shot = {r.spec.name for r in rules if getattr(r, "one_shot", False)}
     one_shot |= {s.name for s in specs.values() if STREAM_KINDS.get(s.kind)}
     # The outputs that each read the outbox with their own cursor (cityops.runtime.Runtime.alert_sinks).
     sinks = ["kafka", "influx"] + (["alertmanager"] if settings.alertmanager_url else [])
     engine = AlertEngine(store, specs, one_shot=one_shot, sinks=sinks, generator_url=f"http://{settings.web_host}:"
                          f"{settings.web_port}/healthz")
-    log.info("alerting rules=%d kinds=%s registry=%s sinks=%s", len(specs),
-             ",".join(sorted({s.kind for s in specs.values()})), registry_path, ",".join(sinks))
-    return engine, rules, RegistryGate(registry) if registry else None
+    log.info("alerting rules=%d rules_dir=%s kinds=%s sinks=%s", len(specs), rules_dir,
+             ",".join(sorted({s.kind for s in specs.values()})), ",".join(sinks))
+    return engine, rules, gate
 
 
 def context_extras(store: StateStore, gate: Any, now_ts: float | None) -> dict[str, Any]:

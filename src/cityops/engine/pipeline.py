@@ -388,7 +388,8 @@ class Engine:
                         if quality_run:
                             self._quality_run(topic, quality_run, on_quality_many)
                         self._untrusted(topic, partition, offset, raw, res, now, verdict, hooks)
-                        continue
+                        if verdict[0] != "observed":  # observe mode lets an unlisted source's event on
+                            continue
                 if future_limit is not None and ts > future_limit:
                     if quality_run:
                         self._quality_run(topic, quality_run, on_quality_many)
@@ -571,8 +572,13 @@ class Engine:
     def _untrusted(self, topic: str, partition: int, offset: int, raw: bytes, ev: Decoded, now: float,
                    verdict: tuple[str, str], hooks: dict[str, list[Any]]) -> None:
         outcome, reason = verdict
-        self._reject(topic, partition, offset, raw, Rejected(reason, ev.index), now, outcome)
-        reason_code = "untrusted_source" if outcome == "untrusted" else outcome
+        if outcome == "observed":
+            # CITYOPS_UNKNOWN_SOURCES=observe: the registry gate counted it; rules hear of the source and
+            # the event is processed like any other (the caller goes on with it).
+            reason_code = "untrusted_source_observed"
+        else:
+            self._reject(topic, partition, offset, raw, Rejected(reason, ev.index), now, outcome)
+            reason_code = "untrusted_source" if outcome == "untrusted" else outcome
         for hook in hooks["on_rejected_source"]:
             hook(topic, ev.source, reason_code, ev.ts, self.ctx)
 

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema_rs
 import orjson
 
+from cityops.resources import epcis_schema
 from cityops.streams.times import rfc3339_seconds
 
 __all__ = [
@@ -36,8 +37,9 @@ __all__ = [
     "to_celsius",
 ]
 
-# The official schema lives with the stream contract (streams/food.trace-events/), copied from gs1/EPCIS.
-DEFAULT_SCHEMA_PATH = Path(__file__).resolve().parents[3] / "streams" / "food.trace-events" / "EPCIS-JSON-Schema.json"
+# The official schema lives with the stream contract (streams/food.trace-events/), copied from gs1/EPCIS, and
+# ships as package data (cityops.resources).
+DEFAULT_SCHEMA_PATH = epcis_schema()
 
 EVENT_TYPES = frozenset(
     {"ObjectEvent", "AggregationEvent", "TransformationEvent", "AssociationEvent", "TransactionEvent"}

@@ -13,9 +13,11 @@ from typing import Any
 
 import msgspec
 
+from cityops.resources import contracts_dir
 from cityops.streams.models import MODELS
 
-CONTRACTS_DIR = Path(__file__).resolve().parents[3] / "streams"
+# The contracts as shipped (package data); in a source checkout this is the repository's streams/ folder.
+CONTRACTS_DIR = contracts_dir()
 
 _TAG = (" InfluxDB tag `{}`: written as it is, or, when it holds a backslash or a control character or starts "
         "with `~b64:`, as `~b64:` + unpadded base64url of its UTF-8 (one to one, reversible; see README).")

@@ -1,0 +1,172 @@
+"""`cityops check-config`: everything the worker would load at start, loaded and reported, without servers.
+
+Loads the settings (refusing unknown CITYOPS_* variables), the rule manifests and runbooks, the source
+registry, the EPCIS schema, the stream contracts and the dashboards; builds the streams and the rules as
+the worker does. Prints what would be active. Every problem is collected and named (the setting, or the
+file); the command exits 2 if there is any, 0 otherwise. It opens no network connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cityops.errors import ConfigError
+
+__all__ = ["Report", "check_config"]
+
+
+@dataclass
+class Report:
+    """What check-config found: ``lines`` to print (what is active), ``problems`` (each names its cause)."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def text(self) -> str:
+        """What is active, then "configuration OK" or the number of problems."""
+        tail = f"{len(self.problems)} problem(s)" if self.problems else "configuration OK"
+        return "\n".join([*self.lines, tail])
+
+
+def _attempt(report: Report, what: Callable[[], Any]) -> Any:
+    """Run one check; a ConfigError (or a data file's ValueError/OSError) becomes a named problem."""
+    try:
+        return what()
+    except ConfigError as exc:
+        report.problems.extend(p.removeprefix("bad configuration: ") for p in exc.problems)
+    except (ValueError, OSError) as exc:
+        report.problems.append(f"{type(exc).__name__}: {exc}")
+    return None
+
+
+def _packaged_files(report: Report) -> None:
+    from importlib.resources import files
+
+    from cityops import resources
+
+    for rel in resources.missing_packaged_files():
+        report.problems.append(f"package data cityops/data/{rel} is missing from this install "
+                               f"({files('cityops')}): reinstall cityops")
+
+
+def _contracts(report: Report) -> None:
+    from cityops.streams.contracts import CONTRACTS_DIR, contract_schema
+    from cityops.streams.models import MODELS
+
+    for topic in MODELS:
+        path = CONTRACTS_DIR / topic / "schema.json"
+        try:
+            shipped = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            report.problems.append(f"stream contract {path}: cannot read ({exc})")
+            continue
+        if shipped != contract_schema(topic):
+            report.problems.append(f"stream contract {path}: differs from the models in cityops.streams.models "
+                                   f"(regenerate with python -m cityops.streams.contracts)")
+
+
+def _epcis(report: Report) -> None:
+    from cityops.food.epcis import EpcisValidator
+
+    try:
+        EpcisValidator()
+    except ValueError as exc:
+        report.problems.append(f"EPCIS schema: {exc}")
+
+
+def _dashboards(report: Report) -> int:
+    from cityops import dashboards, resources
+
+    boards = dashboards.load_dashboards(resources.dashboards_dir())
+    for board in boards:
+        for problem in dashboards.validate(board):
+            report.problems.append(f"dashboard {board.get('uid')}: {problem}")
+    return len(boards)
+
+
+def _data_dir(report: Report, data_dir: Path) -> str:
+    # The worker creates the directory; it must not be something else, and must be writable if it exists.
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            report.problems.append(f"CITYOPS_DATA_DIR: {data_dir} exists and is not a directory")
+        elif not os.access(data_dir, os.W_OK | os.X_OK):
+            report.problems.append(f"CITYOPS_DATA_DIR: {data_dir} is not writable by this user")
+        elif (data_dir / "state").exists():
+            return f"{data_dir} (holds state: the worker restores it)"
+        return f"{data_dir}"
+    return f"{data_dir} (does not exist yet: the worker creates it)"
+
+
+def check_config(env: Mapping[str, str] | None = None) -> Report:
+    """Load and check everything the worker would use with ``env`` (default: the process environment)."""
+    from cityops.settings import load_settings
+
+    report = Report()
+    version = _version()
+    report.lines.append(f"cityops {version}")
+    _attempt(report, lambda: _packaged_files(report))
+    _attempt(report, lambda: _epcis(report))
+    _attempt(report, lambda: _contracts(report))
+    n_boards = _attempt(report, lambda: _dashboards(report))
+    if n_boards is not None:
+        report.lines.append(f"dashboards: {n_boards} (cityops dashboards push, or Grafana's file provider)")
+
+    settings = _attempt(report, lambda: load_settings(env))
+    if settings is None:
+        return report
+
+    from cityops.alerts import wiring
+    from cityops.engine.pipeline import DEAD_LETTER_TOPIC
+    from cityops.runtime import ALERTS_TOPIC, build_streams
+
+    streams = _attempt(report, lambda: build_streams(settings))
+    if streams is not None:
+        report.lines.append("streams: " + ", ".join(s.topic for s in streams))
+    report.lines.append(f"kafka: {settings.kafka_bootstrap}")
+
+    before = len(report.problems)
+    gate = _attempt(report, lambda: wiring.load_registry_gate(settings))
+    if len(report.problems) == before:
+        report.lines.append(f"source registry: {wiring.registry_mode(gate)}")
+        if gate is None and settings.unknown_sources != "enforce":
+            report.lines.append("  (CITYOPS_UNKNOWN_SOURCES has no effect without a registry)")
+
+    loaded = _attempt(report, lambda: wiring.load_rules(settings))
+    if loaded is not None:
+        rules_dir, specs = loaded
+        if rules_dir is None:
+            report.lines.append("rules: off (CITYOPS_RULES_DIR=none)")
+        elif _attempt(report, lambda: wiring.build_rules(rules_dir, specs)) is not None:
+            report.lines.append(f"rules: {len(specs)} from {rules_dir}")
+            by_agent: dict[str, list[str]] = {}
+            for spec in specs.values():
+                by_agent.setdefault(spec.agent, []).append(spec.name)
+            for agent, names in sorted(by_agent.items()):
+                report.lines.append(f"  {agent}: {', '.join(names)}")
+
+    influx = f"{settings.influx_url} database={settings.influx_database}"
+    if settings.influx_org:
+        influx += f" org={settings.influx_org} (v2 write API)"
+    report.lines.append("outputs:")
+    report.lines.append(f"  influxdb: {influx}")
+    report.lines.append("  alertmanager: " + (str(settings.alertmanager_url) if settings.alertmanager_url
+                                               else "off (CITYOPS_ALERTMANAGER_URL unset)"))
+    report.lines.append(f"  kafka topics: {ALERTS_TOPIC} (alert transitions), {DEAD_LETTER_TOPIC}")
+    report.lines.append(f"  web: http://{settings.web_host}:{settings.web_port}/metrics and /healthz")
+    report.lines.append(f"data dir: {_data_dir(report, Path(settings.data_dir))}")
+    return report
+
+
+def _version() -> str:
+    from cityops import __version__
+
+    return __version__
