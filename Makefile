@@ -1,23 +1,45 @@
-# The README's commands. `make setup` once on a fresh machine; then `make demo` or `make test`.
-PY ?= python3
+# The README's commands on a fresh Debian/Ubuntu machine: `make demo` (the service) and `make test`.
+# Python packages go into the project virtualenv .venv (Debian's own Python is externally managed);
+# `make setup` creates it and is re-run by the others only when pyproject.toml or the script changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit bench nab
+.PHONY: setup demo test test-py test-unit test-wheel wheel check-config bench nab
 
-setup:
-	bash scripts/setup.sh
+setup: $(VENV)/.cityops-setup
+
+$(VENV)/.cityops-setup: pyproject.toml scripts/setup.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
+	touch $@
 
 demo: setup
-	cityops demo
+	$(VENV)/bin/cityops demo
 
-test: setup
+# Everything CI runs: the whole suite against the checkout, then the wheel as users install it.
+test: test-py test-wheel
+
+test-py: setup
 	$(PY) -m pytest -p no:cacheprovider -q
 
-test-unit:
-	$(PY) -m pytest -q tests/unit
+test-unit: setup
+	$(PY) -m pytest -p no:cacheprovider -q tests/unit
 
-bench:
+# Builds the wheel as deploy/Dockerfile does (pip wheel --no-deps --wheel-dir DIR .), installs it
+# non-editable into a fresh virtualenv and runs the end-to-end alert and food tests against that
+# install, from a folder where the checkout's src/ is not importable.
+test-wheel: setup
+	VENV=$(VENV) bash scripts/test-wheel.sh
+
+wheel: setup
+	$(PY) -m pip wheel --no-deps --wheel-dir dist .
+
+check-config: setup
+	$(VENV)/bin/cityops check-config
+
+bench: setup
 	$(PY) benchmarks/bench_kpi_path.py
 
-nab:
-	cityops nab-detect ../shared/data/nab/data /tmp/cityops-nab && \
+nab: setup
+	$(VENV)/bin/cityops nab-detect ../shared/data/nab/data /tmp/cityops-nab && \
 	$(PY) ../shared/tools/nabscore.py --nab-dir ../shared/data/nab --detections /tmp/cityops-nab

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -451,7 +452,7 @@ def test_compose_worker_and_grafana(compose: dict[str, Any]) -> None:
     services = compose["services"]
     worker, sim = services["cityops-worker"], services["cityops-simulator"]
     assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
-    assert worker["command"] == ["worker"] and sim["command"] == ["simulate", "--to", "kafka"]
+    assert worker["command"] == ["worker"] and sim["command"][:3] == ["simulate", "--to", "kafka"]
     assert all(k.startswith("CITYOPS_") for k in worker["environment"])
     mounts = services["grafana"]["volumes"]
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
@@ -460,12 +461,243 @@ def test_compose_worker_and_grafana(compose: dict[str, Any]) -> None:
     assert "./deploy/alertmanager:/etc/alertmanager:ro" in services["alertmanager"]["volumes"]
 
 
+def _dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions of deploy/Dockerfile by stage name: [(INSTRUCTION, arguments)], continuations joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = stages.setdefault("", [])
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if word.upper() == "FROM":
+            name = re.search(r"\bAS\s+(\S+)", rest, re.I)
+            current = stages.setdefault(name.group(1) if name else f"stage{len(stages)}", [])
+        current.append((word.upper(), rest.strip()))
+    return stages
+
+
 def test_dockerfile() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11[\w.-]*slim", text, re.M)
-    assert "pip install ." in text
-    assert re.search(r"^USER (?!root)\w+", text, re.M)
+    stages = _dockerfile_stages()
+    assert list(stages) == ["", "builder", "runtime"], "a builder stage, then the runtime stage"
+    builder = " ".join(args for ins, args in stages["builder"] if ins == "RUN")
+    # The builder makes the wheel exactly as `make test-wheel` does (and that wheel is what CI tests).
+    assert "pip wheel --no-deps --wheel-dir /wheels ." in builder
+    assert "pip wheel -q --no-deps --wheel-dir \"$WORK/wheels\" ." in (REPO / "scripts" / "test-wheel.sh").read_text()
+    runtime = stages["runtime"]
+    install = " ".join(args for ins, args in runtime if ins == "RUN")
+    assert "pip install --no-index --find-links /wheels cityops" in install
+    assert not re.search(r"pip install[^&]*(\s-e\s|\s\.(\s|$))", install), "runtime must not install the source tree"
+    assert not [a for i, a in runtime if i == "COPY" and "--from" not in a], "no source tree in the runtime image"
+    users = [a for i, a in runtime if i == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    env = " ".join(a for i, a in runtime if i == "ENV")
+    assert "CITYOPS_WEB_HOST=0.0.0.0" in env, "the worker must listen on all interfaces in a container"
     assert "HEALTHCHECK" in text and "/healthz" in text
+
+
+def test_dockerfile_copies_what_the_wheel_needs() -> None:
+    """The builder copies src/ and every folder the package-data symlinks point into, beside it as in git."""
+    copies = {args.split()[0] for ins, args in _dockerfile_stages()["builder"] if ins == "COPY"}
+    data = REPO / "src" / "cityops" / "data"
+    links = [p for p in data.iterdir() if p.is_symlink()]
+    assert {p.name for p in links} == {"agents", "streams", "dashboards"}
+    for link in links:
+        target = link.resolve().relative_to(REPO)
+        assert str(target) in copies, f"Dockerfile builder does not COPY {target} (needed by {link.name})"
+    assert {"pyproject.toml", "src"} <= copies
+    for src in copies:
+        assert (REPO / src).exists(), f"COPY {src}: not in the repository"
+    ignore = (REPO / ".dockerignore").read_text().split()
+    for needed in copies:
+        assert needed not in ignore and needed + "/" not in ignore
+
+
+# ----------------------------------------------------------------- compose: Compose Specification, settings
+
+
+ENV_EXAMPLE = REPO / ".env.example"
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"{path.name}: not KEY=value: {line!r}"
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _interpolate(value: Any, variables: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} (docs: compose file interpolation)."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if name in variables and (variables[name] or op is None or not op.startswith(":")):
+            return variables[name]
+        if op and op.endswith("?"):
+            raise AssertionError(f"${{{name}}} is required ({arg}) but not set in {ENV_EXAMPLE.name}")
+        return arg if op and op.endswith("-") else ""
+
+    return _INTERPOLATION.sub(sub, str(value)).replace("$$", "$")
+
+
+def _image_env() -> dict[str, str]:
+    """CITYOPS_* defaults the runtime image sets with ENV (compose's environment overrides them)."""
+    out = {}
+    for ins, args in _dockerfile_stages()["runtime"]:
+        if ins == "ENV":
+            for key, value in re.findall(r"(\w+)=(\S+)", args):
+                out[key] = value
+    return {k: v for k, v in out.items() if k.startswith("CITYOPS_")}
+
+
+def _service_env(compose: dict[str, Any], name: str) -> dict[str, str]:
+    svc = compose["services"][name]
+    variables = _env_file(ENV_EXAMPLE)
+    env = dict(_image_env())
+    env.update({k: _interpolate(v, variables) for k, v in (svc.get("environment") or {}).items()})
+    assert "env_file" not in svc, "secrets come through ${VAR} interpolation from .env, one by one"
+    return env
+
+
+def _cityops_services(compose: dict[str, Any]) -> list[str]:
+    return [n for n, svc in compose["services"].items() if svc.get("build") or "cityops" in str(svc.get("image"))]
+
+
+def test_compose_follows_the_compose_specification() -> None:
+    from compose_spec import PyCompose
+
+    text = COMPOSE.read_text()
+    parsed = PyCompose.from_yaml(text)  # raises ValueError naming the path of anything the spec does not allow
+    parsed.validate()  # volumes, networks, configs and secrets used by services are declared
+    assert parsed.name == "cityops"
+    assert "version" not in _yaml(COMPOSE), "the top-level version is obsolete in the Compose Specification"
+
+
+def test_compose_secrets_come_from_env_file(compose: dict[str, Any]) -> None:
+    text = COMPOSE.read_text()
+    used = {m.group(1) for m in _INTERPOLATION.finditer(text)}
+    example = _env_file(ENV_EXAMPLE)
+    assert used == set(example), f"{ENV_EXAMPLE.name} must define exactly the ${{VAR}}s docker-compose.yml uses"
+    assert "CITYOPS_PSEUDONYM_KEY" in used and "GRAFANA_ADMIN_PASSWORD" in used
+    for name in used:  # compose stops naming the variable when .env lacks it
+        assert re.search(rf"\$\{{{name}:\?[^}}]+\}}", text), f"${{{name}}} must be required (:?message)"
+    gitignore = (REPO / ".gitignore").read_text().split()
+    assert ".env" in gitignore, ".env holds the real secrets: it must not be committed"
+    # No secret is written into the compose file itself.
+    for svc in compose["services"].values():
+        for key, value in (svc.get("environment") or {}).items():
+            if re.search(r"PASSWORD|TOKEN|SECRET|_KEY$", key):
+                assert str(value).startswith("${"), f"{key} must come from .env"
+
+
+def test_compose_worker_environment_passes_check_config(compose: dict[str, Any]) -> None:
+    """`cityops check-config` with each worker service's environment: no unknown, missing or bad setting."""
+    from cityops.checkconfig import check_config
+
+    workers = [n for n in _cityops_services(compose) if compose["services"][n]["command"][0] == "worker"]
+    assert workers == ["cityops-worker"]
+    for name in workers:
+        env = _service_env(compose, name)
+        report = check_config(env)
+        assert report.problems == [], f"{name}: {report.problems}"
+        assert any(line.startswith("source registry: ") and "enforce" in line for line in report.lines)
+        assert any(line.startswith("rules: 15 from ") for line in report.lines), report.lines
+
+
+def test_compose_other_cityops_services_use_only_known_variables(compose: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from cityops.cli import build_parser
+    from cityops.settings import unknown_variables
+
+    others = [n for n in _cityops_services(compose) if compose["services"][n]["command"][0] != "worker"]
+    assert others == ["cityops-simulator"]
+    for name in others:
+        env = _service_env(compose, name)
+        assert unknown_variables(env) == [], name
+        for key in list(os.environ):
+            if key.startswith("CITYOPS_"):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        args = build_parser().parse_args(compose["services"][name]["command"])
+        assert args.bootstrap == "kafka:9092", f"{name}: the simulator must reach the compose broker"
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    ({"CITYOPS_KAFKA_BROKERS": "kafka:9092"}, "CITYOPS_KAFKA_BROKERS: unknown setting"),
+    ({"CITYOPS_PSEUDONYM_KEY": None}, "CITYOPS_PSEUDONYM_KEY: is required"),
+    ({"CITYOPS_SOURCE_REGISTRY": "/nonexistent/sources.json"}, "CITYOPS_SOURCE_REGISTRY"),
+    ({"CITYOPS_UNKNOWN_SOURCES": "warn"}, "CITYOPS_UNKNOWN_SOURCES"),
+])
+def test_compose_environment_check_fails_naming_the_setting(compose: dict[str, Any], change: dict[str, Any],
+                                                            named: str) -> None:
+    """The compose check above would catch today's kinds of mistakes (the old file's CITYOPS_KAFKA_BROKERS)."""
+    from cityops.checkconfig import check_config
+
+    env = _service_env(compose, "cityops-worker")
+    for key, value in change.items():
+        if value is None:
+            env.pop(key)
+        else:
+            env[key] = value
+    report = check_config(env)
+    assert any(named in p for p in report.problems), report.problems
+
+
+def _container_ports(svc: dict[str, Any]) -> set[int]:
+    ports = {int(str(p).split(":")[-1].split("/")[0]) for p in svc.get("ports") or []}
+    return ports | {int(str(p).split("/")[0]) for p in svc.get("expose") or []}
+
+
+def _host_port(url_or_target: str) -> tuple[str, int]:
+    rest = url_or_target.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = rest.rpartition(":")
+    return host, int(port)
+
+
+def test_deploy_targets_match_compose_services_and_ports(compose: dict[str, Any]) -> None:
+    """Prometheus scrape and Alertmanager targets, Grafana datasources and the worker's own URLs name a
+    compose service and a port that service listens on."""
+    services = compose["services"]
+    worker_env = _service_env(compose, "cityops-worker")
+    services_ports = {name: _container_ports(svc) for name, svc in services.items()}
+    services_ports["cityops-worker"].add(int(worker_env["CITYOPS_WEB_PORT"]))
+    prom = _yaml(PROM_DIR / "prometheus.yml")
+    targets: list[tuple[str, str]] = []
+    for job in prom["scrape_configs"]:
+        for sc in job.get("static_configs", []):
+            targets += [(f"prometheus job {job['job_name']}", t) for t in sc["targets"]]
+    for am in prom["alerting"]["alertmanagers"]:
+        for sc in am["static_configs"]:
+            targets += [("prometheus alerting", t) for t in sc["targets"]]
+    grafana = _yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "cityops.yml")
+    targets += [(f"grafana datasource {d['uid']}", d["url"]) for d in grafana["datasources"]]
+    targets += [(key, worker_env[key]) for key in
+                ("CITYOPS_KAFKA_BOOTSTRAP", "CITYOPS_INFLUX_URL", "CITYOPS_ALERTMANAGER_URL")]
+    for where, target in targets:
+        host, port = _host_port(target)
+        if where == "prometheus job prometheus":
+            assert (host, port) == ("localhost", 9090)  # Prometheus scrapes itself inside its container
+            assert 9090 in services_ports["prometheus"]
+            continue
+        assert host in services, f"{where}: {target}: no compose service {host!r}"
+        assert port in services_ports[host], f"{where}: {target}: service {host} listens on {services_ports[host]}"
+    worker_job = next(j for j in prom["scrape_configs"] if j["job_name"] == "cityops-worker")
+    assert worker_job["static_configs"][0]["targets"] == [f"cityops-worker:{worker_env['CITYOPS_WEB_PORT']}"]
+    assert worker_env["CITYOPS_WEB_HOST"] == "0.0.0.0", "Prometheus scrapes the worker from another container"
+    # Grafana's dashboard provider reads the folder compose mounts, which holds the repository's dashboards.
+    provider = _yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "cityops.yml")["providers"][0]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in services["grafana"]["volumes"]}
+    assert mounts[provider["options"]["path"]] == "./dashboards"
+    assert mounts["/etc/grafana/provisioning"] == "./deploy/grafana/provisioning"
 
 
 def test_kafka_topics() -> None:
