@@ -108,7 +108,7 @@ def _data_dir(report: Report, data_dir: Path) -> str:
 
 def check_config(env: Mapping[str, str] | None = None) -> Report:
     """Load and check everything the worker would use with ``env`` (default: the process environment)."""
-    from cityops.settings import load_settings
+    from cityops.settings import load_settings, unknown_variables
 
     report = Report()
     version = _version()
@@ -120,7 +120,12 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
     if n_boards is not None:
         report.lines.append(f"dashboards: {n_boards} (cityops dashboards push, or Grafana's file provider)")
 
-    settings = _attempt(report, lambda: load_settings(env))
+    # Unknown CITYOPS_* names are reported, and the rest is still checked without them.
+    environ = dict(os.environ if env is None else env)
+    unknown = unknown_variables(environ)
+    report.problems.extend(p for p in unknown)
+    bad = {p.split(":", 1)[0] for p in unknown}
+    settings = _attempt(report, lambda: load_settings({k: v for k, v in environ.items() if k not in bad}))
     if settings is None:
         return report
 

@@ -176,6 +176,12 @@ class Settings(KafkaSettings):
     alert_resend_s: float = Field(60.0, gt=0)
     log_level: str = "INFO"
 
+    @field_validator("source_registry", "rules_dir", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, v: Any) -> Any:
+        # VAR= (set but empty, as compose and env files write it) means unset, not the current directory.
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("pseudonym_key")
     @classmethod
     def _key(cls, v: SecretStr) -> SecretStr:

@@ -81,3 +81,48 @@ def test_worker_gc_tuning_setting() -> None:
         gc.set_threshold(*before)
     with pytest.raises(ConfigError, match="CITYOPS_GC_THRESHOLD"):
         load_settings(dict(GOOD, CITYOPS_GC_THRESHOLD="-1"))
+
+
+def test_unknown_cityops_variable_is_refused_with_the_closest_name() -> None:
+    """A typo would otherwise leave a default in force silently (the old compose file's CITYOPS_KAFKA_BROKERS)."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(dict(GOOD, CITYOPS_KAFKA_BROKERS="kafka:9092", CITYOPS_FLUSH_INTERVAL="2"))
+    assert err.value.problems == [
+        "CITYOPS_FLUSH_INTERVAL: unknown setting (did you mean CITYOPS_FLUSH_INTERVAL_S?)",
+        "CITYOPS_KAFKA_BROKERS: unknown setting (did you mean CITYOPS_KAFKA_BOOTSTRAP?)",
+    ]
+    # Reported together with bad and missing ones, each named.
+    env = {k: v for k, v in GOOD.items() if k != "CITYOPS_DATA_DIR"}
+    with pytest.raises(ConfigError) as err:
+        load_settings(dict(env, CITYOPS_WEB_PORT="0", CITYOPS_NONSENSE="1"))
+    names = [p.split(":")[0] for p in err.value.problems]
+    assert names == ["CITYOPS_DATA_DIR", "CITYOPS_WEB_PORT", "CITYOPS_NONSENSE"]
+
+
+def test_unknown_variable_in_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("CITYOPS_"):
+            monkeypatch.delenv(key)
+    for key, value in GOOD.items():
+        monkeypatch.setenv(key, value)
+    assert load_settings().kafka_bootstrap == "127.0.0.1:9092"
+    monkeypatch.setenv("CITYOPS_GRAFANA_URL", "http://grafana:3000")  # read by `dashboards push`: known
+    assert load_settings().web_port == 6066
+    monkeypatch.setenv("cityops_influx_urll", "http://x:1")
+    with pytest.raises(ConfigError, match="cityops_influx_urll: unknown setting"):
+        load_settings()
+
+
+def test_worker_refuses_to_start_on_unknown_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOPS_")}
+    env.update(GOOD, CITYOPS_DATA_DIR=str(tmp_path), CITYOPS_KAFKA_BROKERS="kafka:9092")
+    r = subprocess.run([sys.executable, "-m", "cityops.cli", "worker"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert "CITYOPS_KAFKA_BROKERS: unknown setting (did you mean CITYOPS_KAFKA_BOOTSTRAP?)" in r.stderr
+
+
+def test_empty_path_settings_mean_unset() -> None:
+    s = load_settings(dict(GOOD, CITYOPS_SOURCE_REGISTRY="", CITYOPS_RULES_DIR=" "))
+    assert s.source_registry is None and s.rules_dir is None
+    assert load_settings(GOOD).unknown_sources == "enforce"
