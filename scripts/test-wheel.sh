@@ -22,7 +22,8 @@ WHEEL=$(ls "$WORK"/wheels/cityops-*.whl)
 echo "test-wheel: installing $(basename "$WHEEL") into a fresh virtualenv"
 # venv from a venv's interpreter makes a fresh venv on the same base Python.
 "$VENV/bin/python" -m venv "$WORK/venv"
-"$WORK/venv/bin/python" -m pip install -q "$WHEEL[dev]"
+# (grep drops pip's notes about find-links folders that do not exist on this machine)
+"$WORK/venv/bin/python" -m pip install -q "$WHEEL[dev]" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 
 cd "$WORK"
 # pytest puts the checkout's root (not src/) on sys.path for tests/: cityops must still come from the venv.
