@@ -1,6 +1,6 @@
 """The wheel carries every data file the service reads, and an install finds them without the source tree.
 
-Builds the wheel as deploy/Dockerfile does (`pip wheel --no-deps`), checks its file list against the
+Builds the wheel as deploy/Dockerfile's builder stage does (only what it COPYs, `pip wheel --no-deps`), checks its file list against the
 repository's data folders, then imports cityops from the unpacked wheel in a fresh process whose working
 directory is not the checkout: the packaged manifests, registry, EPCIS schema and contracts must be found
 and `cityops check-config` must pass. (`make test-wheel` goes further: a fresh virtualenv and the end-to-end
@@ -10,6 +10,7 @@ alert and food tests against that install.)
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,11 +21,33 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _builder_copies() -> list[tuple[str, str]]:
+    """(source, destination) of each COPY in deploy/Dockerfile's builder stage."""
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    builder = text[text.index(" AS builder"):text.index(" AS runtime")]
+    out = []
+    for line in builder.splitlines():
+        if line.startswith("COPY "):
+            *sources, dest = line.split()[1:]
+            out += [(src, dest) for src in sources]
+    return out
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel built as the Dockerfile's builder stage builds it: from a folder holding only what the
+    stage COPYs (symlinks kept, as COPY keeps them), with the same `pip wheel` command."""
+    context = tmp_path_factory.mktemp("builder")
+    for src, dest in _builder_copies():
+        path = REPO / src
+        target = context / dest / Path(src).name if dest.endswith("/") else context / dest
+        if path.is_dir():
+            shutil.copytree(path, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(path, target)
     out = tmp_path_factory.mktemp("wheel")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(out), "."],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=context, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (path,) = out.glob("cityops-*.whl")
     return path
