@@ -133,10 +133,12 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
     from cityops.engine.pipeline import DEAD_LETTER_TOPIC
     from cityops.runtime import ALERTS_TOPIC, build_streams
 
-    streams = _attempt(report, lambda: build_streams(settings))
+    loaded = _attempt(report, lambda: wiring.load_rules(settings))
+    specs = loaded[1] if loaded is not None and loaded[0] is not None else None
+    streams = _attempt(report, lambda: build_streams(settings, specs))
     if streams is not None:
         report.lines.append("streams: " + ", ".join(s.topic for s in streams))
-    report.lines.append(f"kafka: {settings.kafka_bootstrap}")
+    report.lines.append(f"kafka: {settings.kafka_bootstrap} ({settings.kafka_security_protocol})")
 
     before = len(report.problems)
     gate = _attempt(report, lambda: wiring.load_registry_gate(settings))
@@ -145,7 +147,6 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
         if gate is None and settings.unknown_sources != "enforce":
             report.lines.append("  (CITYOPS_UNKNOWN_SOURCES has no effect without a registry)")
 
-    loaded = _attempt(report, lambda: wiring.load_rules(settings))
     if loaded is not None:
         rules_dir, specs = loaded
         if rules_dir is None:
@@ -161,14 +162,26 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
     influx = f"{settings.influx_url} database={settings.influx_database}"
     if settings.influx_org:
         influx += f" org={settings.influx_org} (v2 write API)"
+    influx += _auth(settings, "influx")
     report.lines.append("outputs:")
     report.lines.append(f"  influxdb: {influx}")
-    report.lines.append("  alertmanager: " + (str(settings.alertmanager_url) if settings.alertmanager_url
+    report.lines.append("  alertmanager: " + (str(settings.alertmanager_url) + _auth(settings, "alertmanager")
+                                               if settings.alertmanager_url
                                                else "off (CITYOPS_ALERTMANAGER_URL unset)"))
     report.lines.append(f"  kafka topics: {ALERTS_TOPIC} (alert transitions), {DEAD_LETTER_TOPIC}")
     report.lines.append(f"  web: http://{settings.web_host}:{settings.web_port}/metrics and /healthz")
     report.lines.append(f"data dir: {_data_dir(report, Path(settings.data_dir))}")
     return report
+
+
+def _auth(settings: Any, service: str) -> str:
+    """" user=NAME", " token" or "" for an HTTP output: which credentials are configured (never their value)."""
+    user = getattr(settings, f"{service}_username", None)
+    if user:
+        return f" user={user}"
+    if getattr(settings, f"{service}_token", None) or getattr(settings, f"{service}_token_file", None):
+        return " token"
+    return ""
 
 
 def _version() -> str:

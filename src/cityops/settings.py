@@ -249,6 +249,15 @@ OTHER_VARIABLES: dict[str, str] = {
 }
 
 
+# Settings that existed and were removed: naming one gets this instead of "unknown setting".
+REMOVED_VARIABLES: dict[str, str] = {
+    "CITYOPS_COLD_CHAIN_MIN_C": "the cold-chain range is the FoodColdChainBreach rule's params min_c/max_c "
+                                "in agents/food-safety.yml (CITYOPS_RULES_DIR)",
+    "CITYOPS_COLD_CHAIN_MAX_C": "the cold-chain range is the FoodColdChainBreach rule's params min_c/max_c "
+                                "in agents/food-safety.yml (CITYOPS_RULES_DIR)",
+}
+
+
 def setting_names() -> list[str]:
     """Every CITYOPS_* variable cityops knows: one per Settings field, plus OTHER_VARIABLES."""
     return sorted({"CITYOPS_" + name.upper() for name in Settings.model_fields} | set(OTHER_VARIABLES))
@@ -259,7 +268,9 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     known = set(setting_names())
     problems = []
     for name in sorted(env):
-        if name.upper().startswith("CITYOPS_") and name.upper() not in known:
+        if name.upper() in REMOVED_VARIABLES:
+            problems.append(f"{name}: removed setting: {REMOVED_VARIABLES[name.upper()]}")
+        elif name.upper().startswith("CITYOPS_") and name.upper() not in known:
             close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else " (see the settings table in README.md)"
             problems.append(f"{name}: unknown setting{hint}")

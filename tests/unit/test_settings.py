@@ -126,3 +126,11 @@ def test_empty_path_settings_mean_unset() -> None:
     s = load_settings(dict(GOOD, CITYOPS_SOURCE_REGISTRY="", CITYOPS_RULES_DIR=" "))
     assert s.source_registry is None and s.rules_dir is None
     assert load_settings(GOOD).unknown_sources == "enforce"
+
+
+def test_removed_setting_says_where_it_went() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(dict(GOOD, CITYOPS_COLD_CHAIN_MAX_C="5"))
+    assert err.value.problems == ["CITYOPS_COLD_CHAIN_MAX_C: removed setting: the cold-chain range is the "
+                                  "FoodColdChainBreach rule's params min_c/max_c in agents/food-safety.yml "
+                                  "(CITYOPS_RULES_DIR)"]

@@ -99,9 +99,9 @@ def test_observe_processes_counts_and_alerts_once_per_source(tmp_path: Path) -> 
     # One UntrustedSource alert per unlisted source (not per event), saying the event went on.
     assert untrusted_alerts(alerts) == {"stranger-a": "firing", "stranger-b": "firing"}
     transitions = [item for _, item in alerts.pop_outbox(1000)
-                   if item["labels"]["alertname"] == "UntrustedSource" and item["status"] == "firing"]
-    assert sorted(t["labels"]["source"] for t in transitions) == ["stranger-a", "stranger-b"]
-    assert all("observe mode" in t["annotations"]["description"] for t in transitions)
+                   if item.alertname == "UntrustedSource" and item.status == "firing"]
+    assert sorted(t.labels["source"] for t in transitions) == ["stranger-a", "stranger-b"]
+    assert all("observe mode" in t.annotations["description"] for t in transitions)
 
 
 def test_observe_still_dead_letters_bad_signatures(tmp_path: Path) -> None:
