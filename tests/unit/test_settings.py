@@ -134,3 +134,16 @@ def test_removed_setting_says_where_it_went() -> None:
     assert err.value.problems == ["CITYOPS_COLD_CHAIN_MAX_C: removed setting: the cold-chain range is the "
                                   "FoodColdChainBreach rule's params min_c/max_c in agents/food-safety.yml "
                                   "(CITYOPS_RULES_DIR)"]
+
+
+def test_lateness_per_stream_and_future_guard_settings() -> None:
+    s = load_settings(GOOD)
+    assert s.allowed_lateness_s == 600 and s.max_future_s == 300
+    assert s.stream_lateness_s == {"food.trace-events": 7 * 86400.0}  # store-and-forward EPCIS uploads
+    wide = load_settings(dict(GOOD, CITYOPS_ALLOWED_LATENESS_S=str(30 * 86400)))
+    assert wide.stream_lateness_s["food.trace-events"] == 30 * 86400.0  # never shorter than the city default
+    own = load_settings(dict(GOOD, CITYOPS_FOOD_ALLOWED_LATENESS_S="3600"))
+    assert own.stream_lateness_s["food.trace-events"] == 3600.0
+    for name in ("CITYOPS_FOOD_ALLOWED_LATENESS_S", "CITYOPS_MAX_FUTURE_S"):
+        with pytest.raises(ConfigError, match=name):
+            load_settings(dict(GOOD, **{name: "-1"}))
