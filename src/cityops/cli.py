@@ -57,15 +57,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # A data directory this release cannot read stops the start (exit 2) before any server is needed.
     check_format(Path(settings.data_dir) / "state")
     # First, and before the heavy imports: without the broker the worker cannot go on.
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings.topic_partitions),
-                  security=kafka_client_security(settings))
+    specs = topic_specs(settings.topic_partitions)
+    if settings.state_store == "kafka":
+        from cityops.topics import state_topic_spec
+
+        specs.append(state_topic_spec())
+    ensure_topics(settings.kafka_bootstrap, specs, security=kafka_client_security(settings))
     import faust
 
     from cityops.agents.app import create_app
     from cityops.connections import run_preflight
 
     run_preflight(settings)  # refused credentials / bad certificates stop here, naming the setting
-    app, runtime = create_app(settings)
+    from cityops.engine.kafka_state import Fenced
+
+    try:
+        app, runtime = create_app(settings)
+    except Fenced as exc:  # CITYOPS_STATE_STORE=kafka: another worker claimed the task as we did
+        print(f"cityops: error: {exc}", file=sys.stderr)
+        return 4
     tune_gc(settings.gc_threshold)
     worker = faust.Worker(app, loglevel=args.log_level or settings.log_level, quiet=True,
                           redirect_stdouts=False, override_logging=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 
 from cityops.alerts.spec import RuleSpec
+from cityops.engine.kafka_state import Fenced
 from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, Point, record_digest
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
@@ -32,6 +34,7 @@ from cityops.types import Sink, Transition
 log = logging.getLogger("cityops.runtime")
 
 ALERTS_TOPIC = "cityops.alerts"
+EXIT_FENCED = 4  # the worker found its task claimed by another worker (CITYOPS_STATE_STORE=kafka)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,22 @@ def build_streams(settings: Settings, rules: Mapping[str, RuleSpec] | None = Non
     return streams
 
 
+def open_state_store(settings: Settings) -> StateStore:
+    """The engine's state store, restored: local (``CITYOPS_DATA_DIR``) or on ``cityops.state`` (Kafka).
+
+    Kafka: the task's partition is read from its latest complete snapshot and claimed for this worker;
+    raises ``Fenced`` if another worker claims it first.
+    """
+    if settings.state_store == "kafka":
+        from cityops.connections import kafka_client_security
+        from cityops.engine.kafka_state import KafkaStateStore
+
+        return KafkaStateStore(settings.kafka_bootstrap, security=kafka_client_security(settings),
+                               chunk_bytes=settings.state_chunk_bytes,
+                               snapshot_bytes=settings.state_snapshot_bytes).open()
+    return StateStore(Path(settings.data_dir) / "state").open()
+
+
 class Runtime:
     """Engine + sinks + outbox dispatch. ``start()``/``stop()`` bracket its life; ``tick()`` commits."""
 
@@ -84,7 +103,7 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.store = StateStore(Path(settings.data_dir) / "state").open()
+        self.store = open_state_store(settings)
         self.alerts = None
         rules: list[Any] = []
         registry = None
@@ -372,7 +391,14 @@ class Runtime:
             # Silence of sources never heard from counts from here (event time of the first data).
             self.store.meta["engine_start_ts"] = self.engine.engine_time
             self.engine.ctx.extra["engine_start_ts"] = self.engine.engine_time
-        res = self.engine.checkpoint()
+        try:
+            res = self.engine.checkpoint()
+        except Fenced as exc:
+            # Another worker owns the task now: nothing of this commit may be released (no acks, no
+            # points), and nothing more may be written. Stop at once; the owner continues from its state.
+            log.critical("fenced: %s; stopping without releasing anything of the last commit", exc)
+            logging.shutdown()
+            os._exit(EXIT_FENCED)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         self._last_commit = self.clock()
         acks, self._acks = self._acks, []

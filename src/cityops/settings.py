@@ -160,6 +160,13 @@ class Settings(KafkaSettings):
                                   "log still holds the record at its committed offset (topic re-created or "
                                   "log truncated: offsets went backwards)")
     max_message_bytes: int = Field(4 << 20, ge=1024)
+    state_store: Literal["local", "kafka"] = Field(
+        "local", description="where engine state is committed: `local` = CITYOPS_DATA_DIR (snapshot + log); "
+        "`kafka` = the cityops.state topic (acks=all; the data directory is only a cache)")
+    state_chunk_bytes: int = Field(512 << 10, ge=1024, le=8 << 20, description="largest cityops.state message "
+                                   "(snapshots and big commits are split into chunks of this size)")
+    state_snapshot_bytes: int = Field(64 << 20, ge=1 << 10, description="bytes of commits after which a snapshot "
+                                      "is written (bounds what a restore reads)")
     gc_threshold: int = Field(50_000, ge=0, description="the worker's generation-0 threshold for Python's cyclic "
                               "garbage collector (0 = Python's default, 700): the engine keeps hundreds of "
                               "thousands of live objects, and frequent full scans of them cost a third of the "

@@ -36,6 +36,17 @@ def topic_specs(partitions: int = 6) -> list[TopicSpec]:
     ]
 
 
+def state_topic_spec(tasks: int = 1) -> TopicSpec:
+    """``cityops.state`` (CITYOPS_STATE_STORE=kafka): one partition per task, kept forever.
+
+    Never deleted by time: a restore reads from the latest complete snapshot, which may be old. Nothing
+    needs compaction or DeleteRecords for correctness (the topic grows until a broker that has
+    DeleteRecords trims what lies before the last complete snapshot).
+    """
+    return TopicSpec("cityops.state", tasks, {"retention.ms": "-1", "retention.bytes": "-1",
+                                              "cleanup.policy": "delete", "max.message.bytes": str(8 << 20)})
+
+
 def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0, *,
                   setting: str = "CITYOPS_KAFKA_BOOTSTRAP", security: Mapping[str, Any] | None = None) -> list[str]:
     """Create the missing topics (kafka-python admin) with their explicit configs; returns those created.
