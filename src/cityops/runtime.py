@@ -86,6 +86,7 @@ def open_state_store(settings: Settings) -> StateStore:
     raises ``Fenced`` if another worker claims it first.
     """
     if settings.state_store == "kafka":
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # a cache (Faust's own files); may be empty
         from cityops.connections import kafka_client_security
         from cityops.engine.kafka_state import KafkaStateStore
 

@@ -51,10 +51,11 @@ def _expected(start: int, n: int) -> dict[str, int]:
 
 
 def test_restore_from_kafka_alone_with_snapshots_in_chunks(kafka: Any) -> None:
-    a = _store(kafka, snapshot_bytes=2000)  # a snapshot every few commits, each in several 4 KiB chunks
+    # A snapshot every few commits (once the commits since the last one outweigh it), in 1 KiB chunks.
+    a = _store(kafka, snapshot_bytes=2000, chunk_bytes=1024)
     t = a.table("big")
     for i in range(300):
-        t[i] = "x" * 100  # ~30 KB of state: several chunks per snapshot
+        t[i] = "x" * 10  # ~4 KB of state: several chunks per snapshot
     a.commit({})
     _fill(a, 0, 120)
     assert a.base > 0  # a snapshot was written and is the restore's start

@@ -158,6 +158,7 @@ class _Reader:
             # (a later snapshot holds what the commits before it built: nothing to apply)
             self.applied_seq = max(self.applied_seq, ch.seq)
             self.base = first
+            self.store._last_snapshot_bytes = len(data)
             return SNAPSHOT, ch
         if self.need_snapshot_at is not None:
             return None  # a commit before the snapshot we start from is already in it
@@ -194,6 +195,7 @@ class KafkaStateStore(StateStore):
         self.base = -1
         self.last_offset = -1  # offset of the last record this store read or wrote
         self._since_snapshot = 0
+        self._last_snapshot_bytes = 0
         self.bytes_written = 0
         self.restore_s = 0.0
         self.restored_records = 0
@@ -214,8 +216,9 @@ class KafkaStateStore(StateStore):
         # record is replicated.
         self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                        max_in_flight_requests_per_connection=1, retries=5,
-                                       max_request_size=self.chunk_bytes + (64 << 10), linger_ms=0,
-                                       batch_size=self.chunk_bytes + (64 << 10), **self.security)
+                                       max_request_size=max(4 << 20, 2 * self.chunk_bytes) + (64 << 10),
+                                       linger_ms=2, batch_size=max(4 << 20, 2 * self.chunk_bytes),
+                                       **self.security)
 
     def _read(self, start: int, end: int, reader: _Reader) -> None:
         """Feed records [start, end) of the partition to ``reader``."""
@@ -398,7 +401,9 @@ class KafkaStateStore(StateStore):
         fault_point("commit-produced")
         self._check_landed(landed)
         self._since_snapshot += len(payload)
-        if self._since_snapshot > self.snapshot_bytes:
+        # A snapshot once the commits since the last one outweigh it (and ``snapshot_bytes``): a restore reads
+        # at most about twice the state, and writing snapshots costs at most what writing commits costs.
+        if self._since_snapshot > max(self.snapshot_bytes, self._last_snapshot_bytes):
             self.snapshot()
         return self.bytes_written - before
 
@@ -423,6 +428,7 @@ class KafkaStateStore(StateStore):
         self._check_landed(landed)
         self.base = min(landed)
         self._since_snapshot = 0
+        self._last_snapshot_bytes = len(body)
         log.info("state snapshot at %s[%d] offset=%d chunks=%d bytes=%d", self.topic, self.partition,
                  self.base, len(landed), len(body))
 

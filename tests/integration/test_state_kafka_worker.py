@@ -1,0 +1,79 @@
+"""The whole worker with CITYOPS_STATE_STORE=kafka against real Tansu + InfluxDB: the data directory is only a
+cache; a worker started on an empty one continues from cityops.state exactly (KPIs equal an independent
+computation, every event counted once)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from typing import Any
+
+import pytest
+
+from tests.conftest import produce
+from tests.integration.test_kpi_path import assert_kpis_equal, expected, quality_total, simulate, stored, wait_written
+
+pytestmark = pytest.mark.integration
+
+KAFKA_STATE = {"CITYOPS_STATE_STORE": "kafka", "CITYOPS_STATE_SNAPSHOT_BYTES": "300000",
+               "CITYOPS_STATE_CHUNK_BYTES": "262144"}
+
+
+def state_topic_bytes(bootstrap: str) -> tuple[int, int]:
+    """(messages, value bytes) on cityops.state."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    tp = TopicPartition("cityops.state", 0)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    c.assign([tp])
+    end = c.end_offsets([tp])[tp]
+    c.seek_to_beginning(tp)
+    n = size = 0
+    while n < end:
+        for recs in c.poll(timeout_ms=1000).values():
+            for r in recs:
+                n += 1
+                size += len(r.value)
+    c.close()
+    return n, size
+
+
+def restore_lines(w: Any) -> list[str]:
+    return re.findall(r"state restored from cityops\.state\[0\][^\n]*", w.log_tail(10**7))
+
+
+def test_cold_start_from_kafka_with_an_empty_data_dir(kafka: Any, influx: Any, worker_factory: Any) -> None:
+    first, evs1 = simulate(seed=21, minutes=10, rate=80, batch=10)
+    second, evs2 = simulate(seed=22, minutes=6, rate=80, batch=10)
+    produce(kafka.url, first)
+    w = worker_factory(**KAFKA_STATE).start()
+    wait_written(w, influx, len(evs1))
+    assert w.terminate() == 0
+    shutil.rmtree(w.data_dir)  # the machine's disk is gone: Kafka holds everything
+    produce(kafka.url, second)
+    w.start()
+    n = len(evs1) + len(evs2)
+    wait_written(w, influx, n, timeout_s=180)
+    assert quality_total(influx) == n
+    assert_kpis_equal(expected(evs1 + evs2), stored(influx))
+    lines = restore_lines(w)
+    assert len(lines) == 2 and "epoch=1" in lines[1], lines
+    msgs, size = state_topic_bytes(kafka.url)
+    print(f"\nstate topic: {msgs} messages, {size} bytes, {size / n:.1f} bytes/event over {n} events; "
+          f"restores: {lines}")
+
+
+def test_kill9_and_disk_loss_then_restart_is_exact(kafka: Any, influx: Any, worker_factory: Any) -> None:
+    msgs, evs = simulate(seed=23, minutes=20, rate=120, batch=10)
+    produce(kafka.url, msgs)
+    n = len(evs)
+    w = worker_factory(**KAFKA_STATE)
+    w.start()
+    w.wait(lambda: w.counted() >= n // 3, what="a third of the events")
+    w.kill9()
+    shutil.rmtree(w.data_dir, ignore_errors=True)
+    w.start()
+    wait_written(w, influx, n, timeout_s=180)
+    assert quality_total(influx) == n
+    assert_kpis_equal(expected(evs), stored(influx))
+    assert len(restore_lines(w)) == 2
