@@ -403,3 +403,35 @@ def test_lifecycle_advance_over_decades_costs_the_alerts_it_holds() -> None:
         return _calls(lambda: eng.advance(T0 + 100 + jump))
 
     assert run(30 * 365.25 * DAY) <= run(3600.0) + 200
+
+
+def test_an_epcis_event_dated_2015_first_costs_what_an_hour_old_one_costs() -> None:
+    """Issue 14's EPCIS case (an event dated 2015 froze commits ~100 s), in process with every shipped rule."""
+    from types import SimpleNamespace
+
+    from cityops.alerts.wiring import build_alerting, context_extras, default_rules_dir
+
+    def run(old_ts: float) -> tuple[int, Engine]:
+        settings = SimpleNamespace(rules_dir=default_rules_dir(), source_registry="none", runbook_base="",
+                                   web_host="127.0.0.1", web_port=1, alertmanager_url=None)
+        store = StateStore(None)
+        alerts, rules, gate = build_alerting(settings, store)
+        e = make(store, food=True, signals=alerts, rules=rules, registry=gate, clock=[NOON + 60],
+                 stream_lateness_s={FOOD: 7 * DAY})
+        e.ctx.extra.update(context_extras(store, gate, None))
+        old = food_event(1, old_ts, "receiving", classes=["urn:epc:class:lgtin:6909999.000001.OLD"],
+                         bizLocation={"id": MARKET})
+        e.process(FOOD, 0, 0, epcis([old]))
+        e.checkpoint()
+        current, _upload, _lots = slaughterhouse_and_market()
+        e.process(FOOD, 0, 1, current)
+        # The market is live again too: a second party corroborates the jump of the partition clock.
+        live = food_event(2, NOON + 30, "receiving", classes=["urn:epc:class:lgtin:6909999.000001.NEW"],
+                          bizLocation={"id": MARKET})
+        e.process(FOOD, 0, 2, epcis([live]))
+        return _calls(e.checkpoint), e
+
+    hour, _ = run(NOON - 3 * 3600)
+    years, e = run(datetime(2015, 6, 1, tzinfo=CST).timestamp())
+    assert e.partition_wm[(FOOD, 0)] >= NOON  # the clock followed the live events
+    assert years <= 2 * hour + 5000, (hour, years)
