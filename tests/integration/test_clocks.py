@@ -167,6 +167,7 @@ def test_a_tap_five_years_old_first_does_not_stall_live_kpis(kafka: Any, influx:
         latencies.append(time.time() - sent)
         time.sleep(max(0.0, 1.0 - (time.time() - sent)))
     prod.close()
+    print("live tap to InfluxDB, s:", [round(x, 2) for x in latencies])
     assert max(latencies) <= 5.0, [round(x, 2) for x in latencies]
     assert (w.health() or {}).get("checkpoint_age_s", 99) < 5.0
     assert w.terminate() == 0
