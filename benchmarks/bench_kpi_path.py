@@ -14,6 +14,8 @@ tap is the time from the send of its message to the first poll whose `traffic_ri
 it (taps_in + taps_out + declined + errors, which count every tap once). Reported: p50/p99/max over
 the taps sent after the first ``WARMUP_S`` seconds (the live phase starts once the preload's points are
 written; its first seconds pay for the jump of event time). Peak RSS is the worker's VmHWM at the end.
+Also printed: events per CPU second of the worker and of the raw loop (the rate the load of a shared
+machine changes least).
 
     python benchmarks/bench_kpi_path.py                    # shipped: 100-event batches, single-event messages
     python benchmarks/bench_kpi_path.py --events 300000 --modes batch
@@ -98,8 +100,8 @@ def preload(bootstrap: str, messages: dict[str, list[bytes]]) -> None:
     p.close()
 
 
-async def raw_loop(bootstrap: str, topics: list[str], n_messages: int) -> float:
-    """aiokafka: consume every message and decode its JSON; returns seconds from first to last message."""
+async def raw_loop(bootstrap: str, topics: list[str], n_messages: int) -> tuple[float, float]:
+    """aiokafka: consume every message and decode its JSON; (wall, CPU) seconds from first to last message."""
     from aiokafka import AIOKafkaConsumer
 
     c = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -108,6 +110,7 @@ async def raw_loop(bootstrap: str, topics: list[str], n_messages: int) -> float:
     await c.start()
     seen = 0
     t0 = None
+    c0 = 0.0
     try:
         while seen < n_messages:
             batches = await c.getmany(timeout_ms=1000, max_records=10_000)
@@ -116,10 +119,10 @@ async def raw_loop(bootstrap: str, topics: list[str], n_messages: int) -> float:
                     orjson.loads(r.value)
                     seen += 1
                 if t0 is None and seen:
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
     finally:
         await c.stop()
-    return time.perf_counter() - (t0 or time.perf_counter())
+    return time.perf_counter() - (t0 or time.perf_counter()), time.process_time() - c0
 
 
 def health(port: int) -> dict:
@@ -132,6 +135,12 @@ def health(port: int) -> dict:
 
 def decided(h: dict) -> int:
     return sum(h.get("events", {}).values()) if h else 0
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -170,10 +179,11 @@ class Worker:
         if self.proc.poll() is not None:
             raise SystemExit(f"worker exited {self.proc.returncode}; see {self.log_path}")
 
-    def throughput(self, n_events: int, timeout_s: float = 900.0) -> float:
-        """Events/s from the first to the n-th event decided (polling /healthz)."""
+    def throughput(self, n_events: int, timeout_s: float = 900.0) -> tuple[float, float]:
+        """(events/s, events per CPU second of the worker) from the first to the n-th event decided."""
         t_first = None
         n_first = 0
+        c_first = 0.0
         deadline = time.monotonic() + timeout_s
         spy = None
         while time.monotonic() < deadline:
@@ -184,11 +194,12 @@ class Worker:
                                         "100", "-f", "raw", "-o", os.environ["BENCH_PYSPY"], "-p",
                                         str(self.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if done and t_first is None:
-                t_first, n_first = time.perf_counter(), done
+                t_first, n_first, c_first = time.perf_counter(), done, cpu_s(self.proc.pid)
             if done >= n_events:
+                wall, cpu = time.perf_counter() - t_first, cpu_s(self.proc.pid) - c_first
                 if spy is not None:
                     spy.wait(60)
-                return (done - n_first) / (time.perf_counter() - t_first)
+                return (done - n_first) / wall, (done - n_first) / cpu if cpu > 0 else float("inf")
             self.check()
             time.sleep(0.05)
         raise SystemExit(f"worker did not finish in {timeout_s:.0f} s")
@@ -363,10 +374,11 @@ def main() -> None:
                                                   with_food=shipped)
                 n_msgs = sum(len(v) for v in msgs.values())
                 preload(kafka.url, msgs)
-                raw_s = asyncio.run(raw_loop(kafka.url, list(msgs), n_msgs))
+                raw_s, raw_cpu = asyncio.run(raw_loop(kafka.url, list(msgs), n_msgs))
                 raw_eps = n / raw_s if raw_s > 0 else float("inf")
+                raw_cpu_eps = n / raw_cpu if raw_cpu > 0 else float("inf")
                 worker = Worker(work, kafka.url, influx.url, shipped)
-                eps = worker.throughput(n)
+                eps, cpu_eps = worker.throughput(n)
                 if args.latency_s > 0 and template:
                     lat = latency(kafka.url, influx.url, worker, template, eps / 2, args.latency_s, batch)
                 rss = peak_rss_mib(worker.proc.pid)
@@ -380,6 +392,9 @@ def main() -> None:
         print(f"  raw aiokafka consume+decode : {raw_eps:12,.0f} events/s ({n_msgs / raw_s:,.0f} msgs/s)")
         print(f"  cityops worker              : {eps:12,.0f} events/s")
         print(f"  ratio worker/raw            : {eps / raw_eps:12.3f}")
+        # Per CPU second of each process: what a loaded, shared machine changes least.
+        print(f"  per CPU second: worker {cpu_eps:,.0f} events, raw {raw_cpu_eps:,.0f} events, "
+              f"ratio {cpu_eps / raw_cpu_eps:.3f}")
         if lat is not None:
             print(f"  event -> KPI point in InfluxDB at {eps / 2:,.0f} events/s for {args.latency_s:g} s: "
                   f"p50 {lat['p50']:.2f} s, p99 {lat['p99']:.2f} s, max {lat['max']:.2f} s "
