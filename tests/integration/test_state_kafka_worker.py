@@ -77,3 +77,25 @@ def test_kill9_and_disk_loss_then_restart_is_exact(kafka: Any, influx: Any, work
     assert quality_total(influx) == n
     assert_kpis_equal(expected(evs), stored(influx))
     assert len(restore_lines(w)) == 2
+
+
+def test_second_worker_fences_the_first_and_continues_exactly(kafka: Any, influx: Any, worker_factory: Any,
+                                                               tmp_path: Any) -> None:
+    """A second worker claims the task: the first finds the newer claim at its next commit and exits 4
+    without releasing that commit; the second continues from the valid commits alone, exactly."""
+    first, evs1 = simulate(seed=31, minutes=10, rate=80, batch=10)
+    second, evs2 = simulate(seed=32, minutes=6, rate=80, batch=10)
+    produce(kafka.url, first)
+    a = worker_factory(**KAFKA_STATE).start()
+    a.wait(lambda: a.counted() >= len(evs1) // 2, what="half of the first events")
+    b = worker_factory(**KAFKA_STATE, CITYOPS_DATA_DIR=str(tmp_path / "worker-b"))
+    b.log_path = tmp_path / "worker-b.log"
+    b.start()
+    assert a.proc is not None
+    assert a.proc.wait(120) == 4, a.log_tail()
+    assert "fenced: task cityops.state[0] was claimed by worker" in a.log_tail(10**7)
+    produce(kafka.url, second)
+    n = len(evs1) + len(evs2)
+    wait_written(b, influx, n, timeout_s=240)
+    assert quality_total(influx) == n
+    assert_kpis_equal(expected(evs1 + evs2), stored(influx))
