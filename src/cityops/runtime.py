@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from cityops.alerts.spec import RuleSpec
-from cityops.engine.kafka_state import Fenced
+from cityops.engine.kafka_state import Fenced, KafkaStateStore
 from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, Point, record_digest
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
@@ -410,6 +410,15 @@ class Runtime:
         for stream, wm in self.engine.watermark.items():
             self.metrics.watermark_lag.labels(stream=stream).set(max(0.0, now - wm))
         self._wake.set()
+
+    def state_status(self) -> dict[str, Any]:
+        """Where the state is committed; with Kafka, this worker's task, role, claim epoch and bytes written."""
+        store = self.store
+        if not isinstance(store, KafkaStateStore):
+            return {"store": "local"}
+        return {"store": "kafka", "topic": store.topic, "task": store.partition, "role": "active",
+                "epoch": store.epoch, "claim_offset": store.claim_offset, "snapshot_offset": store.base,
+                "bytes_written": store.bytes_written, "restore_s": round(store.restore_s, 3)}
 
     def checkpoint_age(self) -> float:
         return self.clock() - self._last_commit

@@ -99,3 +99,32 @@ def test_second_worker_fences_the_first_and_continues_exactly(kafka: Any, influx
     wait_written(b, influx, n, timeout_s=240)
     assert quality_total(influx) == n
     assert_kpis_equal(expected(evs1 + evs2), stored(influx))
+
+
+def test_paused_worker_finds_itself_fenced_and_writes_nothing_more(kafka: Any, influx: Any, worker_factory: Any,
+                                                                  tmp_path: Any) -> None:
+    """SIGSTOP past the session timeout while another worker claims the task, then SIGCONT: the paused
+    worker's next commit meets the newer claim, and it exits 4 having written nothing more; KPIs exact."""
+    import signal
+
+    first, evs1 = simulate(seed=41, minutes=10, rate=80, batch=10)
+    second, evs2 = simulate(seed=42, minutes=6, rate=80, batch=10)
+    produce(kafka.url, first)
+    a = worker_factory(**KAFKA_STATE).start()
+    a.wait(lambda: a.counted() >= len(evs1) // 2, what="half of the first events")
+    assert (a.health() or {})["state"]["epoch"] == 0
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    b = worker_factory(**KAFKA_STATE, CITYOPS_DATA_DIR=str(tmp_path / "worker-b"))
+    b.log_path = tmp_path / "worker-b.log"
+    b.start()
+    b.wait(lambda: ((b.health() or {}).get("state") or {}).get("epoch") == 1, what="the second worker's claim")
+    produce(kafka.url, second)
+    a.proc.send_signal(signal.SIGCONT)
+    assert a.proc.wait(120) == 4, a.log_tail()
+    n = len(evs1) + len(evs2)
+    wait_written(b, influx, n, timeout_s=240)
+    assert quality_total(influx) == n
+    assert_kpis_equal(expected(evs1 + evs2), stored(influx))
+    h = b.health() or {}
+    assert h["state"]["store"] == "kafka" and h["state"]["role"] == "active" and h["state"]["task"] == 0

@@ -98,6 +98,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
             "backpressure": runtime.backpressure,
             "watermarks": dict(runtime.engine.watermark),
             "events": {f"{s}/{o}": n for (s, o), n in runtime.engine.counts.items()},
+            "state": runtime.state_status(),
             # CITYOPS_SOURCE_REGISTRY / CITYOPS_UNKNOWN_SOURCES in force (null: no registry)
             "source_registry": runtime.registry_gate.status() if runtime.registry_gate is not None else None,
         }
