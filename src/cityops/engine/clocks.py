@@ -18,7 +18,14 @@ Every clock is event time in epoch seconds (UTC) and never goes back. From the i
   So a single tap dated tomorrow among today's taps neither makes the on-time taps after it late nor moves
   anything driven by the clock; a real jump (a backlog, a quiet night) is followed after the second event.
   The decision is a function of the partition's own order only, so a replay after a crash decides the same.
-  Limitation, by construction: the very first event of a partition has nothing to be checked against.
+  Two far-ahead events from two *different* wrong clocks do not corroborate each other: among peers, two
+  sources corroborate a time only when their newest times lie within ``jump_s`` of each other (what a real
+  jump looks like: the partition's sources resume together), or when three sources have passed it (a sparse
+  stream whose events after a jump are spread wider than ``jump_s``).
+  The very first event of a partition has nothing to be checked against, so it sets the clock only
+  *provisionally*: if the next event is more than ``jump_s`` behind it, the first was the odd one — the clock
+  goes back to the second event (once; the first is held as a candidate like any far-ahead event). Any other
+  second event confirms it.
 
 * **Lateness** (per partition, per stream): an event is *late* when it is more than its stream's allowed
   lateness behind its partition's clock. Late events stay out of the KPI windows but still enter the dedup
@@ -77,13 +84,14 @@ class PartitionClock:
     Plain data (``to_state``/``from_state``): the held candidates and the current run of one source.
     """
 
-    __slots__ = ("held", "run_src", "run_len", "other")
+    __slots__ = ("held", "run_src", "run_len", "other", "provisional")
 
     def __init__(self) -> None:
         self.held: list[tuple[float, str]] = []  # (event time, source) of events too far ahead to move the clock
         self.run_src: str | None = None  # source of the latest events
         self.run_len = 0  # how many of the latest events in a row came from run_src
         self.other = False  # an event of another source came before that run
+        self.provisional = False  # the clock was set by the partition's first event alone (see settle)
 
     def see(self, source: str) -> None:
         """Note an accepted event's source (called for every accepted event, in partition order)."""
@@ -100,9 +108,23 @@ class PartitionClock:
         """Whether more than one source sent on this partition within its last ``RECENT_EVENTS`` events."""
         return self.other and self.run_len < RECENT_EVENTS
 
+    def settle(self, clock: float, ts: float, jump_s: float) -> float:
+        """The clock to judge the partition's second event at ``ts`` by, while the first one alone set it.
+
+        If ``ts`` is more than ``jump_s`` behind the first event's time, the first event was the far-ahead one:
+        it is held as a candidate (its source is ``run_src``) and the clock becomes ``ts``. Either way the
+        clock is no longer provisional. Called only while ``provisional``.
+        """
+        self.provisional = False
+        if ts < clock - jump_s:
+            self.held = [(clock, self.run_src or "")]
+            return ts
+        return clock
+
     def advance(self, clock: float | None, ts: float, source: str, jump_s: float) -> float:
         """The partition clock after accepting an event at ``ts`` from ``source`` (never below ``clock``)."""
         if clock is None:
+            self.provisional = True
             return ts
         if ts <= clock:
             return clock
@@ -110,9 +132,9 @@ class PartitionClock:
             if self.held:
                 self.held = [h for h in self.held if h[0] > ts]
             return ts
-        return self._corroborate(clock, ts, source)
+        return self._corroborate(clock, ts, source, jump_s)
 
-    def _corroborate(self, clock: float, ts: float, source: str) -> float:
+    def _corroborate(self, clock: float, ts: float, source: str, jump_s: float) -> float:
         per: dict[str, list[float]] = {}
         for t, s in self.held:
             per.setdefault(s, []).append(t)
@@ -126,17 +148,23 @@ class PartitionClock:
             per = {s: per[s] for s in keep}
         if self.has_peers:
             newest = sorted((times[0] for times in per.values()), reverse=True)
+            # Two sources agree on a time when their newest lie within jump_s of each other (two wrong clocks
+            # rarely agree); three sources past a time corroborate it however spread they are.
+            agreed = next((b for a, b in zip(newest, newest[1:]) if a - b <= jump_s), None)
+            for cand in (agreed, newest[2] if len(newest) >= 3 else None):
+                if cand is not None and cand > clock:
+                    clock = cand
         else:
             newest = sorted((t for times in per.values() for t in times), reverse=True)
-        if len(newest) >= 2 and newest[1] > clock:
-            clock = newest[1]
+            if len(newest) >= 2 and newest[1] > clock:
+                clock = newest[1]
         self.held = sorted((t, s) for s, times in per.items() for t in times if t > clock)
         return clock
 
     # -- plain data --------------------------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         return {"held": [[t, s] for t, s in self.held], "run_src": self.run_src, "run_len": self.run_len,
-                "other": self.other}
+                "other": self.other, "provisional": self.provisional}
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> "PartitionClock":
@@ -146,4 +174,5 @@ class PartitionClock:
             pc.run_src = state.get("run_src")
             pc.run_len = int(state.get("run_len", 0))
             pc.other = bool(state.get("other", False))
+            pc.provisional = bool(state.get("provisional", False))
         return pc

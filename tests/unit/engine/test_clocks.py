@@ -219,10 +219,12 @@ class _Rule:
 def test_a_late_event_stays_out_of_windows_but_enters_dedup_and_the_rules() -> None:
     rule = _Rule()
     e = make(rules=[rule], clock=[T0 + DAY])
+    # Two events set the clock (a partition's first event alone sets it only provisionally: see below).
     e.process(TAPS, 0, 0, tap(1, T0 + 3600))
-    e.process(TAPS, 0, 1, tap(2, T0))  # an hour behind: late
+    e.process(TAPS, 0, 1, tap(3, T0 + 3601))
+    e.process(TAPS, 0, 2, tap(2, T0))  # an hour behind: late
     assert e.counts[(TAPS, "late")] == 1 and taps_in(e, T0) == 0
-    e.process(TAPS, 0, 2, tap(2, T0))  # re-sent: a duplicate, not late again
+    e.process(TAPS, 0, 3, tap(2, T0))  # re-sent: a duplicate, not late again
     assert e.counts[(TAPS, "duplicate")] == 1 and e.counts[(TAPS, "late")] == 1
     e.checkpoint()
     assert "e2" in rule.events
@@ -435,3 +437,63 @@ def test_an_epcis_event_dated_2015_first_costs_what_an_hour_old_one_costs() -> N
     years, e = run(datetime(2015, 6, 1, tzinfo=CST).timestamp())
     assert e.partition_wm[(FOOD, 0)] >= NOON  # the clock followed the live events
     assert years <= 2 * hour + 5000, (hour, years)
+
+
+# ------------------------------------------------------- issue 9 kind 1, other examples of the kind (breaker)
+ROAD = "traffic.road-detectors"
+
+
+def detector(i: int, ts: float, source: str = "rd-1") -> bytes:
+    return json.dumps({"event_id": f"d{i}", "ts": iso(ts), "source": source, "segment": "S1", "flow": 3,
+                       "speed_kmh": 30.0, "occupancy": 0.3, "interval_s": 60}).encode()
+
+
+@pytest.mark.parametrize("topic", [TAPS, ROAD, HEALTH])
+def test_a_far_ahead_event_as_the_first_record_of_a_partition_makes_no_on_time_event_late(topic: str) -> None:
+    """The first record of a partition is dated a day ahead (a wrong clock), seven on-time events follow: none
+    is late, and the far-ahead event is counted in its own window, not lost."""
+    mk = {TAPS: tap, ROAD: detector, HEALTH: visit}[topic]
+    e = make()
+    e.process(topic, 0, 0, mk(10, T0 + DAY, source="bad"))
+    for i in range(7):
+        e.process(topic, 0, 1 + i, mk(20 + i, T0 + 30, source=f"g{i % 3}"))
+    assert e.counts[(topic, "late")] == 0 and e.counts[(topic, "accepted")] == 8
+    assert e.partition_wm[(topic, 0)] == T0 + 30
+    if topic == TAPS:
+        assert taps_in(e, T0) == 7 and taps_in(e, T0 + DAY) == 1
+
+
+def test_two_wrong_clocks_that_disagree_do_not_corroborate_each_other() -> None:
+    """Two readers far ahead by different amounts (a day, two days) among live ones: 7 taps_in at 00:00."""
+    e = make()
+    off = 0
+    for i in range(3):
+        e.process(TAPS, 0, off, tap(i, T0 + 1, source=f"g{i}")); off += 1
+    e.process(TAPS, 0, off, tap(10, T0 + DAY, source="bad1")); off += 1
+    e.process(TAPS, 0, off, tap(11, T0 + 2 * DAY, source="bad2")); off += 1
+    for i in range(4):
+        e.process(TAPS, 0, off, tap(20 + i, T0 + 30, source=f"g{i % 3}")); off += 1
+    assert taps_in(e, T0) == 7 and e.counts[(TAPS, "late")] == 0
+    assert e.partition_wm[(TAPS, 0)] == T0 + 30
+
+
+def test_a_sparse_stream_after_a_real_jump_follows_once_three_sources_passed_it() -> None:
+    """After a quiet night the first events come 20 min apart (wider than the jump): three sources corroborate."""
+    e = make()
+    for i in range(3):
+        e.process(TAPS, 0, i, tap(i, T0 + i, source=f"gate-{i}"))
+    for j in range(3):
+        e.process(TAPS, 0, 3 + j, tap(10 + j, T0 + 8 * 3600 + 1200 * j, source=f"gate-{j}"))
+    assert e.partition_wm[(TAPS, 0)] == T0 + 8 * 3600
+
+
+def test_a_provisional_first_clock_survives_a_restart(tmp_path: Path) -> None:
+    """The provisional state is part of the partition clock's state: a restart between the first and the second
+    record decides the same."""
+    e = make(StateStore(tmp_path).open())
+    e.process(TAPS, 0, 0, tap(10, T0 + DAY, source="bad"))
+    e.checkpoint()
+    e.store.close()
+    e2 = make(StateStore(tmp_path).open())
+    e2.process(TAPS, 0, 1, tap(20, T0 + 30))
+    assert e2.counts[(TAPS, "late")] == 0 and e2.partition_wm[(TAPS, 0)] == T0 + 30
