@@ -46,6 +46,11 @@ class Metrics:
         self.unlisted_source_events = Counter(
             "cityops_unlisted_source_events", "Events of sources the registry does not list, processed because "
             "CITYOPS_UNKNOWN_SOURCES=observe", ["stream"], registry=r)
+        # CITYOPS_STATE_STORE=kafka: this worker's claim on its task and what it wrote to cityops.state.
+        self.state_epoch = Gauge("cityops_state_epoch", "Claim epoch this worker holds on its task (active)",
+                                 ["task", "role"], registry=r)
+        self.state_bytes = Gauge("cityops_state_written_bytes", "Bytes this worker wrote to cityops.state "
+                                 "since its start (commits, snapshots, claims)", ["task"], registry=r)
         self._event_children: dict[tuple[str, str], Counter] = {}
         self.build_info = Gauge("cityops_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)

@@ -401,6 +401,10 @@ class Runtime:
             logging.shutdown()
             os._exit(EXIT_FENCED)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
+        if isinstance(self.store, KafkaStateStore):
+            task = str(self.store.partition)
+            self.metrics.state_epoch.labels(task=task, role="active").set(self.store.epoch)
+            self.metrics.state_bytes.labels(task=task).set(self.store.bytes_written)
         self._last_commit = self.clock()
         acks, self._acks = self._acks, []
         for ack in acks:

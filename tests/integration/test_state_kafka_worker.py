@@ -19,23 +19,28 @@ KAFKA_STATE = {"CITYOPS_STATE_STORE": "kafka", "CITYOPS_STATE_SNAPSHOT_BYTES": "
                "CITYOPS_STATE_CHUNK_BYTES": "262144"}
 
 
-def state_topic_bytes(bootstrap: str) -> tuple[int, int]:
-    """(messages, value bytes) on cityops.state."""
+def state_topic_bytes(bootstrap: str) -> dict[str, tuple[int, int]]:
+    """Per record kind (claim, commit, snapshot): (messages, bytes) on cityops.state."""
     from kafka import KafkaConsumer, TopicPartition
+
+    from cityops.engine.kafka_state import _chunk_decoder
 
     tp = TopicPartition("cityops.state", 0)
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     c.assign([tp])
     end = c.end_offsets([tp])[tp]
     c.seek_to_beginning(tp)
-    n = size = 0
+    out: dict[str, tuple[int, int]] = {}
+    n = 0
     while n < end:
         for recs in c.poll(timeout_ms=1000).values():
             for r in recs:
                 n += 1
-                size += len(r.value)
+                kind = _chunk_decoder.decode(r.value).kind
+                m, size = out.get(kind, (0, 0))
+                out[kind] = (m + 1, size + len(r.value))
     c.close()
-    return n, size
+    return out
 
 
 def restore_lines(w: Any) -> list[str]:
@@ -58,9 +63,11 @@ def test_cold_start_from_kafka_with_an_empty_data_dir(kafka: Any, influx: Any, w
     assert_kpis_equal(expected(evs1 + evs2), stored(influx))
     lines = restore_lines(w)
     assert len(lines) == 2 and "epoch=1" in lines[1], lines
-    msgs, size = state_topic_bytes(kafka.url)
-    print(f"\nstate topic: {msgs} messages, {size} bytes, {size / n:.1f} bytes/event over {n} events; "
-          f"restores: {lines}")
+    kinds = state_topic_bytes(kafka.url)
+    total = sum(size for _m, size in kinds.values())
+    print(f"\nstate topic over {n} events: {total} bytes, {total / n:.1f} bytes/event; "
+          + "; ".join(f"{k}: {m} messages {size} bytes ({size / n:.1f}/event)" for k, (m, size) in kinds.items())
+          + f"; restores: {lines}")
 
 
 def test_kill9_and_disk_loss_then_restart_is_exact(kafka: Any, influx: Any, worker_factory: Any) -> None:
@@ -128,3 +135,4 @@ def test_paused_worker_finds_itself_fenced_and_writes_nothing_more(kafka: Any, i
     assert_kpis_equal(expected(evs1 + evs2), stored(influx))
     h = b.health() or {}
     assert h["state"]["store"] == "kafka" and h["state"]["role"] == "active" and h["state"]["task"] == 0
+    assert 'cityops_state_epoch{role="active",task="0"} 1.0' in b.metrics()
