@@ -15,6 +15,7 @@ import asyncio
 import base64
 import functools
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -83,8 +84,13 @@ def to_line(point: Point) -> str:
     """Serialize one point with influxdb-client's own line-protocol encoder (escaping, int vs float).
 
     Tag values go through ``encode_tag``; an empty tag value is written as no tag (InfluxDB 1.x cannot
-    store an empty tag value).
+    store an empty tag value). Raises ``ValueError`` for a NaN or infinite field: line protocol cannot carry
+    one, and influxdb-client would silently leave the field out (a point of only such fields would be an
+    empty line that InfluxDB answers 204 to, storing nothing).
     """
+    for k, v in point.fields.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"field {k}={v!r} is not a finite number: line protocol cannot carry it")
     p = InfluxPoint(point.measurement)
     for k, v in sorted(point.tags.items()):
         if v != "":
@@ -132,6 +138,8 @@ class InfluxSink:
         self.on_rejected = on_rejected
         self.metrics = metrics
         self.pending: dict[PointKey, tuple[str, tuple[str, dict[str, str], int]]] = {}
+        # Points line protocol cannot carry (see to_line): key -> (text, meta, reason), refused at next flush.
+        self._unwritable: dict[PointKey, tuple[str, tuple[str, dict[str, str], int], str]] = {}
         self.stats = SinkStats()
         self._session: aiohttp.ClientSession | None = None
         self._v2: Any = None
@@ -192,7 +200,17 @@ class InfluxSink:
     # -- data ---------------------------------------------------------------------------------------
     def add(self, points: Iterable[Point]) -> None:
         for p in points:
-            self.pending[p.key] = (to_line(p), (p.measurement, p.tags, p.ts))
+            try:
+                line = to_line(p)
+            except ValueError as exc:
+                # Refused before it is sent (InfluxDB would never store it): handed to on_rejected at the
+                # next flush, like a point InfluxDB refuses, and confirmed done then.
+                self.pending.pop(p.key, None)
+                text = f"{p.measurement} tags={p.tags!r} fields={p.fields!r} time={p.ts}"
+                self._unwritable[p.key] = (text, (p.measurement, p.tags, p.ts), f"cityops: {exc}")
+                continue
+            self._unwritable.pop(p.key, None)
+            self.pending[p.key] = (line, (p.measurement, p.tags, p.ts))
         self._gauge()
 
     @property
@@ -210,6 +228,17 @@ class InfluxSink:
         InfluxUnavailable; the caller backs off and calls again.
         """
         confirmed: list[tuple[str, dict[str, str], int]] = []
+        while self._unwritable:
+            key, (text, meta, reason) = next(iter(self._unwritable.items()))
+            self.stats.rejected += 1
+            self._err("rejected")
+            log.error("influx point not writable measurement=%s reason=%r", meta[0], reason)
+            if self.on_rejected is None:
+                raise CityopsError(f"a point cannot be written to InfluxDB ({reason}) and no dead-letter "
+                                   "output is connected (on_rejected)")
+            self.on_rejected(text, meta[0], reason)
+            del self._unwritable[key]
+            confirmed.append(meta)
         while self.pending:
             keys = list(self.pending)[: self.batch_size]
             batch = [self.pending[k] for k in keys]
