@@ -20,8 +20,9 @@ Every clock is event time in epoch seconds (UTC) and never goes back. From the i
   The decision is a function of the partition's own order only, so a replay after a crash decides the same.
   Two far-ahead events from two *different* wrong clocks do not corroborate each other: among peers, two
   sources corroborate a time only when their newest times lie within ``jump_s`` of each other (what a real
-  jump looks like: the partition's sources resume together), or when three sources have passed it (a sparse
-  stream whose events after a jump are spread wider than ``jump_s``).
+  jump looks like: the partition's sources resume together), when they keep sending past it (three of their
+  events held: a sparse stream whose events after a jump are spread wider than ``jump_s``), or when three
+  sources have passed it. Two wrong clocks that both keep sending are followed: a limitation.
   The very first event of a partition has nothing to be checked against, so it sets the clock only
   *provisionally*: if the next event is more than ``jump_s`` behind it, the first was the odd one — the clock
   goes back to the second event (once; the first is held as a candidate like any far-ahead event). Any other
@@ -147,11 +148,14 @@ class PartitionClock:
             keep = sorted(per, key=lambda s: per[s][0])[:_MAX_HELD_SOURCES]
             per = {s: per[s] for s in keep}
         if self.has_peers:
-            newest = sorted((times[0] for times in per.values()), reverse=True)
-            # Two sources agree on a time when their newest lie within jump_s of each other (two wrong clocks
-            # rarely agree); three sources past a time corroborate it however spread they are.
+            tops = sorted(((times[0], len(times)) for times in per.values()), reverse=True)
+            newest = [t for t, _n in tops]
+            # Two sources corroborate a time when their newest lie within jump_s of each other (two wrong
+            # clocks rarely agree), or when they keep sending past it (three of their events: a sparse stream
+            # after a real jump); three sources past a time corroborate it however spread they are.
             agreed = next((b for a, b in zip(newest, newest[1:]) if a - b <= jump_s), None)
-            for cand in (agreed, newest[2] if len(newest) >= 3 else None):
+            persisted = newest[1] if len(tops) >= 2 and tops[0][1] + tops[1][1] >= 3 else None
+            for cand in (agreed, persisted, newest[2] if len(newest) >= 3 else None):
                 if cand is not None and cand > clock:
                     clock = cand
         else:

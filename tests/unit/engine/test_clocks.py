@@ -497,3 +497,17 @@ def test_a_provisional_first_clock_survives_a_restart(tmp_path: Path) -> None:
     e2 = make(StateStore(tmp_path).open())
     e2.process(TAPS, 0, 1, tap(20, T0 + 30))
     assert e2.counts[(TAPS, "late")] == 0 and e2.partition_wm[(TAPS, 0)] == T0 + 30
+
+
+def test_two_sparse_sources_after_a_real_jump_are_followed() -> None:
+    """Two sources only, alternating, their events 20 min apart after a quiet night (wider than the jump): the
+    clock follows, at most two events behind — never stuck (windows close, the rules' clock moves)."""
+    e = make()
+    for i in range(2):
+        e.process(TAPS, 0, i, tap(i, T0 + i, source=f"gate-{i}"))
+    night = T0 + 8 * 3600
+    for j in range(12):
+        e.process(TAPS, 0, 2 + j, tap(10 + j, night + 1200 * j, source=f"gate-{j % 2}"))
+        if j >= 2:
+            assert e.partition_wm[(TAPS, 0)] >= night + 1200 * (j - 2)
+    assert e.counts[(TAPS, "late")] == 0
