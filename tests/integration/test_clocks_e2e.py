@@ -53,23 +53,30 @@ def quality(influx: Any, stream: str) -> dict[str, int]:
     return {f: int(sum(r[f] or 0 for r in rows)) for f in ("accepted", "invalid", "duplicates", "late")}
 
 
-def test_a_tap_dated_a_day_ahead_makes_no_on_time_tap_late(kafka: Any, influx: Any, worker_factory: Any) -> None:
-    """Issue 9 kind 1: 3 taps at 00:00:01, one dated the next day, 4 at 00:00:30, one partition → 7 taps_in."""
+@pytest.mark.parametrize("where", ["issue example", "first record", "two wrong clocks"])
+def test_a_tap_dated_a_day_ahead_makes_no_on_time_tap_late(kafka: Any, influx: Any, worker_factory: Any,
+                                                           where: str) -> None:
+    """Issue 9 kind 1: 3 taps at 00:00:01, one dated the next day, 4 at 00:00:30, one partition → 7 taps_in.
+    Other examples of the kind: the far-ahead tap as the partition's first record; two readers far ahead by
+    different amounts (a day and two days: 9 taps, 7 of them at 00:00)."""
     prod = Producer(kafka.url)
-    msgs = [tap(f"a{i}", T0 + 1, "B1", READERS[i]) for i in range(3)]
-    msgs.append(tap("wrong-clock", T0 + 86400, "B1", READERS[4]))
+    ahead = [tap("wrong-clock", T0 + 86400, "B1", READERS[4])]
+    if where == "two wrong clocks":
+        ahead.append(tap("wrong-clock-2", T0 + 2 * 86400, "B1", READERS[3]))
+    first = [tap(f"a{i}", T0 + 1, "B1", READERS[i]) for i in range(3)]
+    msgs = ahead + first if where == "first record" else first + ahead
     msgs += [tap(f"b{i}", T0 + 30, "B1", READERS[i]) for i in range(4)]
     for raw in msgs:
         prod.send(TAPS, raw, partition=1)
     prod.close()
     w = worker_factory().start()
-    w.wait(lambda: quality(influx, TAPS)["accepted"] + quality(influx, TAPS)["late"] >= 8,
-           what="the 8 taps decided in InfluxDB")
+    w.wait(lambda: quality(influx, TAPS)["accepted"] + quality(influx, TAPS)["late"] >= len(msgs),
+           what=f"the {len(msgs)} taps decided in InfluxDB")
     w.wait(lambda: (w.health() or {}).get("influx_pending_points", 1) == 0, what="sink drained")
     rows = {r["time"]: r for r in influx_rows(influx, "traffic_ridership") if r["line"] == "B1"}
     assert rows[int(T0)]["taps_in"] == 7
     assert rows[int(T0 + 86400)]["taps_in"] == 1
-    assert quality(influx, TAPS) == {"accepted": 8, "invalid": 0, "duplicates": 0, "late": 0}
+    assert quality(influx, TAPS) == {"accepted": len(msgs), "invalid": 0, "duplicates": 0, "late": 0}
     assert w.terminate() == 0
 
 
