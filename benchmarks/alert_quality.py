@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cityops import evaluate
-from cityops.alerts.wiring import build_alerting, context_extras
+from cityops.alerts.wiring import build_alerting
 from cityops.engine.pipeline import Engine
 from cityops.engine.state import StateStore
 from cityops.runtime import build_streams
@@ -46,9 +46,9 @@ def main() -> int:
     store = StateStore(None)  # in memory
     alerts, rules, gate = build_alerting(settings, store)
     clock = [0.0]
-    eng = Engine(store, build_streams(settings, alerts.rules if alerts is not None else None), signals=alerts, rules=rules, registry=gate, settings=settings,
+    streams = build_streams(settings, alerts.rules if alerts is not None else None)
+    eng = Engine(store, streams, signals=alerts, rules=rules, registry=gate, settings=settings,
                  now=lambda: clock[0])
-    eng.ctx.extra.update(context_extras(store, gate, None))
     start = datetime(2026, 11, 23, 0, 0, tzinfo=CST)
     it, truth = events(seed=args.seed, start=start, duration_s=args.hours * 3600, rate=args.rate,
                        streams={"traffic", "health", "food"}, incidents=True, warmup_s=args.warmup_hours * 3600)
@@ -58,9 +58,6 @@ def main() -> int:
     def tick() -> None:
         # Wall clock = event time here (a live feed); the worker commits about this often.
         clock[0] = eng.engine_time or 0.0
-        if "engine_start_ts" not in store.meta and eng.engine_time:
-            store.meta["engine_start_ts"] = eng.engine_time
-            eng.ctx.extra["engine_start_ts"] = eng.engine_time
         eng.checkpoint()
 
     last_tick = 0.0

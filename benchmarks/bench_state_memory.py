@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=50_000, help="events between checkpoints")
     args = ap.parse_args()
 
-    from cityops.alerts.wiring import build_alerting, context_extras
+    from cityops.alerts.wiring import build_alerting
     from cityops.engine.pipeline import Engine
     from cityops.engine.state import StateStore
     from cityops.runtime import build_streams
@@ -85,10 +85,9 @@ def main() -> None:
     clock = [time.time()]
     store = StateStore(Path(settings.data_dir) / "state").open()
     alerts, rules, registry = build_alerting(settings, store)
-    engine = Engine(store, build_streams(settings), allowed_lateness_s=settings.allowed_lateness_s,
+    engine = Engine(store, build_streams(settings, alerts.rules if alerts is not None else None), allowed_lateness_s=settings.allowed_lateness_s,
                     dedup_horizon_s=settings.dedup_horizon_s, window_s=settings.window_s, signals=alerts,
                     rules=rules, registry=registry, settings=settings, now=lambda: clock[0])
-    engine.ctx.extra.update(context_extras(store, registry, None))
     offsets: dict[str, int] = {}
     committed = [0]
     n_events = [0]

@@ -122,10 +122,6 @@ class Runtime:
             window_s=settings.window_s, signals=self.alerts, rules=rules, registry=registry,
             settings=settings, on_outcome=self.metrics.on_outcome, now=clock,
         )
-        if build_alerting is not None:
-            from cityops.alerts.wiring import context_extras
-
-            self.engine.ctx.extra.update(context_extras(self.store, registry, None))
         if self.store.undeclared():
             # Not read by this configuration (a rule taken out of the manifests): carried forward unread.
             log.warning("state tables not used by this configuration, kept as written: %s",
@@ -388,10 +384,6 @@ class Runtime:
     def tick(self) -> None:
         """Commit state + offsets, then release acks and queue the committed points. Synchronous."""
         t0 = time.perf_counter()
-        if "engine_start_ts" not in self.store.meta and self.engine.engine_time is not None:
-            # Silence of sources never heard from counts from here (event time of the first data).
-            self.store.meta["engine_start_ts"] = self.engine.engine_time
-            self.engine.ctx.extra["engine_start_ts"] = self.engine.engine_time
         try:
             res = self.engine.checkpoint()
         except Fenced as exc:

@@ -6,6 +6,8 @@
 - ``Transition``: one alert lifecycle change, as queued in the durable alert outbox. Its durable encoding
   is the ``TransitionRecord`` map (``cityops.alerts.lifecycle.TRANSITION_CODEC``, shape
   ``alert_transition`` version 1, unchanged since format 0): ``to_record``/``from_record`` convert.
+- ``RuleContext``: what the engine tells rule kinds besides the event (clocks, source registry, start
+  time), as typed fields: no string keys in a shared dict.
 - ``Sink``: one output contract for every destination (Kafka topics, InfluxDB, Alertmanager): write a
   batch of ``(cursor, item)`` and get back a ``SinkResult`` — what was done, what to retry later (kept in
   the outbox, in order), what was rejected with why (never retried; dead-lettered or counted by the
@@ -22,7 +24,7 @@ from typing import Any, Generic, Protocol, Required, TypedDict, TypeVar, runtime
 
 import msgspec
 
-__all__ = ["Alert", "AlertState", "Sink", "SinkResult", "Transition", "TransitionRecord"]
+__all__ = ["Alert", "AlertState", "RuleContext", "Sink", "SinkResult", "Transition", "TransitionRecord"]
 
 
 class AlertState(enum.StrEnum):
@@ -132,6 +134,24 @@ class Transition(msgspec.Struct, frozen=True, kw_only=True):
             value=rec["value"], ts=rec["ts"], generator_url=rec.get("generator_url", ""),
             delivered=tuple(rec.get("delivered", ())),
         )
+
+
+@dataclass(slots=True)
+class RuleContext:
+    """The engine's facts for rule kinds (``Context.rule``), kept current by the engine.
+
+    ``sources``: the source registry (a ``cityops.alerts.sources.SourceRegistry``; None = no registry:
+    rules that need one do nothing). ``engine_start_ts``: event time (epoch s) of the first data the
+    engine ever committed; silence of never-heard sources counts from it (None = no data yet).
+    ``stream_clocks``: stream (topic) -> its event-time clock (the slowest partition still flowing,
+    epoch s), set at each checkpoint; None = not computed (a rule then uses the ``on_tick`` time).
+    ``kpi_stream``: KPI measurement -> the stream it is computed from.
+    """
+
+    sources: Any = None
+    engine_start_ts: float | None = None
+    stream_clocks: dict[str, float] | None = None
+    kpi_stream: dict[str, str] = field(default_factory=dict)
 
 
 K = TypeVar("K")

@@ -25,9 +25,10 @@ clock of the rule's own stream (``retention_stream``; see ``cityops.engine.clock
 event dated far ahead, cannot expire it. A tick costs the state a rule holds, never the event time it crosses. The codec (shape ``rule:<kind>``) is derived from the kind:
 ``Condition`` for the entities ``report`` keeps open, and the kind's ``entry_type`` (or
 ``entry_type_of(key)``) for its own entries, with ``entry_v0`` reading them from the pickled format (see
-``cityops.engine.codec``). Context extras: ``ctx.extra["sources"]`` (a ``SourceRegistry``,
-needed by ``source_silent`` and used by ``impossible_travel`` for taps without coordinates) and optionally
-``ctx.extra["engine_start_ts"]`` (epoch s; silence of never-heard sources counts from it).
+``cityops.engine.codec``). The engine's facts come typed in ``ctx.rule`` (``cityops.types.RuleContext``):
+``sources`` (the ``SourceRegistry``, needed by ``source_silent`` and used by ``impossible_travel`` for taps
+without coordinates), ``engine_start_ts`` (silence of never-heard sources counts from it),
+``stream_clocks`` and ``kpi_stream``.
 """
 
 from __future__ import annotations
@@ -48,12 +49,10 @@ from cityops.engine.context import Context, Decoded
 from cityops.engine.state import Table
 
 __all__ = [
-    "KINDS", "REQUIRED", "ENGINE_START", "SOURCES", "RuleKind", "register", "build",
+    "KINDS", "REQUIRED", "RuleKind", "register", "build",
     "haversine_km", "STREAMS", "OUTCOMES",
 ]
 
-SOURCES = "sources"  # ctx.extra key: the SourceRegistry
-ENGINE_START = "engine_start_ts"  # ctx.extra key: epoch seconds the engine (first) started
 
 STREAMS = ("traffic.card-taps", "traffic.road-detectors", "health.card-events", "food.trace-events")
 OUTCOMES = ("accepted", "invalid", "duplicate", "late", "untrusted", "bad_signature")
@@ -151,6 +150,14 @@ class RuleKind:
     # (key, entry in memory) -> the entry as written, for a kind that keeps live objects in its table (its
     # entry_type is then what this returns); None: entries are written as they are.
     entry_out: ClassVar[Callable[[Any, Any], Any] | None] = None
+    # The engine hooks a kind implements (declared subscriptions: events of its streams, quality
+    # outcomes, tampering, rejected sources); derived from the methods a subclass overrides.
+    subscriptions: ClassVar[frozenset[str]] = frozenset()
+    _HOOKS: ClassVar[tuple[str, ...]] = ("on_event", "on_quality", "on_tampering", "on_rejected_source")
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls.subscriptions = frozenset(h for h in RuleKind._HOOKS if getattr(cls, h) is not getattr(RuleKind, h))
 
     def __init__(self, spec: RuleSpec) -> None:
         self.spec = spec
@@ -259,7 +266,7 @@ class RuleKind:
         self.table(ctx)
 
     def registry(self, ctx: Context) -> SourceRegistry | None:
-        reg = ctx.extra.get(SOURCES)
+        reg = ctx.rule.sources
         return reg if isinstance(reg, SourceRegistry) else None
 
     def signal(
@@ -340,12 +347,12 @@ class RuleKind:
     def retention_clock(self, now_ts: float, ctx: Context) -> float | None:
         """Event time this rule's state is expired on: the rules' clock, but never past its own stream's clock.
 
-        State retention for a stream is measured on that stream's own clock (``ctx.extra["stream_clock"]``, its
+        State retention for a stream is measured on that stream's own clock (``ctx.rule.stream_clocks``, its
         closing watermark): a stream read behind, or another stream's events dated far ahead, cannot expire it.
         None: the stream has no clock yet (nothing expires).
         """
         stream = self.retention_stream(ctx)
-        clocks = ctx.extra.get("stream_clock")
+        clocks = ctx.rule.stream_clocks
         if stream is None or clocks is None:
             return now_ts
         own = clocks.get(stream)
@@ -777,8 +784,8 @@ class KpiAnomaly(RuleKind):
         return self.min_sweep_every_s  # few series, and stale alerts must not wait days for a sweep
 
     def retention_stream(self, ctx: Context) -> str | None:
-        """The stream the rule's measurement is computed from (``ctx.extra["kpi_stream"]``), if known."""
-        stream = (ctx.extra.get("kpi_stream") or {}).get(self.params["measurement"])
+        """The stream the rule's measurement is computed from (``ctx.rule.kpi_stream``), if known."""
+        stream = ctx.rule.kpi_stream.get(self.params["measurement"])
         return stream if isinstance(stream, str) else None
 
     @property
@@ -898,7 +905,7 @@ class SourceSilent(RuleKind):
     Silence counts from the latest of: its last event (any outcome), the start of its current service
     window, the engine's start, so a source never heard from is caught too. Evaluated on ticks at most
     every ``check_every_s``. Entity {"source", "stream"}; value: seconds of silence. Needs
-    ``ctx.extra["sources"]``; without a registry the rule does nothing.
+    ``ctx.rule.sources``; without a registry the rule does nothing.
     """
 
     params_schema = {
@@ -991,8 +998,8 @@ class SourceSilent(RuleKind):
             source = key[1]
             info = self.registry(ctx).get(source) if self.registry(ctx) is not None else None
             clock = now_ts
-            if info is not None and "stream_clock" in ctx.extra:
-                clock = ctx.extra["stream_clock"].get(info.stream, float("-inf"))
+            if info is not None and ctx.rule.stream_clocks is not None:
+                clock = ctx.rule.stream_clocks.get(info.stream, float("-inf"))
             for g in gaps:
                 begin, end = g.begin, g.end
                 if end > min(now_ts, clock) or info is None:
@@ -1024,7 +1031,7 @@ class SourceSilent(RuleKind):
         if reg is None:
             return
         table = self.table(ctx)
-        start = ctx.extra.get(ENGINE_START)
+        start = ctx.rule.engine_start_ts
         if start is None:
             start = table.get(("start",))
             if start is None:
@@ -1040,8 +1047,8 @@ class SourceSilent(RuleKind):
             entity = {"source": sid, "stream": info.stream}
             # The source's own stream clock: a stream being read behind the others is not silent.
             at = now_ts
-            if "stream_clock" in ctx.extra:
-                at = min(now_ts, ctx.extra["stream_clock"].get(info.stream, float("-inf")))
+            if ctx.rule.stream_clocks is not None:
+                at = min(now_ts, ctx.rule.stream_clocks.get(info.stream, float("-inf")))
                 if at == float("-inf"):
                     continue  # its stream is not being read yet: no verdict
             if not reg.in_service(sid, at):
@@ -1226,11 +1233,11 @@ class InvalidShare(RuleKind):
         """
         table = self.table(ctx)
         size = self.params["bucket_s"]
-        clocks = ctx.extra.get("stream_clock") or {}
+        clocks = ctx.rule.stream_clocks or {}
         for stream in sorted(k for k in table.keys() if isinstance(k, str)):
             # Each stream on its own clock (its slowest partition): a stream read later than the others
             # is judged when its own data is in, not when another stream's clock says so.
-            clock = clocks.get(stream) if "stream_clock" in ctx.extra else now_ts
+            clock = clocks.get(stream) if ctx.rule.stream_clocks is not None else now_ts
             if clock is None:
                 continue  # the stream's partitions have not all been read yet: wait
             limit = self._bucket(min(now_ts, clock))

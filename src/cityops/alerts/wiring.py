@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cityops import resources
-from cityops.alerts.kinds import ENGINE_START, KINDS, SOURCES, build
+from cityops.alerts.kinds import KINDS, build
 from cityops.alerts.lifecycle import AlertEngine
 from cityops.alerts.manifest import ManifestError, load_manifests
 from cityops.alerts.sources import SourceRegistry
@@ -196,13 +196,3 @@ def build_alerting(settings: Any, store: StateStore,
              ",".join(sorted({s.kind for s in specs.values()})), ",".join(sinks))
     return engine, rules, gate
 
-
-def context_extras(store: StateStore, gate: Any, now_ts: float | None) -> dict[str, Any]:
-    """ctx.extra for the rule kinds: the registry, and when the engine first started (event time)."""
-    extra: dict[str, Any] = {}
-    if gate is not None:
-        extra[SOURCES] = gate.registry
-    start = store.meta.get("engine_start_ts")
-    if start is not None:
-        extra[ENGINE_START] = start
-    return extra

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from cityops.engine.state import StateStore
 from cityops.engine.windows import Windows
+from cityops.types import RuleContext
 
 
 @dataclass(slots=True)
@@ -54,7 +55,9 @@ class Context:
     windows: Windows
     signals: Signals
     settings: Any
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The engine's facts for rule kinds (clocks, source registry, start time): typed, shared by the
+    # engine's contexts.
+    rule: RuleContext = field(default_factory=RuleContext)
     # The clock of the partition the event being applied came from (event time, epoch s; see
     # cityops.engine.clocks): stream state is retained on it, never on one event's own time.
     clock: float | None = None

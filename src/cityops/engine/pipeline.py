@@ -32,6 +32,8 @@ from cityops.streams.times import canonical_text, rfc3339_seconds
 log = logging.getLogger("cityops.engine")
 
 DEAD_LETTER_TOPIC = "cityops.dead-letter"
+# store.meta key: event time (epoch s) of the first data the engine ever committed (RuleContext.engine_start_ts).
+META_ENGINE_START = "engine_start_ts"
 # Event times well inside InfluxDB's range skip the exact check (windows.outside_storable): one compare.
 _STORABLE_MIN_S = -9_000_000_000.0
 _STORABLE_MAX_S = 9_000_000_000.0
@@ -239,10 +241,13 @@ class Engine:
             if restore is not None:
                 restore(self.ctx)
         # Which stream each KPI measurement is computed from (rules keep a measurement's state on its clock).
-        self.ctx.extra["kpi_stream"] = {m: t for m, t in self.kpi_stream.items() if t is not None}
+        rule_ctx = self.ctx.rule
+        rule_ctx.kpi_stream = {m: t for m, t in self.kpi_stream.items() if t is not None}
+        rule_ctx.sources = getattr(registry, "registry", None)  # the RegistryGate's SourceRegistry
+        rule_ctx.engine_start_ts = store.meta.get(META_ENGINE_START)
         # Late events still reach the stream's state and the rules, but not the KPI windows.
         self.late_ctx = Context(store=store, windows=DiscardWindows(kpis), signals=self.signals, settings=settings,
-                                extra=self.ctx.extra)
+                                rule=self.ctx.rule)
         meta = store.meta
         meta.setdefault("partition_watermark", {})
         meta.setdefault("partition_clock", {})
@@ -304,10 +309,10 @@ class Engine:
             for name in ("on_event", "on_quality", "on_tampering", "on_rejected_source"):
                 bound = []
                 for rule in self.rules:
-                    impl = getattr(type(rule), name, None)
-                    # Skip the base class's no-op hooks (rule kinds derive from alerts' RuleKind; the
-                    # engine does not import it, to keep the engine apart from the alerting adapters).
-                    if impl is None or getattr(impl, "__qualname__", "").startswith("RuleKind."):
+                    # A rule's declared subscriptions (RuleKind.subscriptions: the hooks its kind
+                    # implements); a rule without the declaration gets every hook it has.
+                    subs = getattr(rule, "subscriptions", None)
+                    if (name not in subs) if subs is not None else not hasattr(rule, name):
                         continue
                     want = getattr(rule, "params", {}).get("stream") if hasattr(rule, "params") else None
                     if want is not None and want != topic:
@@ -521,7 +526,7 @@ class Engine:
         here; the events released from several streams reach the rules merged in event-time order.
         """
         heaps = self._rule_heaps
-        closing = self.ctx.extra.get("stream_clock") or {}
+        closing = self.ctx.rule.stream_clocks or {}
         all_idle = not any(now - seen <= self.idle_partition_s for seen in self._last_seen_wall.values())
         runs: list[list[tuple[float, int, str, Decoded]]] = []
         pop = heapq.heappop
@@ -758,7 +763,11 @@ class Engine:
         now = self.now()
         result = CheckpointResult()
         engine_ts = self.rules_clock(now)
-        self.ctx.extra["stream_clock"] = self.stream_clocks(now)
+        rule_ctx = self.ctx.rule
+        if rule_ctx.engine_start_ts is None and self.engine_time is not None:
+            # Silence of sources never heard from counts from here (event time of the first data).
+            rule_ctx.engine_start_ts = self.store.meta[META_ENGINE_START] = self.engine_time
+        rule_ctx.stream_clocks = self.stream_clocks(now)
         self._release(now)
         if engine_ts is not None:
             for rule in self.rules:

@@ -21,6 +21,7 @@ from cityops.engine.context import Context, Decoded
 from cityops.engine.state import StateStore
 from cityops.engine.windows import Windows
 from cityops.streams.models import CardTap, HealthCardEvent, RoadReading
+from cityops.types import RuleContext
 
 SH = ZoneInfo("Asia/Shanghai")
 DAY0 = datetime(2024, 5, 6, tzinfo=SH).timestamp()  # a Monday, 00:00 local
@@ -71,13 +72,11 @@ def registry_dict() -> dict[str, Any]:
     }
 
 
-def make_ctx(registry: SourceRegistry | None = None, **extra: Any) -> tuple[Context, Recorder]:
+def make_ctx(registry: SourceRegistry | None = None, **facts: Any) -> tuple[Context, Recorder]:
+    """A context as the engine makes it; ``facts`` are RuleContext fields (engine_start_ts=...)."""
     store = StateStore(None)
     rec = Recorder()
-    ex: dict[str, Any] = dict(extra)
-    if registry is not None:
-        ex[K.SOURCES] = registry
-    return Context(store, Windows(store.table("windows"), {}), rec, None, ex), rec
+    return Context(store, Windows(store.table("windows"), {}), rec, None, RuleContext(sources=registry, **facts)), rec
 
 
 def spec(kind: str, name: str | None = None, **params: Any) -> RuleSpec:
@@ -212,7 +211,7 @@ def test_hooks_do_not_crash_on_empty_context(kind: str) -> None:
     ctx, rec = make_ctx()
     drive(rule, ctx, 20)
     rule.on_tick(DAY0 + 86400, ctx)
-    ctx2, _ = make_ctx(SourceRegistry.from_dict(registry_dict()), **{K.ENGINE_START: DAY0})
+    ctx2, _ = make_ctx(SourceRegistry.from_dict(registry_dict()), engine_start_ts=DAY0)
     drive(rule, ctx2, 20)
     rule.on_tick(DAY0 + 86400, ctx2)
     base = RuleKind(spec(kind))  # the base hooks are all no-ops
@@ -222,7 +221,7 @@ def test_hooks_do_not_crash_on_empty_context(kind: str) -> None:
 @pytest.mark.parametrize("kind", ALL)
 def test_signals_are_well_formed(kind: str) -> None:
     rule = make(kind)
-    ctx, rec = make_ctx(SourceRegistry.from_dict(registry_dict()), **{K.ENGINE_START: DAY0})
+    ctx, rec = make_ctx(SourceRegistry.from_dict(registry_dict()), engine_start_ts=DAY0)
     last = drive(rule, ctx, 200)
     rule.on_tick(last + 3600, ctx)
     for c in rec.calls:
@@ -238,7 +237,7 @@ def test_state_is_declared_plain_data_and_namespaced(kind: str) -> None:
     """Every entry is written as plain data by the kind's codec and read back equal (no pickle)."""
     rule = make(kind, name="A")
     other = make(kind, name="B")
-    ctx, _ = make_ctx(SourceRegistry.from_dict(registry_dict()), **{K.ENGINE_START: DAY0})
+    ctx, _ = make_ctx(SourceRegistry.from_dict(registry_dict()), engine_start_ts=DAY0)
     drive(rule, ctx, 200)
     for name, table in ctx.store.tables.items():
         assert name in ("windows", "rule:A"), name  # only its own namespace
@@ -258,7 +257,7 @@ def test_state_is_declared_plain_data_and_namespaced(kind: str) -> None:
 def test_state_bounded_after_long_sweep(kind: str) -> None:
     rule = make(kind)
     reg = SourceRegistry.from_dict(registry_dict())
-    ctx, _ = make_ctx(reg, **{K.ENGINE_START: DAY0})
+    ctx, _ = make_ctx(reg, engine_start_ts=DAY0)
     last = drive(rule, ctx, 1200)
     if rule.horizon_s > 0:
         assert len(rule.table(ctx)) > 0  # the drive did build state
@@ -494,7 +493,7 @@ def at(hh: int, mm: int = 0, day: int = 0) -> float:
 
 def test_source_silent() -> None:
     reg = SourceRegistry.from_dict(registry_dict())
-    ctx, rec = make_ctx(reg, **{K.ENGINE_START: at(10)})
+    ctx, rec = make_ctx(reg, engine_start_ts=at(10))
     rule = make("source_silent")
     rule.on_quality("traffic.card-taps", "accepted", at(10, 0), "gate-1", ctx)
     rule.on_quality("traffic.card-taps", "invalid", at(10, 5), "gate-1", ctx)  # a broken event is still a sign
@@ -522,7 +521,7 @@ def test_source_silent() -> None:
 
 def test_source_silent_respects_service_hours() -> None:
     reg = SourceRegistry.from_dict(registry_dict())
-    ctx, rec = make_ctx(reg, **{K.ENGINE_START: at(0)})
+    ctx, rec = make_ctx(reg, engine_start_ts=at(0))
     rule = make("source_silent", stream="traffic.card-taps")
     rule.on_tick(at(5, 30), ctx)  # metro closed: no gate is expected
     assert not rec.calls
@@ -758,7 +757,7 @@ def _calls(fn: Any) -> int:
 
 def _jump_cost(kind: str, jump_s: float) -> tuple[int, RuleKind, Context, Recorder]:
     rule = make(kind)
-    ctx, rec = make_ctx(SourceRegistry.from_dict(registry_dict()), **{K.ENGINE_START: DAY0 - 30 * YEAR})
+    ctx, rec = make_ctx(SourceRegistry.from_dict(registry_dict()), engine_start_ts=DAY0 - 30 * YEAR)
     t0 = DAY0 - 30 * YEAR  # the first data is three decades old (a device whose clock is years behind)
     last = drive(rule, ctx, 40, t0=t0)
     rule.on_tick(last, ctx)

@@ -363,7 +363,7 @@ def _with_every_rule(age_s: float) -> tuple[int, Engine]:
     taps on four partitions; returns the calls made by the checkpoint in which the clocks jump."""
     from types import SimpleNamespace
 
-    from cityops.alerts.wiring import build_alerting, context_extras, default_rules_dir
+    from cityops.alerts.wiring import build_alerting, default_rules_dir
 
     settings = SimpleNamespace(rules_dir=default_rules_dir(), source_registry="none", runbook_base="",
                                web_host="127.0.0.1", web_port=1, alertmanager_url=None)
@@ -372,7 +372,6 @@ def _with_every_rule(age_s: float) -> tuple[int, Engine]:
     assert len(rules) >= 10
     now = T0 + 5 * 365.25 * DAY
     e = make(store, signals=alerts, rules=rules, registry=gate, clock=[now])
-    e.ctx.extra.update(context_extras(store, gate, None))
     e.expect_partitions([(TAPS, p) for p in range(4)])
     e.process(TAPS, 0, 0, tap(0, now - age_s))
     e.checkpoint()
@@ -411,7 +410,7 @@ def test_an_epcis_event_dated_2015_first_costs_what_an_hour_old_one_costs() -> N
     """Issue 14's EPCIS case (an event dated 2015 froze commits ~100 s), in process with every shipped rule."""
     from types import SimpleNamespace
 
-    from cityops.alerts.wiring import build_alerting, context_extras, default_rules_dir
+    from cityops.alerts.wiring import build_alerting, default_rules_dir
 
     def run(old_ts: float) -> tuple[int, Engine]:
         settings = SimpleNamespace(rules_dir=default_rules_dir(), source_registry="none", runbook_base="",
@@ -420,8 +419,7 @@ def test_an_epcis_event_dated_2015_first_costs_what_an_hour_old_one_costs() -> N
         alerts, rules, gate = build_alerting(settings, store)
         e = make(store, food=True, signals=alerts, rules=rules, registry=gate, clock=[NOON + 60],
                  stream_lateness_s={FOOD: 7 * DAY})
-        e.ctx.extra.update(context_extras(store, gate, None))
-        old = food_event(1, old_ts, "receiving", classes=["urn:epc:class:lgtin:6909999.000001.OLD"],
+            old = food_event(1, old_ts, "receiving", classes=["urn:epc:class:lgtin:6909999.000001.OLD"],
                          bizLocation={"id": MARKET})
         e.process(FOOD, 0, 0, epcis([old]))
         e.checkpoint()
