@@ -529,8 +529,8 @@ class Demo:
         return out
 
     def event_time(self) -> float | None:
-        wms = [float(v) for v in self.health.get("watermarks", {}).values()]
-        return max(wms) if wms else None
+        newest = [float(v) for v in self.health.get("newest_event_time", {}).values()]
+        return max(newest) if newest else None
 
     def status_line(self) -> str:
         c = self.counts()

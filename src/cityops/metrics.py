@@ -38,7 +38,8 @@ class Metrics:
         self.checkpoint_age = Gauge("cityops_checkpoint_age_seconds", "Seconds since the last commit",
                                     registry=r)
         self.watermark_lag = Gauge("cityops_watermark_lag_seconds",
-                                   "Wall clock minus the newest event time of the stream", ["stream"], registry=r)
+                                   "Wall clock minus the stream's watermark (the event time up to which every "
+                                   "active partition has been read)", ["stream"], registry=r)
         self.alerts_active = Gauge("cityops_alerts_active", "Firing alerts", ["alertname", "severity"],
                                    registry=r)
         self.alert_notifications = Counter("cityops_alert_notifications", "Alert deliveries by receiver",

@@ -403,7 +403,7 @@ class Runtime:
             ack()
         self.influx.add(res.points)
         now = self.clock()
-        for stream, wm in self.engine.watermark.items():
+        for stream, wm in self.engine.watermark(now).items():
             self.metrics.watermark_lag.labels(stream=stream).set(max(0.0, now - wm))
         self._wake.set()
 

@@ -96,7 +96,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
             "influx_pending_points": len(runtime.influx.pending),
             "influx_healthy": runtime.influx.healthy,
             "backpressure": runtime.backpressure,
-            "watermarks": dict(runtime.engine.watermark),
+            "newest_event_time": dict(runtime.engine.newest_event_time),
+            "watermarks": runtime.engine.watermark(runtime.clock()),
             "events": {f"{s}/{o}": n for (s, o), n in runtime.engine.counts.items()},
             "state": runtime.state_status(),
             # CITYOPS_SOURCE_REGISTRY / CITYOPS_UNKNOWN_SOURCES in force (null: no registry)

@@ -348,7 +348,7 @@ class RuleKind:
         """Event time this rule's state is expired on: the rules' clock, but never past its own stream's clock.
 
         State retention for a stream is measured on that stream's own clock (``ctx.rule.stream_clocks``, its
-        closing watermark): a stream read behind, or another stream's events dated far ahead, cannot expire it.
+        watermark): a stream read behind, or another stream's events dated far ahead, cannot expire it.
         None: the stream has no clock yet (nothing expires).
         """
         stream = self.retention_stream(ctx)

@@ -32,16 +32,16 @@ Every clock is event time in epoch seconds (UTC) and never goes back. From the i
   lateness behind its partition's clock. Late events stay out of the KPI windows but still enter the dedup
   table, the stream's state (the food lineage) and the rules.
 
-* **Stream closing watermark** (``Engine.closing_watermark``): per stream, the minimum of its active partitions'
+* **Stream watermark** (``Engine.watermark``): per stream, the minimum of its active partitions'
   clocks — the time up to which every partition has been read. It closes KPI windows (window end + the stream's
   lateness), shows them to the anomaly rules, and releases buffered events to the rules in event-time order. A
   partition silent for ``idle_partition_s`` wall seconds while behind does not hold it back.
 
-* **Rules' clock** (``Engine.rules_clock``): the slowest closing watermark among the streams still flowing; the
+* **Rules' clock** (``Engine.rules_clock``): the slowest watermark among the streams still flowing; the
   alert lifecycle's timers (``for``, ``resolve_after``) and the rules' ticks run on it.
 
 * **Retention clocks** (``Engine.retention_clock``): state belonging to one stream is expired on that stream's
-  own closing watermark, never on another stream's or on a raw maximum: the dedup table (horizon: at least
+  own watermark, never on another stream's or on a raw maximum: the dedup table (horizon: at least
   ``dedup_horizon_s`` and the stream's lateness plus a window), the rule kinds' per-entity state (the rule's
   stream, or the stream of its KPI measurement; at most the rules' clock) and the food lineage (on the food
   partition clocks).

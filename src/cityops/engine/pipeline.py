@@ -264,7 +264,7 @@ class Engine:
         self.partition_wm: dict[tuple[str, int], float] = meta["partition_watermark"]
         self._pclocks: dict[tuple[str, int], PartitionClock] = {
             tp: PartitionClock.from_state(st) for tp, st in meta["partition_clock"].items()}
-        self._retention: dict[str, float] = {}  # per stream, its closing watermark's maximum so far
+        self._retention: dict[str, float] = {}  # per stream, its watermark's maximum so far
         self._last_seen_wall: dict[tuple[str, int], float] = {k: now() for k in self.partition_wm}
         self._started_wall = now()
         self._expected: dict[str, set[int]] = {}
@@ -520,7 +520,7 @@ class Engine:
                  res.index, res.reason)
 
     def _release(self, now: float) -> None:
-        """Hand buffered events to the rules, oldest first, up to each stream's closing watermark.
+        """Hand buffered events to the rules, oldest first, up to each stream's watermark.
 
         Each stream's events wait in their own heap, so a stream held back (its clock behind) costs nothing
         here; the events released from several streams reach the rules merged in event-time order.
@@ -606,22 +606,24 @@ class Engine:
 
     # -- time ---------------------------------------------------------------------------------------
     @property
-    def watermark(self) -> dict[str, float]:
-        """Newest event time per stream (over its partitions): for status and lag metrics."""
+    def newest_event_time(self) -> dict[str, float]:
+        """Newest event time per stream (over its partitions, epoch s): for status. Not a watermark: events
+        older than it may still come (see ``watermark``)."""
         out: dict[str, float] = {}
         for (topic, _p), wm in self.partition_wm.items():
             if wm > out.get(topic, float("-inf")):
                 out[topic] = wm
         return out
 
-    def closing_watermark(self, now: float) -> dict[str, float]:
-        """Per stream, the event time up to which every active partition has progressed.
+    def watermark(self, now: float) -> dict[str, float]:
+        """Per stream, its watermark: the event time up to which every active partition has progressed
+        (epoch s; ``now``: wall clock, for idle partitions).
 
         A partition that has sent nothing for ``idle_partition_s`` wall seconds while behind does not hold
         windows open (a window it later reaches is reopened, so KPIs stay exact either way).
         """
         out: dict[str, float] = {}
-        newest = self.watermark
+        newest = self.newest_event_time
         for tp, wm in self.partition_wm.items():
             topic = tp[0]
             idle = now - self._last_seen_wall.get(tp, now) > self.idle_partition_s
@@ -651,7 +653,7 @@ class Engine:
         A stream that has never delivered anything past the grace period gets the rules' clock, so its
         sources can still be found silent (a feed dead from the start).
         """
-        clocks = self.closing_watermark(now)
+        clocks = self.watermark(now)
         rules_now = self.rules_clock(now)
         if rules_now is not None and now - self._started_wall > self.idle_partition_s:
             for topic in self.streams:
@@ -665,7 +667,7 @@ class Engine:
         return max(self.partition_wm.values()) if self.partition_wm else None
 
     def retention_clock(self, closing: dict[str, float]) -> dict[str, float]:
-        """Per stream, the clock its state is expired on: the highest closing watermark it has reached.
+        """Per stream, the clock its state is expired on: the highest watermark it has reached.
 
         A stream's own clock (its slowest active partition), never another stream's nor one event's time: an
         event far ahead, or a stream read far ahead of the others, cannot expire anything.
@@ -708,7 +710,7 @@ class Engine:
         self._index_windows(self.windows.table.dirty)
         width = self.windows.width_s
         data = self.windows.table.data
-        closing = self.closing_watermark(now)
+        closing = self.watermark(now)
         closed: list[WindowKey] = []
         for stream, heap in self._close_heap.items():
             if stream is None:  # processing-time windows close by the wall clock
@@ -746,7 +748,7 @@ class Engine:
         partition skew) look silent, and evict rule state its late-read events still need; a stream that
         has stopped sending (wall clock) no longer holds the clock back, so its silence is noticed.
         """
-        closing = self.closing_watermark(now)
+        closing = self.watermark(now)
         flowing = {tp[0] for tp, seen in self._last_seen_wall.items() if now - seen <= self.idle_partition_s}
         times = [wm for stream, wm in closing.items() if stream in flowing]
         if times:
@@ -792,7 +794,7 @@ class Engine:
             acc = self.windows.table.pop(key)
             if point is not None:
                 self.closed[key] = (point, acc)
-        retention = self.retention_clock(self.closing_watermark(now))
+        retention = self.retention_clock(self.watermark(now))
         # Forget old notifications, but never of a window still open: a stream that went quiet
         # (hospitals at night) keeps its last windows open for hours, and forgetting them would
         # show them to the rules again at every checkpoint. Each on its own stream's clock and lateness.
