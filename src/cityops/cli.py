@@ -7,13 +7,14 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 
 from cityops import __version__
 from cityops.errors import CityopsError, ConfigError, Unreachable
+from cityops.units import CITY_TZ, parse_duration
 
-CST = timezone(timedelta(hours=8))
+CST = CITY_TZ
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 # `cityops worker` after SIGTERM: the final flush left committed outputs undelivered (they stay in
 # CITYOPS_DATA_DIR and the next start delivers them). 1 = error, 2 = bad configuration.
@@ -26,15 +27,11 @@ def _logging(level: str = "INFO") -> None:
 
 
 def _duration(text: str) -> float:
-    """'90s', '15m', '2h', '1d' or plain seconds → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip()
+    """A duration argument (cityops.units.parse_duration: '90s', '15m', '2h', '1d', plain seconds) → seconds."""
     try:
-        if text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h, 1d)") from None
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 90s, 15m, 2h, 1d): {exc}") from None
 
 
 def _start(text: str) -> datetime:

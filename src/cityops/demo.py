@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -27,10 +27,11 @@ from typing import Any, TextIO
 from cityops.localproc import LocalProcessError, ManagedProcess, free_port
 from cityops.reach import quiet_logs
 from cityops.simulate.run import default_start
+from cityops.units import CITY_TZ
 
 __all__ = ["run_demo"]
 
-CST = timezone(timedelta(hours=8))
+CST = CITY_TZ  # cityops.units: the one definition
 PARTITIONS = 4
 MARKER = ".cityops-demo"
 # Subdirectories the demo owns and clears at each start: the broker keeps events in memory only, so

@@ -13,6 +13,7 @@ from pydantic import (AfterValidator, AnyHttpUrl, Field, FilePath, SecretStr, Va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cityops.errors import ConfigError
+from cityops.units import DEFAULT_RUNBOOK_BASE
 
 
 FOOD_DEFAULT_LATENESS_S = 7 * 86400.0  # a week of store-and-forward EPCIS uploads
@@ -178,7 +179,7 @@ class Settings(KafkaSettings):
         "processed, counted and UntrustedSource raised once per source")
     rules_dir: Path | None = Field(None, description="rule manifests + runbooks; unset = the reference city's "
                                    "shipped in the package (= agents/); none = no alert rules")
-    runbook_base: str = "https://git.cityops.example/cityops/-/blob/main"
+    runbook_base: str = DEFAULT_RUNBOOK_BASE
     food_retention_s: float = Field(7 * 86400.0, gt=0)
     alert_resend_s: float = Field(60.0, gt=0)
     log_level: str = "INFO"

@@ -47,6 +47,7 @@ from cityops.alerts.spec import RuleSpec
 from cityops.engine.codec import Codec, StateFormatError, StateStruct
 from cityops.engine.context import Context, Decoded
 from cityops.engine.state import Table
+from cityops.units import CITY_TZ_NAME
 
 __all__ = [
     "KINDS", "REQUIRED", "RuleKind", "register", "build",
@@ -591,7 +592,7 @@ class RegistrationHoarding(RuleKind):
 
     params_schema = {
         "max_per_day": (int, 6),
-        "tz": (str, "Asia/Shanghai"),
+        "tz": (str, CITY_TZ_NAME),
         "stream": (str, "health.card-events"),
         "event_kind": (str, "register"),
         "grace_s": (float, 3600.0),  # late events of a day still count this long after it ended

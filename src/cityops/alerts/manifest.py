@@ -22,7 +22,6 @@ Any mistake raises ``ManifestError`` (a ``ValueError``) naming the file and the 
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections.abc import Collection
@@ -34,6 +33,7 @@ import yaml
 
 from cityops.alerts.spec import RuleSpec
 from cityops.errors import ConfigError
+from cityops.units import DEFAULT_RUNBOOK_BASE, is_duration_text, parse_duration
 
 __all__ = [
     "DEFAULT_RUNBOOK_BASE",
@@ -46,7 +46,6 @@ __all__ = [
     "parse_duration",
 ]
 
-DEFAULT_RUNBOOK_BASE = "https://git.cityops.example/cityops/-/blob/main"
 SEVERITIES = ("info", "warning", "critical")
 
 _AGENT_KEYS = {"agent", "description", "consumes", "labels", "rules"}
@@ -54,10 +53,6 @@ _RULE_KEYS = {
     "alert", "kind", "severity", "for", "resolve_after", "params", "labels", "summary", "description",
     "flap_window", "flap_max_changes",
 }
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w))+$")
-_NEGATIVE_DURATION = re.compile(r"^-\s*(?:\d+(?:\.\d+)?(?:ms|s|m|h|d|w))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _ALERT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -83,30 +78,6 @@ class AgentManifest:
     @property
     def runbook(self) -> Path:
         return self.path.with_suffix(".md")
-
-
-def parse_duration(value: Any) -> float:
-    """``30s``, ``5m``, ``2h``, ``1d``, ``1h30m`` (or a number of seconds) → seconds as float.
-
-    Raises ValueError for anything else, including negative values.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration like 30s, 5m, 2h or 1d, got {value!r}")
-    if isinstance(value, str) and _NEGATIVE_DURATION.match(value.strip()):
-        raise ValueError(f"duration must be >= 0, got {value!r}")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str) and _DURATION.match(value.strip()):
-        seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(value.strip()))
-    else:
-        raise ValueError(f"expected a duration like 30s, 5m, 2h or 1d, got {value!r}")
-    if seconds < 0 or not math.isfinite(seconds):
-        raise ValueError(f"duration must be >= 0 and finite, got {value!r}")
-    return seconds
-
-
-def _is_duration_text(value: Any) -> bool:
-    return isinstance(value, str) and bool(_DURATION.match(value.strip()))
 
 
 def _check_template(where: str, template: str) -> None:
@@ -144,10 +115,10 @@ def _params(where: str, raw: Any) -> dict[str, Any]:
     for name, value in raw.items():
         if not isinstance(name, str):
             raise ManifestError(f"{where}.{name}: parameter names must be strings")
-        if _is_duration_text(value):
+        if is_duration_text(value):
             # Durations arrive in rule code as seconds, like for / resolve_after.
             out[name] = parse_duration(value)
-        elif isinstance(value, str) and _NEGATIVE_DURATION.match(value.strip()):
+        elif isinstance(value, str) and is_duration_text(value.strip().removeprefix("-").strip()):
             raise ManifestError(f"{where}.{name}: duration must be >= 0, got {value!r}")
         else:
             out[name] = value

@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cityops.units import CITY_TZ_NAME
+
 __all__ = ["SourceRegistry", "SourceInfo", "SourceRegistryError", "canonical_json", "sign"]
 
-DEFAULT_TZ = "Asia/Shanghai"
+DEFAULT_TZ = CITY_TZ_NAME
 DEFAULT_MAX_GAP_S = 600.0
 _HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 _FIELDS = {"stream", "must_sign", "key", "service_hours", "max_gap_s", "expected", "lat", "lon", "station"}

@@ -32,13 +32,15 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from cityops.units import CITY_TZ_NAME, CITY_UTC_OFFSET
+
 TOPIC_TAPS = "traffic.card-taps"
 TOPIC_ROAD = "traffic.road-detectors"
 TOPIC_HEALTH = "health.card-events"
 TOPICS: tuple[str, ...] = (TOPIC_TAPS, TOPIC_ROAD, TOPIC_HEALTH)
 
 POPULATION = 4_700_000
-UTC_OFFSET_MIN = 8 * 60  # Asia/Shanghai has no DST, so a fixed +08:00 offset is exact.
+UTC_OFFSET_MIN = int(CITY_UTC_OFFSET.total_seconds()) // 60  # cityops.units: the one definition
 
 # --- daily volumes (estimates, weekday) ------------------------------------------------------------
 METRO_TRIPS_PER_DAY = 350_000
@@ -419,4 +421,4 @@ def registry_document() -> dict[str, object]:
             entry["lat"], entry["lon"] = s.lat, s.lon
         entry["station"] = s.location
         sources[sid] = entry
-    return {"tz": "Asia/Shanghai", "sources": sources}
+    return {"tz": CITY_TZ_NAME, "sources": sources}

@@ -17,10 +17,11 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from cityops.food.epcis import canonical_id, gs1_check_digit
+from cityops.units import CITY_TZ
 
 __all__ = [
     "CARCASSES_PER_DAY",
@@ -34,8 +35,8 @@ __all__ = [
 
 TOPIC = "food.trace-events"
 CONTEXT = ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"]
-TZ = timezone(timedelta(hours=8))
-TZ_OFFSET = "+08:00"
+TZ = CITY_TZ  # cityops.units: the one definition
+TZ_OFFSET = "+08:00"  # CITY_TZ written as EPCIS eventTimeZoneOffset
 
 POPULATION = 4_700_000
 PORK_KG_PER_PERSON_YEAR = 30.0

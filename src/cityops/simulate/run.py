@@ -9,13 +9,15 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-CST = timezone(timedelta(hours=8))
+from cityops.units import CITY_TZ
+
+CST = CITY_TZ  # cityops.units: the one definition
 STREAM_GROUPS = {
     "traffic": ("traffic.card-taps", "traffic.road-detectors"),
     "road": ("traffic.road-detectors",),

@@ -14,14 +14,15 @@ import math
 import random
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from itertools import chain
 from operator import itemgetter
 from typing import Any
 
 from cityops.simulate import city as C
+from cityops.units import CITY_TZ
 
-TZ = timezone(timedelta(hours=8))
+TZ = CITY_TZ  # cityops.units: the one definition
 TOPIC_TAPS, TOPIC_ROAD, TOPIC_HEALTH = C.TOPIC_TAPS, C.TOPIC_ROAD, C.TOPIC_HEALTH
 ALL_STREAMS: tuple[str, ...] = C.TOPICS
 
