@@ -41,7 +41,7 @@ def run(env: dict[str, str]) -> tuple[Engine, Any, Any, Metrics]:
     store = StateStore(None)
     metrics = Metrics()
     alerts, rules, gate = build_alerting(settings, store, metrics.on_unlisted)
-    engine = Engine(store, build_streams(settings), signals=alerts, rules=rules, registry=gate, settings=settings,
+    engine = Engine(store, build_streams(settings, alerts.rules if alerts is not None else None), signals=alerts, rules=rules, registry=gate, settings=settings,
                     now=lambda: T0 + 60)
     offset = 0
     for i, source in enumerate(["gate-1", "stranger-a", "stranger-a", "stranger-b", "gate-1", "stranger-a"]):
