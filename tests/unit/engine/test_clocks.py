@@ -419,7 +419,7 @@ def test_an_epcis_event_dated_2015_first_costs_what_an_hour_old_one_costs() -> N
         alerts, rules, gate = build_alerting(settings, store)
         e = make(store, food=True, signals=alerts, rules=rules, registry=gate, clock=[NOON + 60],
                  stream_lateness_s={FOOD: 7 * DAY})
-            old = food_event(1, old_ts, "receiving", classes=["urn:epc:class:lgtin:6909999.000001.OLD"],
+        old = food_event(1, old_ts, "receiving", classes=["urn:epc:class:lgtin:6909999.000001.OLD"],
                          bizLocation={"id": MARKET})
         e.process(FOOD, 0, 0, epcis([old]))
         e.checkpoint()
