@@ -119,7 +119,7 @@ def test_an_infinite_temperature_in_the_first_event_rejects_it_alone() -> None:
 def test_an_event_from_1700_after_live_ones_costs_what_an_hour_old_one_costs(topic: str) -> None:
     from types import SimpleNamespace
 
-    from cityops.alerts.wiring import build_alerting, context_extras, default_rules_dir
+    from cityops.alerts.wiring import build_alerting, default_rules_dir
     from cityops.engine.state import StateStore
 
     mk = {TAPS: tap, HEALTH: visit}[topic]
@@ -131,7 +131,6 @@ def test_an_event_from_1700_after_live_ones_costs_what_an_hour_old_one_costs(top
         store = StateStore(None)
         alerts, rules, gate = build_alerting(settings, store)
         e = make(store, signals=alerts, rules=rules, registry=gate, clock=[now])
-        e.ctx.extra.update(context_extras(store, gate, None))
         for j in range(3):
             e.process(topic, 0, j, mk(j + 1, now - 10 + j, source=f"s{j}"), now)
         e.checkpoint()
