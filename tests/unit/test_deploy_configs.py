@@ -646,6 +646,26 @@ def test_compose_environment_check_fails_naming_the_setting(compose: dict[str, A
     assert any(named in p for p in report.problems), report.problems
 
 
+def test_compose_influxdb_credentials_agree(compose: dict[str, Any]) -> None:
+    """InfluxDB runs with authentication; the worker writes as the user compose creates, Grafana reads as
+    the read-only one, each with the password of the same .env variable."""
+    services = compose["services"]
+    influx = services["influxdb"]["environment"]
+    assert influx["INFLUXDB_HTTP_AUTH_ENABLED"] == "true"
+    worker = services["cityops-worker"]["environment"]
+    assert worker["CITYOPS_INFLUX_USERNAME"] == influx["INFLUXDB_USER"]
+    assert worker["CITYOPS_INFLUX_PASSWORD"] == influx["INFLUXDB_USER_PASSWORD"]
+    assert worker["CITYOPS_INFLUX_DATABASE"] == influx["INFLUXDB_DB"]
+    ds = next(d for d in _yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "cityops.yml")["datasources"]
+              if d["uid"] == "cityops-influx")
+    assert ds["user"] == influx["INFLUXDB_READ_USER"]
+    variable = ds["secureJsonData"]["password"].removeprefix("$")
+    assert services["grafana"]["environment"][variable] == influx["INFLUXDB_READ_USER_PASSWORD"]
+    # The health check logs in as the read user with the container's own copy of its password.
+    assert "-username " + influx["INFLUXDB_READ_USER"] in " ".join(services["influxdb"]["healthcheck"]["test"])
+    assert "$$INFLUXDB_READ_USER_PASSWORD" in " ".join(services["influxdb"]["healthcheck"]["test"])
+
+
 def _container_ports(svc: dict[str, Any]) -> set[int]:
     ports = {int(str(p).split(":")[-1].split("/")[0]) for p in svc.get("ports") or []}
     return ports | {int(str(p).split("/")[0]) for p in svc.get("expose") or []}
