@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -151,6 +152,7 @@ def main() -> None:
     phase(t1 + quiet_s, 5 * 3600, args.cards, args.cards)
     report(f"phase 3 ({args.cards:,} other distinct cards in 5 h, {time.perf_counter() - t:.0f} s)")
     store.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
