@@ -127,7 +127,7 @@ class JsonStream:
             else:
                 events = [self._one.decode(raw)]
                 batch = False
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # (ValidationError is a DecodeError)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:  # (ValidationError is a DecodeError)
             return self._decode_slow(raw, exc)
         if not events:
             return [Rejected("empty batch: JSON array with no events")]
@@ -139,7 +139,11 @@ class JsonStream:
         try:
             doc, lenient = jsontext.loads(raw)
         except jsontext.MalformedJson as err:
-            return [Rejected(f"malformed JSON: {err}")]
+            parts = jsontext.split_array(raw) if err.too_deep else None
+            if not parts:
+                return [Rejected(f"malformed JSON: {err}")]
+            # A batch with an element nested deeper than JSON parsers go: each element is judged on its own.
+            return _pointed([self._raw_element(part, i) for i, part in enumerate(parts)])
         if isinstance(doc, dict):
             return [self._element(doc, 0, "$", lenient)]
         if not isinstance(doc, list):
@@ -147,6 +151,15 @@ class JsonStream:
         if not doc:
             return [Rejected("empty batch: JSON array with no events")]
         return _pointed([self._element(element, i, f"$[{i}]", lenient) for i, element in enumerate(doc)])
+
+    def _raw_element(self, part: bytes, index: int) -> Decoded | Rejected:
+        """One element of a batch, from its own text (see ``jsontext.split_array``)."""
+        try:
+            element, lenient = jsontext.loads(part)
+        except jsontext.MalformedJson as err:
+            why = ("nested deeper than JSON parsers go (orjson: 1024 levels)" if err.too_deep else str(err))
+            return Rejected(f"malformed JSON at `$[{index}]`: {why}", index, None)
+        return self._element(element, index, f"$[{index}]", lenient)
 
     def _element(self, element: Any, index: int, where: str, lenient: bool) -> Decoded | Rejected:
         """One element of a parsed message: its typed event, or why it breaks the contract."""

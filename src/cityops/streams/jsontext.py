@@ -20,13 +20,22 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MalformedJson", "beyond_double", "find", "json_path", "json_pointer", "loads", "lone_surrogate"]
+__all__ = ["MalformedJson", "beyond_double", "find", "json_path", "json_pointer", "loads", "lone_surrogate",
+           "split_array"]
 
 _DOUBLE_MAX = int(sys.float_info.max)
 
 
 class MalformedJson(ValueError):
-    """The message value is not JSON text (the reason is orjson's, with line and column)."""
+    """The message value is not JSON text (the reason is orjson's, with line and column).
+
+    ``too_deep``: the text may be JSON, nested deeper than the parsers go (orjson: 1024 levels; the standard
+    library: the interpreter's recursion limit); ``split_array`` can still cut a batch into its elements.
+    """
+
+    def __init__(self, message: str, too_deep: bool = False) -> None:
+        super().__init__(message)
+        self.too_deep = too_deep
 
 
 def _no_constant(name: str) -> Any:
@@ -51,8 +60,58 @@ def loads(raw: bytes) -> tuple[Any, bool]:
         raise MalformedJson(str(first))
     try:
         return json.loads(text, parse_constant=_no_constant), True
-    except (ValueError, RecursionError):
-        raise MalformedJson(str(first)) from None
+    except RecursionError:
+        raise MalformedJson(str(first), too_deep=True) from None
+    except ValueError:
+        raise MalformedJson(str(first), too_deep="depth limit" in str(first)) from None
+
+
+def split_array(raw: bytes) -> list[bytes] | None:
+    """The elements of a top-level JSON array, as raw text each, without parsing them; None if ``raw`` is not an
+    array whose brackets, braces and strings balance.
+
+    For a batch that cannot be parsed whole because one element is nested too deep: each element can then be
+    parsed (and rejected) on its own. Scans bytes: strings and their escapes, and nesting depth.
+    """
+    n = len(raw)
+    i = 0
+    while i < n and raw[i] in b" \t\r\n":
+        i += 1
+    if i >= n or raw[i] != 0x5B:  # [
+        return None
+    i += 1
+    out: list[bytes] = []
+    start = i
+    depth = 0
+    in_str = False
+    while i < n:
+        c = raw[i]
+        if in_str:
+            if c == 0x5C:  # backslash: skip the escaped byte
+                i += 2
+                continue
+            if c == 0x22:
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+        elif c in (0x5D, 0x7D):  # ] }
+            if depth == 0:
+                if c != 0x5D or raw[i + 1:].strip():
+                    return None
+                element = raw[start:i].strip()
+                if element:
+                    out.append(element)
+                elif out:
+                    return None  # a trailing comma
+                return out
+            depth -= 1
+        elif c == 0x2C and depth == 0:  # ,
+            out.append(raw[start:i].strip())
+            start = i + 1
+        i += 1
+    return None
 
 
 def find(value: Any, bad: Any) -> list[str | int] | None:

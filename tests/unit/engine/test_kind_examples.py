@@ -144,3 +144,16 @@ def test_an_event_from_1700_after_live_ones_costs_what_an_hour_old_one_costs(top
     hour = cost(3600.0)
     old = cost(now - datetime(1700, 1, 1, tzinfo=timezone.utc).timestamp())
     assert old <= 2 * hour + 5000, (hour, old)
+
+
+@pytest.mark.parametrize("topic", [TAPS, ROAD, HEALTH])
+def test_an_element_nested_deeper_than_parsers_go_is_rejected_alone(topic: str) -> None:
+    """Kind 5, other nesting: one element of a batch carries an extra field nested 5000 levels deep (valid JSON,
+    valid against the contract's schema, beyond orjson's 1024 levels and Python's recursion limit). It was the
+    whole batch (`decoder error: RecursionError`); now it is that element alone, and the other one counts."""
+    deep = json.dumps(sample(topic, "a"))[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    raw = f"[{deep}, {json.dumps(sample(topic, 'b'))}]".encode()
+    e, letters = run(topic, raw, allowed_lateness_s=1e12)
+    assert e.counts[(topic, "accepted")] == 1 and e.counts[(topic, "invalid")] == 1
+    [letter] = letters
+    assert letter["index"] == 0 and "nested deeper" in letter["reason"]
