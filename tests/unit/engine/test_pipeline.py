@@ -289,3 +289,33 @@ def test_committed_record_digests_survive_a_restart(tmp_path: Path) -> None:
     assert e3.committed_records() == {}  # rewound to before offset 0: nothing committed, nothing skipped
     e3.process(TAPS, 2, 0, b(tap(50, T0)))
     assert e3.counts[(TAPS, "accepted")] == 1
+
+
+def test_rule_buffer_writes_only_the_events_still_waiting_at_a_commit(tmp_path: Path) -> None:
+    """Buffering and releasing an event before the next commit writes nothing; a waiting one is written once."""
+    rec = _Recorder()
+    clock = [T0]
+    e = make(StateStore(tmp_path).open(), rules=[rec], clock=clock)
+    e.expect_partitions([(TAPS, 0), (TAPS, 1)])
+    for i in range(5):
+        e.process(TAPS, 1, i, b(tap(100 + i, T0 + 600 + i * 60)))
+    assert not e.rule_buffer.data and not e.rule_buffer.dirty  # waiting in memory until the commit
+    e.checkpoint()
+    waiting = sorted(e.rule_buffer.data)
+    assert [k[0] for k in waiting] == [T0 + 600 + i * 60 for i in range(5)] and not e.rule_buffer.dirty
+    for i in range(5):  # partition 0 up to T0+240: its events are released at the next checkpoint
+        e.process(TAPS, 0, i, b(tap(i, T0 + i * 60)))
+    e.checkpoint()
+    assert rec.seen == [T0 + i * 60 for i in range(5)]
+    assert sorted(e.rule_buffer.data) == waiting  # the released ones were never in the table
+    e.process(TAPS, 0, 5, b(tap(5, T0 + 900)))
+    e.process(TAPS, 0, 6, b(tap(6, T0 + 900)))  # (a jump of the clock is corroborated by a second event)
+    e.checkpoint()
+    assert rec.seen[5:10] == [T0 + 600 + i * 60 for i in range(5)]
+    # Released: deleted by that commit; in the table now only what waits (past partition 1's clock).
+    assert not set(waiting) & set(e.rule_buffer.data) and all(k[0] == T0 + 900 for k in e.rule_buffer.data)
+    left = sorted(e.rule_buffer.data)
+    e.store.close()
+    e2 = make(StateStore(tmp_path).open(), rules=[_Recorder()], clock=clock)
+    assert sorted(e2.rule_buffer.data) == left == sorted((ts, seq) for h in e2._rule_heaps.values()
+                                                         for ts, seq, _t, _ev in h)
