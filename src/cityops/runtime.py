@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from cityops.alerts.spec import RuleSpec
-from cityops.engine.kafka_state import Fenced, KafkaStateStore
+from cityops.engine.kafka_state import Fenced, KafkaStateStore, StateUnavailable
 from cityops.engine.pipeline import DEAD_LETTER_TOPIC, Engine, Point, record_digest
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
@@ -34,6 +34,7 @@ from cityops.types import Sink, Transition
 log = logging.getLogger("cityops.runtime")
 
 ALERTS_TOPIC = "cityops.alerts"
+EXIT_STATE_UNAVAILABLE = 5  # a commit could not be written to cityops.state in time
 EXIT_FENCED = 4  # the worker found its task claimed by another worker (CITYOPS_STATE_STORE=kafka)
 
 
@@ -392,6 +393,13 @@ class Runtime:
             log.critical("fenced: %s; stopping without releasing anything of the last commit", exc)
             logging.shutdown()
             os._exit(EXIT_FENCED)
+        except StateUnavailable as exc:
+            # The commit's changes are out of the tables but not in Kafka: continuing would lose them. Stop
+            # without releasing anything; the next start restores the last commit that landed.
+            log.critical("state store unavailable: %s; stopping without releasing anything of the last commit",
+                         exc)
+            logging.shutdown()
+            os._exit(EXIT_STATE_UNAVAILABLE)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         if isinstance(self.store, KafkaStateStore):
             task = str(self.store.partition)

@@ -151,3 +151,18 @@ def test_kill_points_inside_the_protocol(kafka: Any, tmp_path: Path, kill_at: st
     final = _store(kafka)
     assert final.meta["n"] == 79
     assert dict(final.table("counts").items()) == _expected(0, 80)
+
+
+def test_broker_gone_commit_fails_and_the_store_writes_nothing_more(kafka: Any) -> None:
+    """A commit that cannot be written within its timeout raises StateUnavailable (its changes are out of the
+    tables: the worker must stop and restore), and every later commit refuses at once."""
+    from cityops.engine.kafka_state import StateUnavailable
+
+    a = _store(kafka, timeout_s=3.0)
+    _fill(a, 0, 3)
+    kafka.stop()
+    with pytest.raises(StateUnavailable):
+        _fill(a, 3, 1)
+    with pytest.raises(StateUnavailable, match="not written"):
+        a.commit({})
+    a.close()

@@ -52,12 +52,17 @@ import msgspec
 from cityops.engine.codec import StateFormatError
 from cityops.engine.state import FORMAT_VERSION, StateStore, _offsets_out, _record_decoder, _snapshot_decoder
 
-__all__ = ["STATE_TOPIC", "Fenced", "KafkaStateStore"]
+__all__ = ["STATE_TOPIC", "Fenced", "KafkaStateStore", "StateUnavailable"]
 
 log = logging.getLogger("cityops.state.kafka")
 
 STATE_TOPIC = "cityops.state"
 CLAIM, COMMIT, SNAPSHOT = "claim", "commit", "snapshot"
+
+
+class StateUnavailable(RuntimeError):
+    """A commit could not be written to cityops.state in time: its changes are taken from the tables, so the
+    worker must stop (nothing of it released) and restore from Kafka at its next start."""
 
 
 class Fenced(RuntimeError):
@@ -196,6 +201,7 @@ class KafkaStateStore(StateStore):
         self.last_offset = -1  # offset of the last record this store read or wrote
         self._since_snapshot = 0
         self._last_snapshot_bytes = 0
+        self._broken: str | None = None
         self.bytes_written = 0
         self.restore_s = 0.0
         self.restored_records = 0
@@ -218,7 +224,7 @@ class KafkaStateStore(StateStore):
                                        max_in_flight_requests_per_connection=1, retries=5,
                                        max_request_size=max(4 << 20, 2 * self.chunk_bytes) + (64 << 10),
                                        linger_ms=2, batch_size=max(4 << 20, 2 * self.chunk_bytes),
-                                       **self.security)
+                                       max_block_ms=int(self.timeout_s * 1000), **self.security)
 
     def _read(self, start: int, end: int, reader: _Reader) -> None:
         """Feed records [start, end) of the partition to ``reader``."""
@@ -345,10 +351,31 @@ class KafkaStateStore(StateStore):
             self.bytes_written += len(raw)
             futures.append(self._producer.send(self.topic, value=raw, partition=self.partition))
             if point is not None and i == 0 and n > 1:
-                self._producer.flush()
+                self._producer.flush(timeout=self.timeout_s)
                 fault_point(point)
-        self._producer.flush()
+        self._producer.flush(timeout=self.timeout_s)
         return [f.get(timeout=self.timeout_s).offset for f in futures]
+
+    def _produce_retrying(self, kind: str, seq: int, data: bytes) -> list[int]:
+        """``_produce`` the same logical record again until it lands (a repeat of a chunk or of the whole
+        record is the same record to a reader), for at most ``timeout_s``; then ``StateUnavailable``, and
+        this store writes nothing more (the changes were taken from the tables)."""
+        if self._broken is not None:
+            raise StateUnavailable(self._broken)
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.2
+        while True:
+            try:
+                return self._produce(kind, seq, data)
+            except Exception as exc:  # kafka errors, timeouts: the record may or may not have landed
+                if time.monotonic() + delay > deadline:
+                    self._broken = (f"{kind} {seq} not written to {self.topic}[{self.partition}] within "
+                                    f"{self.timeout_s:g}s: {type(exc).__name__}: {exc}")
+                    raise StateUnavailable(self._broken) from exc
+                log.warning("writing %s %d to %s[%d] failed (%s: %s); retrying in %.1fs", kind, seq, self.topic,
+                            self.partition, type(exc).__name__, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def _check_landed(self, offsets: list[int]) -> None:
         """Read back what others wrote between our last record and ``offsets``: a newer claim fences us."""
@@ -397,7 +424,7 @@ class KafkaStateStore(StateStore):
         payload = self._encoder.encode(
             {"format": FORMAT_VERSION, "tables": changes, "offsets": _offsets_out(offsets), "meta": self.meta})
         before = self.bytes_written
-        landed = self._produce(COMMIT, self.commits, payload)
+        landed = self._produce_retrying(COMMIT, self.commits, payload)
         fault_point("commit-produced")
         self._check_landed(landed)
         self._since_snapshot += len(payload)
@@ -424,7 +451,14 @@ class KafkaStateStore(StateStore):
         body = self._encoder.encode(
             {"format": FORMAT_VERSION, "generation": 0, "commits": self.commits, "tables": images,
              "offsets": _offsets_out(self.offsets), "meta": self.meta})
-        landed = self._produce(SNAPSHOT, self.commits, body, point="snapshot-chunk")
+        if self._broken is not None:
+            raise StateUnavailable(self._broken)
+        try:
+            landed = self._produce(SNAPSHOT, self.commits, body, point="snapshot-chunk")
+        except Exception as exc:  # an incomplete snapshot is never applied; the commits before it hold all
+            log.warning("snapshot not written to %s[%d] (%s: %s); the next commit tries again", self.topic,
+                        self.partition, type(exc).__name__, exc)
+            return
         self._check_landed(landed)
         self.base = min(landed)
         self._since_snapshot = 0
@@ -434,8 +468,14 @@ class KafkaStateStore(StateStore):
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush()
-            self._producer.close()
+            try:
+                self._producer.flush(timeout=self.timeout_s)
+            except Exception as exc:  # what did not land is not committed: the next start restores without it
+                log.warning("closing the state producer: %s: %s", type(exc).__name__, exc)
+            try:
+                self._producer.close(timeout=0 if self._broken else self.timeout_s)
+            except Exception as exc:  # (kafka-python's close raises when records are still queued)
+                log.warning("closing the state producer: %s: %s", type(exc).__name__, exc)
             self._producer = None
         if self._consumer is not None:
             self._consumer.close()
