@@ -24,9 +24,9 @@ Every clock is event time in epoch seconds (UTC) and never goes back. From the i
   events held: a sparse stream whose events after a jump are spread wider than ``jump_s``), or when three
   sources have passed it. Two wrong clocks that both keep sending are followed: a limitation.
   The very first event of a partition has nothing to be checked against, so it sets the clock only
-  *provisionally*: if the next event is more than ``jump_s`` behind it, the first was the odd one — the clock
-  goes back to the second event (once; the first is held as a candidate like any far-ahead event). Any other
-  second event confirms it.
+  *provisionally*: if the next event would be late by it (more than the stream's lateness behind it), the first
+  was the odd one — the clock goes back to the second event (once; the first is held as a candidate like any
+  far-ahead event). Any other second event confirms it.
 
 * **Lateness** (per partition, per stream): an event is *late* when it is more than its stream's allowed
   lateness behind its partition's clock. Late events stay out of the KPI windows but still enter the dedup
@@ -109,15 +109,16 @@ class PartitionClock:
         """Whether more than one source sent on this partition within its last ``RECENT_EVENTS`` events."""
         return self.other and self.run_len < RECENT_EVENTS
 
-    def settle(self, clock: float, ts: float, jump_s: float) -> float:
+    def settle(self, clock: float, ts: float, lateness_s: float) -> float:
         """The clock to judge the partition's second event at ``ts`` by, while the first one alone set it.
 
-        If ``ts`` is more than ``jump_s`` behind the first event's time, the first event was the far-ahead one:
-        it is held as a candidate (its source is ``run_src``) and the clock becomes ``ts``. Either way the
-        clock is no longer provisional. Called only while ``provisional``.
+        If ``ts`` is more than ``lateness_s`` (the stream's allowed lateness) behind the first event's time, the
+        first would make it late: it is taken for the far-ahead one, held as a candidate (its source is
+        ``run_src``), and the clock becomes ``ts``. Either way the clock is no longer provisional. Called only
+        while ``provisional``.
         """
         self.provisional = False
-        if ts < clock - jump_s:
+        if ts < clock - lateness_s:
             self.held = [(clock, self.run_src or "")]
             return ts
         return clock

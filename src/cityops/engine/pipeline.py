@@ -410,8 +410,8 @@ class Engine:
                 seen = True
                 wm = wms.get(tp)
                 if pclock.provisional and wm is not None:
-                    # The partition's first event set the clock alone: the second may show it was far ahead.
-                    wms[tp] = wm = pclock.settle(wm, ts, jump)
+                    # The partition's first event set the clock alone: a second it would make late shows it was ahead.
+                    wms[tp] = wm = pclock.settle(wm, ts, lateness)
                 late = wm is not None and ts < wm - lateness
                 # A late event is remembered from when it arrived (its partition's clock), not from its own old
                 # time: a re-sent upload days late is still known as a duplicate for the dedup horizon.

@@ -509,3 +509,15 @@ def test_two_sparse_sources_after_a_real_jump_are_followed() -> None:
         if j >= 2:
             assert e.partition_wm[(TAPS, 0)] >= night + 1200 * (j - 2)
     assert e.counts[(TAPS, "late")] == 0
+
+
+def test_a_single_event_first_record_on_the_food_stream_is_not_undone_by_an_upload_within_lateness() -> None:
+    """The first record holds one event (12:00); the market's upload (08:00–11:00) is within the food lateness:
+    the first event's clock stands (only a second event it would make late undoes it) and nothing is late."""
+    e = make(food=True, clock=[NOON + 3600], stream_lateness_s={FOOD: 7 * DAY})
+    current, upload, _lots = slaughterhouse_and_market(1)
+    first = json.loads(current)
+    first["epcisBody"]["eventList"] = first["epcisBody"]["eventList"][:1]
+    e.process(FOOD, 0, 0, json.dumps(first).encode())
+    e.process(FOOD, 0, 1, upload)
+    assert e.partition_wm[(FOOD, 0)] == NOON and e.counts[(FOOD, "late")] == 0
