@@ -117,3 +117,40 @@ def test_unpacked_wheel_runs_without_the_source_tree(wheel: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"rules: 15 from {site}/cityops/data/agents" in proc.stdout
     assert f"source registry: {site}/cityops/data/streams/sources.json (enforce, " in proc.stdout
+
+
+def test_every_third_party_import_is_a_runtime_dependency() -> None:
+    """What the package imports must be installed by `pip install cityops` alone (the Dockerfile's install):
+    a module only in the test extras would crash the worker in a container (numpy, for the ART detector)."""
+    import ast
+    import importlib.metadata as md
+    import re
+    import tomllib
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = {norm(re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0]) for d in project["dependencies"]}
+    extras = {name: {norm(re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0]) for d in deps}
+              for name, deps in project["optional-dependencies"].items()}
+    optional_modules = {"cityops/localstack.py": extras["local"]}  # `cityops demo`'s embedded broker
+    dists = md.packages_distributions()
+    missing = []
+    for path in (REPO / "src" / "cityops").rglob("*.py"):
+        rel = str(path.relative_to(REPO / "src"))
+        allowed = runtime | optional_modules.get(rel, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                tops = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                tops = [node.module.split(".")[0]]
+            else:
+                continue
+            for top in tops:
+                if top in sys.stdlib_module_names or top == "cityops":
+                    continue
+                provided = {norm(d) for d in dists.get(top, [top])}
+                if not provided & allowed:
+                    missing.append(f"{rel}: import {top} (distribution {sorted(provided)})")
+    assert missing == [], "imported but not in [project] dependencies:\n" + "\n".join(sorted(set(missing)))
