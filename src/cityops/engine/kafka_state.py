@@ -436,18 +436,7 @@ class KafkaStateStore(StateStore):
 
     def snapshot(self) -> None:
         """Write the whole state as a snapshot (chunks); later records name it as their base."""
-        for table in self.tables.values():
-            if table.dirty:
-                raise RuntimeError(f"snapshot with uncommitted changes in table {table.name!r}")
-        images: list[dict[str, Any]] = []
-        for table in self.tables.values():
-            images.append(self._table_out(table, list(table.data), list(table.data.values()), []))
-        for name, pending in self._pending.items():  # tables not used by this run: kept as written
-            groups: dict[tuple[str, int], dict[Any, Any]] = {}
-            for key, (shape, version, raw) in pending.items():
-                groups.setdefault((shape, version), {})[key] = raw
-            for (shape, version), values in groups.items():
-                images.append({"table": name, "shape": shape, "version": version, "set": values, "deleted": []})
+        images = self._snapshot_images()
         body = self._encoder.encode(
             {"format": FORMAT_VERSION, "generation": 0, "commits": self.commits, "tables": images,
              "offsets": _offsets_out(self.offsets), "meta": self.meta})

@@ -464,23 +464,27 @@ class StateStore:
             self.snapshot()
         return len(frame)
 
-    def snapshot(self) -> None:
-        """Write the whole state as a new snapshot and start an empty log (call right after a commit)."""
-        if self.directory is None:
-            return
+    def _snapshot_images(self) -> list[dict[str, Any]]:
+        """Every table's whole content as snapshot table records (call right after a commit)."""
         for table in self.tables.values():
             if table.dirty:
                 raise RuntimeError(f"snapshot with uncommitted changes in table {table.name!r}")
         images: list[dict[str, Any]] = []
         for table in self.tables.values():
-            keys = list(table.data)
-            images.append(self._table_out(table, keys, list(table.data.values()), []))
+            images.append(self._table_out(table, list(table.data), list(table.data.values()), []))
         for name, pending in self._pending.items():  # tables not used by this run: kept as written
             groups: dict[tuple[str, int], dict[Any, Any]] = {}
             for key, (shape, version, raw) in pending.items():
                 groups.setdefault((shape, version), {})[key] = raw
             for (shape, version), values in groups.items():
                 images.append({"table": name, "shape": shape, "version": version, "set": values, "deleted": []})
+        return images
+
+    def snapshot(self) -> None:
+        """Write the whole state as a new snapshot and start an empty log (call right after a commit)."""
+        if self.directory is None:
+            return
+        images = self._snapshot_images()
         generation = self._generation + 1
         body = self._encoder.encode(
             {"format": FORMAT_VERSION, "generation": generation, "commits": self.commits, "tables": images,
