@@ -22,6 +22,7 @@ from cityops.engine.state import StateStore
 from cityops.engine.windows import Windows
 from cityops.streams.models import CardTap, HealthCardEvent, RoadReading
 from cityops.types import RuleContext
+from tests.workcount import calls
 
 SH = ZoneInfo("Asia/Shanghai")
 DAY0 = datetime(2024, 5, 6, tzinfo=SH).timestamp()  # a Monday, 00:00 local
@@ -736,23 +737,6 @@ def test_kpi_anomaly_calendar_gives_local_weekday_and_weekend_profiles() -> None
 YEAR = 365.25 * 86400
 
 
-def _calls(fn: Any) -> int:
-    """Python and C function calls made while running ``fn()``: the work done, counted, not timed."""
-    import sys
-
-    n = 0
-
-    def prof(frame: Any, event: str, arg: Any) -> None:
-        nonlocal n
-        if event in ("call", "c_call"):
-            n += 1
-
-    sys.setprofile(prof)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return n
 
 
 def _jump_cost(kind: str, jump_s: float) -> tuple[int, RuleKind, Context, Recorder]:
@@ -762,7 +746,7 @@ def _jump_cost(kind: str, jump_s: float) -> tuple[int, RuleKind, Context, Record
     last = drive(rule, ctx, 40, t0=t0)
     rule.on_tick(last, ctx)
     rec.clear()
-    return _calls(lambda: rule.on_tick(last + jump_s, ctx)), rule, ctx, rec
+    return calls(lambda: rule.on_tick(last + jump_s, ctx)), rule, ctx, rec
 
 
 @pytest.mark.parametrize("kind", ALL)
@@ -775,7 +759,7 @@ def test_a_clock_jump_of_decades_costs_what_an_hour_costs(kind: str) -> None:
     decades, rule, ctx, _ = _jump_cost(kind, 30 * YEAR)
     assert decades <= 2 * hour + 500, (kind, hour, decades)
     # A second tick after the jump finds nothing left to catch up on.
-    again = _calls(lambda: rule.on_tick(DAY0 + 60, ctx))
+    again = calls(lambda: rule.on_tick(DAY0 + 60, ctx))
     assert again <= 2 * hour + 500, (kind, hour, again)
 
 

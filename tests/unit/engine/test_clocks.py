@@ -15,6 +15,7 @@ from cityops.engine.pipeline import Engine
 from cityops.engine.state import StateStore
 from cityops.food.stream import FoodStream
 from cityops.streams.city_streams import STREAM_CLASSES, Pseudonymizer
+from tests.workcount import calls
 
 TAPS = "traffic.card-taps"
 HEALTH = "health.card-events"
@@ -339,23 +340,6 @@ def test_food_lineage_is_not_swept_by_an_event_dated_far_ahead() -> None:
 
 
 # ------------------------------------------------------------------------- issue 14: bounded cost of a clock jump
-def _calls(fn: Any) -> int:
-    """Python and C function calls made while running ``fn()``: the work done, counted, not timed."""
-    import sys
-
-    n = 0
-
-    def prof(frame: Any, event: str, arg: Any) -> None:
-        nonlocal n
-        if event in ("call", "c_call"):
-            n += 1
-
-    sys.setprofile(prof)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return n
 
 
 def _with_every_rule(age_s: float) -> tuple[int, Engine]:
@@ -378,7 +362,7 @@ def _with_every_rule(age_s: float) -> tuple[int, Engine]:
     for p in range(4):
         for j in range(3):
             e.process(TAPS, p, 1 + j, tap(10 * p + j + 1, now - 10 + j, source=f"gate-{j}"))
-    return _calls(e.checkpoint), e
+    return calls(e.checkpoint), e
 
 
 def test_a_five_year_old_first_tap_costs_a_checkpoint_what_an_hour_old_one_costs() -> None:
@@ -401,7 +385,7 @@ def test_lifecycle_advance_over_decades_costs_the_alerts_it_holds() -> None:
         for i in range(20):
             eng.signal("R", {"source": f"s{i}"}, T0 + i, active=True)
         eng.advance(T0 + 100)
-        return _calls(lambda: eng.advance(T0 + 100 + jump))
+        return calls(lambda: eng.advance(T0 + 100 + jump))
 
     assert run(30 * 365.25 * DAY) <= run(3600.0) + 200
 
@@ -429,7 +413,7 @@ def test_an_epcis_event_dated_2015_first_costs_what_an_hour_old_one_costs() -> N
         live = food_event(2, NOON + 30, "receiving", classes=["urn:epc:class:lgtin:6909999.000001.NEW"],
                           bizLocation={"id": MARKET})
         e.process(FOOD, 0, 2, epcis([live]))
-        return _calls(e.checkpoint), e
+        return calls(e.checkpoint), e
 
     hour, _ = run(NOON - 3 * 3600)
     years, e = run(datetime(2015, 6, 1, tzinfo=CST).timestamp())
