@@ -12,8 +12,9 @@ import pytest
 
 from cityops.engine.pipeline import Engine
 from tests.unit.engine.test_batch_isolation import SAMPLES
-from tests.unit.engine.test_clocks import (CTX, DAY, FOOD, HEALTH, MARKET, NOON, T0, TAPS, _calls, epcis,
+from tests.unit.engine.test_clocks import (CTX, DAY, FOOD, HEALTH, MARKET, NOON, T0, TAPS, epcis,
                                            food_event, make, tap, visit)
+from tests.workcount import calls
 
 ROAD = "traffic.road-detectors"
 
@@ -135,11 +136,11 @@ def test_an_event_from_1700_after_live_ones_costs_what_an_hour_old_one_costs(top
             e.process(topic, 0, j, mk(j + 1, now - 10 + j, source=f"s{j}"), now)
         e.checkpoint()
         e.process(topic, 0, 3, mk(99, now - age_s, source="old"), now)  # late: still reaches the rules
-        n = _calls(e.checkpoint)
+        n = calls(e.checkpoint)
         for j in range(3):
             e.process(topic, 0, 4 + j, mk(50 + j, now + 60 + j, source=f"s{j}"), now + 120)
         assert e.counts[(topic, "late")] == 1
-        return n + _calls(e.checkpoint)
+        return n + calls(e.checkpoint)
 
     hour = cost(3600.0)
     old = cost(now - datetime(1700, 1, 1, tzinfo=timezone.utc).timestamp())
