@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
 from tests.conftest import influx_query, influx_rows
+from tests.unit.engine.test_clocks import MARKET, NOON, epcis, food_event
+from tests.unit.engine.test_clocks import SH_LOC as SLAUGHTERHOUSE
 
 pytestmark = pytest.mark.integration
 
@@ -81,32 +83,6 @@ def test_a_tap_dated_a_day_ahead_makes_no_on_time_tap_late(kafka: Any, influx: A
 
 
 # -- food: store-and-forward upload ------------------------------------------------------------------------------
-CTX = ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"]
-CST = timezone(timedelta(hours=8))
-NOON = datetime(2026, 11, 25, 12, 0, tzinfo=CST).timestamp()
-SLAUGHTERHOUSE = "urn:epc:id:sgln:6901001.00001.0"
-MARKET = "urn:epc:id:sgln:6904000.00001.0"
-
-
-def epcis(events: list[dict[str, Any]]) -> bytes:
-    return json.dumps({"@context": CTX, "type": "EPCISDocument", "schemaVersion": "2.0",
-                       "creationDate": events[0]["eventTime"], "epcisBody": {"eventList": events}}).encode()
-
-
-def food_event(n: int, t: float, step: str, *, epcs: list[str] = (), classes: list[str] = (),
-               kind: str = "ObjectEvent", **kw: Any) -> dict[str, Any]:
-    ev: dict[str, Any] = {"type": kind, "eventID": f"urn:uuid:00000000-0000-4000-8000-{n:012d}",
-                          "eventTime": datetime.fromtimestamp(t, CST).isoformat(timespec="milliseconds"),
-                          "eventTimeZoneOffset": "+08:00", "bizStep": step}
-    if kind == "ObjectEvent":
-        ev["action"] = kw.pop("action", "OBSERVE")
-        ev["epcList"] = list(epcs)
-        if classes:
-            ev["quantityList"] = [{"epcClass": c, "quantity": 5, "uom": "KGM"} for c in classes]
-    ev.update(kw)
-    return ev
-
-
 def test_a_markets_offline_upload_lands_in_food_trace_and_the_lineage(kafka: Any, influx: Any,
                                                                        worker_factory: Any) -> None:
     """Issue 9 kind 2: the slaughterhouse's events at 12:00, then the market's receiving + sale of 08:00–11:00."""
