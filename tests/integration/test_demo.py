@@ -78,11 +78,12 @@ class Demo:
     def output(self) -> str:
         return "\n".join(self.lines + self.err)
 
-    def wait_for(self, pattern: str, timeout_s: float) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout_s: float, after_line: int = 0) -> re.Match[str]:
+        """The first line matching ``pattern``, looking only at lines from index ``after_line`` on."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in list(self.lines)[after_line:]:
                 m = rx.search(line)
                 if m:
                     return m
@@ -216,6 +217,10 @@ def test_flushed_cleanly_only_when_true(tmp_path: Path) -> None:
         demo.wait_for(r"status t=\d+s event time \d{4}-", 120)
         demo.wait_for(r"accepted=[1-9]", 120)
         influxd = json.loads((workdir / "pids.json").read_text())["children"]["influxdb"]
+        # Frozen first, so the worker's writes hang and points are certainly waiting when it dies (killed at
+        # once, the worker may have written everything it had: then "flushed cleanly" is the truth).
+        os.kill(influxd, signal.SIGSTOP)
+        demo.wait_for(r"pending_points=[1-9]", 120, after_line=len(demo.lines))
         os.kill(influxd, signal.SIGKILL)
         rc = demo.finish()
     finally:

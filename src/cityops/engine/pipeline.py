@@ -328,12 +328,17 @@ class Engine:
 
     def process(self, topic: str, partition: int, offset: int, raw: bytes | None,
                 timestamp: float | None = None) -> None:
-        """Apply one Kafka record; records at or below the committed offset are skipped.
+        """Apply one Kafka record; records at or below the partition's last applied offset are skipped.
+
+        The last applied offset is the committed one or, since the last commit, the newest applied: a consumer
+        moved back (a seek after a rewind, a rebalance) re-delivers records this worker already applied but
+        has not committed yet, and those must not be applied twice.
 
         ``timestamp``: the record's Kafka timestamp (epoch seconds; None or <= 0 = unknown): the wall clock the
         ``future`` check uses, so that a replay of the record decides the same as the first run.
         """
-        if offset <= self.store.offsets.get((topic, partition), -1):
+        tp = (topic, partition)
+        if offset <= self.pending_offsets.get(tp, self.store.offsets.get(tp, -1)):
             return
         stream = self.streams[topic]
         raw = raw if raw is not None else b""
@@ -348,7 +353,6 @@ class Engine:
         on_quality_many = hooks["on_quality_many"]
         # Accepted events' quality calls, sent as one run before any other outcome's call (order kept).
         quality_run: list[tuple[float, str | None]] = []
-        tp = (topic, partition)
         registry = self.registry
         dedup = self.dedup
         dedup_data = dedup.data

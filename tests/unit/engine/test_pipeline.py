@@ -271,6 +271,25 @@ def test_the_record_at_the_committed_offset_is_identified_and_a_rewind_applies_t
     assert e.committed_records() == {(TAPS, 0): (3, record_digest(raws[0]))}
 
 
+def test_records_applied_but_not_yet_committed_are_not_applied_again_when_redelivered() -> None:
+    """A consumer moved back (the seek after a rewind, a rebalance) re-delivers records applied since the
+    last commit: skipped like committed ones, not counted as duplicates nor twice in a window (CI failure of
+    test_offsets_backwards: the batch that triggered the rewind was applied, then delivered again)."""
+    e = make()
+    e.rewind((TAPS, 0), 0)
+    raws = [b(tap(i, T0)) for i in range(3)]
+    for off, raw in enumerate(raws):
+        e.process(TAPS, 0, off, raw)
+    for off, raw in enumerate(raws):  # the same three records again, before any commit
+        e.process(TAPS, 0, off, raw)
+    e.checkpoint()
+    assert e.counts[(TAPS, "accepted")] == 3
+    assert e.counts.get((TAPS, "duplicate"), 0) == 0
+    assert window(e, T0)[0] == 3
+    e.process(TAPS, 0, 3, b(tap(3, T0)))  # the next offset is applied
+    assert e.counts[(TAPS, "accepted")] == 4
+
+
 def test_committed_record_digests_survive_a_restart(tmp_path: Path) -> None:
     from cityops.engine.pipeline import record_digest
 
