@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from cityops.catalogue import Measurement, measurements
 
 __all__ = [
     "INFLUX_DS_UID",
@@ -38,38 +39,9 @@ PROVISIONED_DATASOURCES: dict[str, str] = {
 _BUILTIN_DS_UIDS = {"grafana", "-- Grafana --", "-- Mixed --", "-- Dashboard --"}
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """One InfluxDB measurement the workers write: its tag keys and field keys."""
-
-    tags: frozenset[str]
-    fields: frozenset[str]
-    string_fields: frozenset[str] = field(default_factory=frozenset)
-
-
-def _m(tags: Iterable[str], fields: Iterable[str], strings: Iterable[str] = ()) -> Measurement:
-    return Measurement(frozenset(tags), frozenset(fields), frozenset(strings))
-
-
-# The catalogue of what the sinks write (60 s event-time windows, timestamp = window start).
-# Dashboards may only query these; the sink tests should hold the writers to it.
-MEASUREMENTS: dict[str, Measurement] = {
-    "traffic_ridership": _m(["mode", "line"], ["taps_in", "taps_out", "declined", "revenue_cny"]),
-    "traffic_road": _m(["segment"], ["flow", "speed_kmh", "occupancy"]),
-    "health_service": _m(
-        ["hospital"], ["registrations", "payments", "failed", "wait_s_mean", "wait_s_max"]
-    ),
-    "stream_quality": _m(["stream"], ["accepted", "invalid", "duplicates", "late"]),
-    "food_trace": _m(["biz_step"], ["events"]),
-    "food_chain": _m([], ["lots_sold", "lots_traced", "trace_rate"]),
-    "food_inspection": _m(["location"], ["inspections", "non_conformant"]),
-    "food_cold_chain": _m(["location"], ["readings", "out_of_range"]),
-    "alerts": _m(
-        ["alertname", "severity", "domain", "status"],
-        ["entity", "summary", "value"],
-        strings=["entity", "summary"],
-    ),
-}
+# The catalogue of what the worker writes (cityops.catalogue: derived from the KPI declarations and the
+# alert point). Dashboards may query only these measurements, tags and fields.
+MEASUREMENTS: dict[str, Measurement] = measurements()
 
 # Metric families the worker exposes (prometheus-client names; histograms add suffixes).
 PROMETHEUS_METRICS: frozenset[str] = frozenset(
