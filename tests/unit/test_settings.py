@@ -63,6 +63,17 @@ def test_faust_environment_variables_do_not_override_ours(monkeypatch: pytest.Mo
     runtime.store.close()
 
 
+def test_faust_monitor_sensor_is_not_run_per_event(tmp_path: Path) -> None:
+    """Faust's Monitor (per-event sensor upkeep) is left out: cityops reports through its own metrics."""
+    from cityops.agents.app import create_app
+
+    app, runtime = create_app(load_settings(dict(GOOD, CITYOPS_DATA_DIR=str(tmp_path), CITYOPS_RULES_DIR="none",
+                                                 CITYOPS_SOURCE_REGISTRY="none")))
+    app.on_init_dependencies()
+    assert app.monitor not in set(app.sensors)
+    runtime.store.close()
+
+
 def test_worker_gc_tuning_setting() -> None:
     """CITYOPS_GC_THRESHOLD sets the worker's generation-0 threshold (0 keeps Python's), named when bad."""
     import gc
