@@ -52,6 +52,11 @@ class Metrics:
                                  ["task", "role"], registry=r)
         self.state_bytes = Gauge("cityops_state_written_bytes", "Bytes this worker wrote to cityops.state "
                                  "since its start (commits, snapshots, claims)", ["task"], registry=r)
+        self.manifest_reloads = Counter("cityops_manifest_reloads", "Rule manifest reloads (SIGHUP or a file "
+                                        "change) by result: ok, refused (the running rules stay)", ["result"],
+                                        registry=r)
+        self.manifest_generation = Gauge("cityops_manifest_generation", "Generation of the rules in force: 1 at "
+                                         "start, +1 per reload that changed them", registry=r)
         self._event_children: dict[tuple[str, str], Counter] = {}
         self.build_info = Gauge("cityops_build_info", "Build information", ["version"], registry=r)
         self.build_info.labels(version=__version__).set(1)

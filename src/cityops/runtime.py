@@ -123,6 +123,17 @@ class Runtime:
             window_s=settings.window_s, signals=self.alerts, rules=rules, registry=registry,
             settings=settings, on_outcome=self.metrics.on_outcome, now=clock,
         )
+        self._reload_ignored = ""
+        self.reloader: Any = None  # the manifests' reload (SIGHUP, CITYOPS_RULES_WATCH_S); None: rules are off
+        if self.alerts is not None:
+            from cityops.alerts.reload import RuleReloader
+            from cityops.alerts.wiring import build_rules, load_rules, one_shot_rules, resolve_rules_dir
+
+            self.reloader = RuleReloader(
+                settings, self.engine, self.alerts, resolve_rules_dir(settings.rules_dir), load=load_rules,
+                build=build_rules, one_shot=one_shot_rules, watch_s=settings.rules_watch_s, clock=clock,
+                on_result=lambda result: self.metrics.manifest_reloads.labels(result=result).inc())
+            self.metrics.manifest_generation.set(self.reloader.generation)
         if self.store.undeclared():
             # Not read by this configuration (a rule taken out of the manifests): carried forward unread.
             log.warning("state tables not used by this configuration, kept as written: %s",
@@ -383,7 +394,21 @@ class Runtime:
 
     # -- checkpoint ---------------------------------------------------------------------------------
     def tick(self) -> None:
-        """Commit state + offsets, then release acks and queue the committed points. Synchronous."""
+        """Commit state + offsets, then release acks and queue the committed points. Synchronous.
+
+        A reload of the manifests asked for since the last commit is applied first, so the new rules take
+        effect with this commit (``cityops.alerts.reload``); it never runs while a record is being applied.
+        """
+        reloader = self.reloader
+        if self._reload_ignored:
+            log.warning("rules reload asked for (%s) but alerting is off (CITYOPS_RULES_DIR=none): nothing to reload",
+                        self._reload_ignored)
+            self._reload_ignored = ""
+        if reloader is not None and not self._stopping:
+            reloader.poll()
+            if reloader.pending:
+                reloader.apply_pending()
+                self.metrics.manifest_generation.set(reloader.generation)
         t0 = time.perf_counter()
         try:
             res = self.engine.checkpoint()
@@ -414,6 +439,17 @@ class Runtime:
         for stream, wm in self.engine.watermark(now).items():
             self.metrics.watermark_lag.labels(stream=stream).set(max(0.0, now - wm))
         self._wake.set()
+
+    def request_reload(self, why: str = "SIGHUP") -> None:
+        """Reload the rule manifests at the next commit (safe to call from a signal handler: sets a flag)."""
+        if self.reloader is None:
+            self._reload_ignored = why  # logged by the next commit: no logging inside a signal handler
+            return
+        self.reloader.request(why)
+
+    def rules_status(self) -> dict[str, Any] | None:
+        """For /healthz: the rules in force (generation, hash) and the last reload's result; None: rules off."""
+        return None if self.reloader is None else self.reloader.status()
 
     def state_status(self) -> dict[str, Any]:
         """Where the state is committed; with Kafka, this worker's task, role, claim epoch and bytes written."""

@@ -179,6 +179,8 @@ class Settings(KafkaSettings):
         "processed, counted and UntrustedSource raised once per source")
     rules_dir: Path | None = Field(None, description="rule manifests + runbooks; unset = the reference city's "
                                    "shipped in the package (= agents/); none = no alert rules")
+    rules_watch_s: float = Field(0.0, ge=0, description="how often (s) the worker looks for changed files in the "
+                                 "rules directory and reloads them; 0 = only on SIGHUP")
     runbook_base: str = DEFAULT_RUNBOOK_BASE
     food_retention_s: float = Field(7 * 86400.0, gt=0)
     alert_resend_s: float = Field(60.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 import faust
@@ -64,6 +65,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     for stream in runtime.engine.streams.values():
         _add_agent(app, runtime, stream.topic, settings)
 
+    # SIGHUP reloads the rule manifests (as Prometheus does). The handler only sets a flag, which the next
+    # commit (runtime.tick, in the event loop) acts on: never in the middle of applying a record. Installed
+    # now, not once the loop runs, so a SIGHUP during start-up asks for a reload instead of ending the process.
+    signal.signal(signal.SIGHUP, lambda signum, frame: runtime.request_reload("SIGHUP"))
+
     @app.timer(interval=settings.flush_interval_s, on_leader=False)
     async def commit() -> None:
         if runtime.ready:
@@ -111,6 +117,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
             "watermarks": runtime.engine.watermark(runtime.clock()),
             "events": {f"{s}/{o}": n for (s, o), n in runtime.engine.counts.items()},
             "state": runtime.state_status(),
+            # the rule manifests in force: generation, content hash, the last reload's result
+            "rules": runtime.rules_status(),
             # CITYOPS_SOURCE_REGISTRY / CITYOPS_UNKNOWN_SOURCES in force (null: no registry)
             "source_registry": runtime.registry_gate.status() if runtime.registry_gate is not None else None,
         }

@@ -50,7 +50,7 @@ from cityops.engine.state import Table
 from cityops.units import CITY_TZ_NAME
 
 __all__ = [
-    "KINDS", "REQUIRED", "RuleKind", "register", "build",
+    "KINDS", "REQUIRED", "RuleKind", "register", "build", "state_table",
     "haversine_km", "STREAMS", "OUTCOMES",
 ]
 
@@ -80,6 +80,11 @@ class _Required:
 REQUIRED: Any = _Required()  # params_schema default of a parameter that has none
 
 KINDS: dict[str, type[RuleKind]] = {}
+
+
+def state_table(rule: str) -> str:
+    """The name of the state table of the rule called ``rule`` (its alertname)."""
+    return f"rule:{rule}"
 
 
 def register(name: str) -> Callable[[type[RuleKind]], type[RuleKind]]:
@@ -258,7 +263,7 @@ class RuleKind:
         cached = self._table
         if cached is not None and cached[0] is ctx.store:
             return cached[1]
-        table = ctx.store.table(f"rule:{self.spec.name}", self.state_codec())
+        table = ctx.store.table(state_table(self.spec.name), self.state_codec())
         self._table = (ctx.store, table)
         return table
 

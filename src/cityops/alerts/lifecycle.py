@@ -26,11 +26,12 @@ alert it was told is firing) or None (nothing: pending, flapping, a cancelled pe
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Required, TypedDict
 
 import msgspec
@@ -98,6 +99,21 @@ def _record_codec(shape: str, typ: Any) -> Codec:
 # Durable shapes: both are maps of named fields, kept as dicts in memory; unchanged from format 0.
 ALERT_CODEC = _record_codec("alert", AlertRecord)
 TRANSITION_CODEC = _record_codec("alert_transition", TransitionRecord)
+# Table ``alert_rules``: alertname -> the RuleSpec in force at the last commit, by field name. A restart or
+# a reload compares the manifests with it (cityops.alerts.reload), so alerts of a rule removed or redefined
+# while the worker was down are ended as a reload would end them.
+RULE_SPEC_CODEC = Codec("rule_spec", dict[str, Any])
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RuleSpec))
+
+
+def spec_to_plain(spec: RuleSpec) -> dict[str, Any]:
+    """A RuleSpec as plain data (field name -> value), as the ``alert_rules`` table stores it."""
+    return {name: getattr(spec, name) for name in _SPEC_FIELDS}
+
+
+def spec_from_plain(plain: Mapping[str, Any]) -> RuleSpec:
+    """The RuleSpec of a stored map; fields this release does not know are ignored, missing ones default."""
+    return RuleSpec(**{k: v for k, v in plain.items() if k in _SPEC_FIELDS})
 
 
 class UnknownRuleError(CityopsError, KeyError):
@@ -181,21 +197,113 @@ class AlertEngine:
         self.generator_url = generator_url
         self.alerts: Table[AlertKey, dict[str, Any]] = store.table("alerts", ALERT_CODEC)
         self.outbox: Table[int, dict[str, Any]] = store.table("alert_outbox", TRANSITION_CODEC)
+        self.rule_specs: Table[str, dict[str, Any]] = store.table("alert_rules", RULE_SPEC_CODEC)
         store.meta.setdefault(_META_SEQ, 0)
         self._continuous: set[str] = set(store.meta.get(_META_CONTINUOUS, ()))
-        # A single occurrence cannot "hold for" a duration: a rule with a `for` is continuous.
-        self._continuous |= {name for name, spec in self.rules.items() if spec.for_s > 0}
-        if one_shot is not None:
-            # Told which rules are one-shot: every other rule is continuous from its first signal.
-            self._continuous |= {name for name in self.rules if name not in one_shot}
         # Alerts with a clock running (pending, firing, flapping, recently resolved); rebuilt, not stored.
         self._live: set[AlertKey] = set()
-        for key, rec in self.alerts.items():
+        # The rules committed with the restored state, before this start records its own: what a start
+        # compares the manifests with (cityops.alerts.reload.reconcile_at_start).
+        self.restored_rules: dict[str, RuleSpec] | None = self.committed_rules()
+        self._set_rules(self.rules, one_shot)
+        unknown: dict[str, int] = {}
+        for key in self.alerts.keys():
             if key[0] not in self.rules:
-                log.warning("alert of unknown rule left as is rule=%s entity=%s", key[0], format_entity(key[1]))
-                continue
-            if self._needs_clock(rec, self.rules[key[0]]):
+                unknown[key[0]] = unknown.get(key[0], 0) + 1
+        for rule, n in sorted(unknown.items()):
+            log.warning("alerts of a rule no manifest defines left as is rule=%s alerts=%d", rule, n)
+
+    # -- the rules in force -------------------------------------------------------------------------
+    def committed_rules(self) -> dict[str, RuleSpec] | None:
+        """The rules in force at the last commit (``alert_rules``); None when the state predates that table."""
+        if not self.rule_specs.data:
+            return None
+        return {name: spec_from_plain(plain) for name, plain in self.rule_specs.items()}
+
+    def set_rules(self, rules: Mapping[str, RuleSpec], one_shot: Collection[str] | None = None) -> None:
+        """The rules in force from now on (a reload; see ``cityops.alerts.reload``). Alerts of a rule not in
+        ``rules`` keep their records but get no clock; end them first with ``end_alerts``."""
+        self.rules = dict(rules)
+        self._set_rules(self.rules, one_shot)
+
+    def _set_rules(self, rules: dict[str, RuleSpec], one_shot: Collection[str] | None) -> None:
+        # A continuous rule learnt from its signals stays so while it is defined (forget_rule resets it).
+        self._continuous = {name for name in self._continuous if name in rules}
+        # A single occurrence cannot "hold for" a duration: a rule with a `for` is continuous.
+        self._continuous |= {name for name, spec in rules.items() if spec.for_s > 0}
+        if one_shot is not None:
+            # Told which rules are one-shot: every other rule is continuous from its first signal.
+            self._continuous |= {name for name in rules if name not in one_shot}
+        if sorted(self._continuous) != list(self.store.meta.get(_META_CONTINUOUS, ())):
+            if self._continuous or _META_CONTINUOUS in self.store.meta:
+                self.store.meta[_META_CONTINUOUS] = sorted(self._continuous)
+        self._live = set()
+        for key, rec in self.alerts.items():
+            spec = rules.get(key[0])
+            if spec is not None and self._needs_clock(rec, spec):
                 self._live.add(key)
+        # The rules as committed with the state they produced (compared at the next start or reload).
+        stored = self.rule_specs
+        for name in [n for n in stored.keys() if n not in rules]:
+            del stored[name]
+        for name, spec in rules.items():
+            plain = spec_to_plain(spec)
+            if stored.get(name) != plain:
+                stored[name] = plain
+
+    def forget_rule(self, rule: str) -> None:
+        """Forget what the lifecycle learnt about ``rule``'s kind (whether it reports recoveries): a rule
+        redefined with another kind or parameters starts as a new rule."""
+        if rule in self._continuous:
+            self._continuous.discard(rule)
+            self.store.meta[_META_CONTINUOUS] = sorted(self._continuous)
+
+    def end_alerts(self, rule: str, spec: RuleSpec, at: float | None = None) -> int:
+        """End every alert of ``rule`` (removed, or redefined: see ``cityops.alerts.reload``); returns how many.
+
+        ``spec``: the definition the alerts were raised under (their labels at Alertmanager). A firing or
+        flapping alert gets a ``resolved`` transition (``am_action`` resolved when Alertmanager was told it
+        fires, so no alert is left active there); a pending one is cancelled (``resolved``, previous
+        pending). At event time ``at`` (epoch s), never before the alert's last evaluation; None = that
+        evaluation's time. The records shrink to their id counter, so the rule's next alert for the same
+        entity gets a new transition id.
+        """
+        ended = 0
+        for key in sorted(k for k in self.alerts.keys() if k[0] == rule):
+            rec = self.alerts[key]
+            self._live.discard(key)
+            if "active" not in rec:
+                continue  # already resolved and shrunk
+            t = rec["t"] if at is None else max(rec["t"], float(at))
+            told = rec.get("notified")
+            if rec["am_firing"] or told not in (None, _RESOLVED):
+                rec["status"] = _INACTIVE
+                rec["flapping"] = False
+                rec["since"] = t
+                self._emit(key, rec, spec, _RESOLVED, t)
+                ended += 1
+            self.alerts[key] = {"status": _INACTIVE, "n": rec["n"], "t": t, "notified": rec["notified"]}
+        return ended
+
+    def relabel(self, rule: str, old: RuleSpec, new: RuleSpec, at: float | None = None) -> int:
+        """``rule``'s labels (severity, domain, labels) changed: its alerts Alertmanager holds as firing are
+        re-announced under the new labels; returns how many.
+
+        Alertmanager tells alerts apart by their label set, so each gets ``resolved`` under ``old``'s labels
+        (nothing stays active there under the old set) and ``firing`` under ``new``'s, with the episode's
+        start kept. The lifecycle record (status, timers, flapping) is kept as it is.
+        """
+        done = 0
+        for key in sorted(k for k in self._live if k[0] == rule):
+            rec = self.alerts.get(key)
+            if rec is None or not rec.get("am_firing"):
+                continue
+            t = rec["t"] if at is None else max(rec["t"], float(at))
+            self._emit(key, rec, old, _RESOLVED, t)
+            self._emit(key, rec, new, _FIRING, t)
+            self.alerts.mark(key)
+            done += 1
+        return done
 
     # -- Signals ------------------------------------------------------------------------------------
     def signal(

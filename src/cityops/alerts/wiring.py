@@ -163,6 +163,12 @@ def build_rules(rules_dir: Path, specs: dict[str, Any]) -> list[Any]:
         raise ConfigError(f"CITYOPS_RULES_DIR ({rules_dir}): {exc}") from exc
 
 
+def one_shot_rules(rules: list[Any], specs: dict[str, Any]) -> set[str]:
+    """Alertnames of the rules that report occurrences only (``RuleKind.one_shot``, or a stream kind's)."""
+    one_shot = {r.spec.name for r in rules if getattr(r, "one_shot", False)}
+    return one_shot | {s.name for s in specs.values() if STREAM_KINDS.get(s.kind)}
+
+
 def registry_mode(gate: RegistryGate | None) -> str:
     """One phrase for logs and check-config: "off", or "<path> (enforce|observe, N sources)"."""
     if gate is None:
@@ -186,12 +192,18 @@ def build_alerting(settings: Any, store: StateStore,
         log.warning("no rules directory (CITYOPS_RULES_DIR=none): alerting is off")
         return None, [], gate
     rules = build_rules(rules_dir, specs)
-    one_shot = {r.spec.name for r in rules if getattr(r, "one_shot", False)}
-    one_shot |= {s.name for s in specs.values() if STREAM_KINDS.get(s.kind)}
+    one_shot = one_shot_rules(rules, specs)
     # The outputs that each read the outbox with their own cursor (cityops.runtime.Runtime.alert_sinks).
     sinks = ["kafka", "influx"] + (["alertmanager"] if settings.alertmanager_url else [])
     engine = AlertEngine(store, specs, one_shot=one_shot, sinks=sinks, generator_url=f"http://{settings.web_host}:"
                          f"{settings.web_port}/healthz")
+    # The manifests may differ from the rules the restored state was committed with (changed while the worker
+    # was down, or a reload the last commit did not reach): end, reset and relabel as a reload would.
+    from cityops.alerts.reload import reconcile
+
+    changes = reconcile(engine, store, engine.restored_rules, specs, one_shot=one_shot)
+    if changes.changed:
+        log.warning("rules differ from those committed with the restored state: %s", changes.line())
     log.info("alerting rules=%d rules_dir=%s kinds=%s sinks=%s", len(specs), rules_dir,
              ",".join(sorted({s.kind for s in specs.values()})), ",".join(sinks))
     return engine, rules, gate

@@ -415,7 +415,7 @@ class KafkaStateStore(StateStore):
         """Produce every table change since the last commit with ``offsets`` (acks=all), check that it landed
         under our claim; returns bytes written. Raises ``Fenced`` (nothing of this commit may be released)."""
         self.offsets.update(offsets)
-        changes: list[dict[str, Any]] = []
+        changes: list[dict[str, Any]] = self._take_drops()  # first: a table declared again starts empty
         for table in self.tables.values():
             if table.dirty:
                 keys, values, deleted = table.take_changes()

@@ -300,6 +300,17 @@ class Engine:
         for key, start in self.notified.items():
             heapq.heappush(self._notified_heap.setdefault(self.kpi_stream.get(key[0]) or "", []), (start, key))
 
+    def set_rules(self, rules: Iterable[Any]) -> None:
+        """The rule instances evaluated from now on (a manifest reload, between two records: see
+        ``cityops.alerts.reload``). Instances not evaluated before declare their tables now."""
+        before = {id(r) for r in self.rules}
+        self.rules = list(rules)
+        self._hook_cache = {}
+        for rule in self.rules:
+            restore = getattr(rule, "restore", None)
+            if restore is not None and id(rule) not in before:
+                restore(self.ctx)
+
     # -- processing ---------------------------------------------------------------------------------
     def _hooks(self, topic: str) -> dict[str, list[Any]]:
         """Per stream, the bound rule hooks that do something for it (most rules watch one stream)."""

@@ -251,6 +251,8 @@ class StateStore:
         self._log_size = 0
         self._generation = 0
         self._pending: dict[str, _Pending] = {}
+        # Tables dropped since the last commit: their deletions, written first in the next commit.
+        self._dropped: list[dict[str, Any]] = []
         self._encoder = msgspec.msgpack.Encoder()
 
     # -- tables -------------------------------------------------------------------------------------
@@ -283,6 +285,47 @@ class StateStore:
                 data[key] = decode(name, key, raw, version)
         self.tables[name] = table
         return table
+
+    def drop_table(self, name: str) -> int:
+        """Forget table ``name`` (declared or only restored) and everything it holds; returns its entries.
+
+        The next commit deletes every persisted key of it, before any other table change of that commit, so
+        a table declared again under the same name (with another shape, e.g. a rule whose kind changed)
+        starts empty, and a restore after a crash either still has the whole old table or none of it.
+        """
+        table = self.tables.pop(name, None)
+        pending = self._pending.pop(name, None)
+        entries = 0
+        if table is not None:
+            entries = len(table.data)
+            # Persisted keys: those held (less the ones created since the last commit) and those deleted
+            # since the last commit (their tombstones must still be written).
+            keys = [k for k in table.data if k not in table.fresh]
+            keys += [k for k in table.dirty if k not in table.data]
+            shape, version = table.codec.shape, table.codec.version
+        elif pending is not None:
+            entries = len(pending)
+            keys = list(pending)
+            first = next(iter(pending.values()), None)
+            shape, version = (first[0], first[1]) if first is not None else ("plain", 1)
+        else:
+            return 0
+        if keys:
+            self._dropped.append({"table": name, "shape": shape, "version": version, "set": {}, "deleted": keys})
+        return entries
+
+    def _take_drops(self) -> list[dict[str, Any]]:
+        dropped, self._dropped = self._dropped, []
+        return dropped
+
+    def restored_shape(self, name: str) -> str | None:
+        """The shape a restored table nobody has declared yet was written with (None: no such table, or one of
+        the pickled format, version 0, which every codec reads through its migration)."""
+        pending = self._pending.get(name)
+        for shape, version, _raw in (pending or {}).values():
+            if version != 0:
+                return shape
+        return None
 
     def undeclared(self) -> list[str]:
         """Restored tables nobody has declared yet (kept as written; e.g. the state of a removed rule)."""
@@ -398,6 +441,8 @@ class StateStore:
             shape, version = ch.shape, ch.version
             for key, raw in ch.set.items():
                 data[key] = (shape, version, raw)
+            if not data:  # emptied (a dropped table): nothing is left to carry
+                del pending[ch.table]
 
     def _detect_format(self) -> int | None:
         """Format of the directory's state: None when there is none yet."""
@@ -443,7 +488,7 @@ class StateStore:
     def commit(self, offsets: dict[tuple[str, int], int]) -> int:
         """Persist every table change since the last commit together with ``offsets``; returns bytes written."""
         self.offsets.update(offsets)
-        changes: list[dict[str, Any]] = []
+        changes: list[dict[str, Any]] = self._take_drops()  # first: a table declared again starts empty
         for table in self.tables.values():
             if table.dirty:
                 keys, values, deleted = table.take_changes()
@@ -469,6 +514,8 @@ class StateStore:
         for table in self.tables.values():
             if table.dirty:
                 raise RuntimeError(f"snapshot with uncommitted changes in table {table.name!r}")
+        if self._dropped:
+            raise RuntimeError(f"snapshot with uncommitted drop of table {self._dropped[0]['table']!r}")
         images: list[dict[str, Any]] = []
         for table in self.tables.values():
             images.append(self._table_out(table, list(table.data), list(table.data.values()), []))

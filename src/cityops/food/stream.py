@@ -32,6 +32,8 @@ __all__ = ["FOOD_KPIS", "RULE_KINDS", "FoodStream", "normalise"]
 # The rule kinds this stream evaluates itself (kind -> one-shot): their alert names and thresholds are only
 # in the manifests (agents/food-safety.yml), given to the stream by ``FoodStream.from_rules``.
 RULE_KINDS = {"certificate_reuse": True, "untraced_sale": True, "cold_chain": False}
+# The chilled range (°C) of the food_cold_chain KPI when no manifest has a cold_chain rule.
+DEFAULT_COLD_MIN_C, DEFAULT_COLD_MAX_C = 0.0, 4.0
 
 
 # -- KPIs ------------------------------------------------------------------------------------------------------
@@ -153,8 +155,8 @@ class FoodStream:
     kpis = FOOD_KPIS  # the engine writes these windows (same rules as the city streams)
     event_type = dict[str, Any]  # Decoded.event: the plain view of ``normalise``
 
-    def __init__(self, *, alertnames: Mapping[str, str] | None = None, cold_min_c: float = 0.0,
-                 cold_max_c: float = 4.0, retention_s: float = 7 * 86400.0,
+    def __init__(self, *, alertnames: Mapping[str, str] | None = None, cold_min_c: float = DEFAULT_COLD_MIN_C,
+                 cold_max_c: float = DEFAULT_COLD_MAX_C, retention_s: float = 7 * 86400.0,
                  schema_path: Path | str | None = None, legacy_cbv_urns: bool = False) -> None:
         names = dict(alertnames or {})
         unknown = set(names) - set(RULE_KINDS)
@@ -179,7 +181,14 @@ class FoodStream:
         One rule per kind; the ``cold_chain`` rule's ``params`` ``min_c``/``max_c`` (°C) are its range.
         Errors: ``ConfigError`` naming the rules (two of one kind) or the manifest parameter.
         """
+        return cls(**{**kw, **cls.rule_config(rules)})
+
+    @staticmethod
+    def rule_config(rules: Iterable[RuleSpec]) -> dict[str, Any]:
+        """The constructor arguments the manifests' rules give (``alertnames``, and ``cold_min_c``/``cold_max_c``
+        when a cold_chain rule exists); ``ConfigError`` as ``from_rules``."""
         names: dict[str, str] = {}
+        kw: dict[str, Any] = {}
         for spec in rules:
             if spec.kind not in RULE_KINDS:
                 continue
@@ -197,7 +206,21 @@ class FoodStream:
                 if kw["cold_min_c"] >= kw["cold_max_c"]:
                     raise ConfigError(f"rule {spec.name!r} ({spec.agent}): params min_c ({kw['cold_min_c']:g}) "
                                       f"must be below max_c ({kw['cold_max_c']:g})")
-        return cls(alertnames=names, **kw)
+        kw["alertnames"] = names
+        return kw
+
+    def reconfigure(self, rules: Iterable[RuleSpec]) -> None:
+        """Evaluate the rules ``rules`` define from now on (a manifest reload): their alert names and the
+        cold-chain range; the stream's state (lineage, KPI windows) is kept. ``ConfigError`` as ``from_rules``,
+        and then nothing changes."""
+        kw = self.rule_config(rules)
+        names = kw["alertnames"]
+        self._cert_rule = names.get("certificate_reuse")
+        self._untraced_rule = names.get("untraced_sale")
+        self._cold_rule = names.get("cold_chain")
+        # Without a cold_chain rule, the range a start without one would use (the KPI's out_of_range).
+        self.cold_min_c = float(kw.get("cold_min_c", DEFAULT_COLD_MIN_C))
+        self.cold_max_c = float(kw.get("cold_max_c", DEFAULT_COLD_MAX_C))
 
     # -- decode --------------------------------------------------------------------------------------------
     def decode(self, raw: bytes) -> list[Decoded | Rejected]:

@@ -93,3 +93,50 @@ def test_keys_created_and_deleted_between_commits_write_nothing(tmp_path: Path) 
     store.close()
     again = StateStore(tmp_path, fsync=False).open()
     assert dict(again.table("buf").items()) == {"gone": 3, "old2": 4}
+
+
+def test_a_dropped_table_is_gone_after_its_commit_and_can_be_declared_again_with_another_shape(
+        tmp_path: Path) -> None:
+    """A rule redefined with another kind (cityops.alerts.reload): its old table goes, a new one of the same
+    name and another shape starts empty in the same commit; a snapshot and a restart agree."""
+    from cityops.engine.codec import Codec
+
+    old, new = Codec("rule:a", int), Codec("rule:b", str)
+    s = StateStore(tmp_path).open()
+    t = s.table("rule:X", old)
+    t["gone"], t["also"] = 1, 2
+    s.commit({("x", 0): 1})
+    del t["also"]  # deleted since the last commit: its tombstone goes with the drop
+    t["fresh"] = 3  # never committed
+    assert s.drop_table("rule:X") == 2
+    s.table("rule:X", new)["k"] = "v"
+    s.commit({("x", 0): 2})
+    s.close()
+    r = StateStore(tmp_path).open()
+    assert r.table("rule:X", new).data == {"k": "v"} and r.undeclared() == []
+    r.snapshot()
+    r.close()
+    r = StateStore(tmp_path).open()
+    assert r.table("rule:X", new).data == {"k": "v"}
+    r.close()
+
+
+def test_a_drop_of_a_restored_table_is_committed_and_one_not_committed_never_happened(tmp_path: Path) -> None:
+    s = StateStore(tmp_path).open()
+    s.table("rule:Y")["a"] = 1
+    s.table("keep")["b"] = 2
+    s.commit({("x", 0): 1})
+    s.close()
+    r = StateStore(tmp_path).open()  # rule:Y restored, not declared by this run
+    assert r.undeclared() == ["keep", "rule:Y"] and r.restored_shape("rule:Y") == "plain"
+    assert r.drop_table("rule:Y") == 1 and r.undeclared() == ["keep"]
+    r.close()  # a crash before the commit: the drop never happened
+    r = StateStore(tmp_path).open()
+    assert r.undeclared() == ["keep", "rule:Y"]
+    r.drop_table("rule:Y")
+    r.commit({("x", 0): 2})
+    r.close()
+    r = StateStore(tmp_path).open()
+    assert r.undeclared() == ["keep"] and r.table("rule:Y").data == {}
+    assert r.drop_table("no-such-table") == 0
+    r.close()
