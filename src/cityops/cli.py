@@ -1,4 +1,5 @@
-"""The `cityops` command: worker, check-config, simulate, demo, topics, nab-detect, dashboards, evaluate-alerts."""
+"""The `cityops` command: worker, check-config, simulate, demo, topics, nab-detect, dashboards, evaluate-alerts,
+backtest, record."""
 
 from __future__ import annotations
 
@@ -298,6 +299,32 @@ def cmd_evaluate_alerts(args: argparse.Namespace) -> int:
     return 1 if problems and args.check else 0
 
 
+def _settings_env(env_file: str | None) -> dict[str, str]:
+    """The process environment, with a worker's settings file (KEY=value lines) over it when given."""
+    env = dict(os.environ)
+    if env_file:
+        from dotenv import dotenv_values
+
+        if not Path(env_file).is_file():
+            raise ConfigError(f"--env-file {env_file}: no such file")
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    return env
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from cityops.backtest import run_backtest
+
+    _logging(args.log_level)
+    return run_backtest(args, _settings_env(args.env_file))
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from cityops.backtest import run_record
+
+    _logging("WARNING")
+    return run_record(args, _settings_env(args.env_file))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cityops",
@@ -428,6 +455,53 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--check", action="store_true",
                    help="exit 1 unless recall is 100%% per rule, precision >= 95%% and time-to-alert <= 120 s")
     e.set_defaults(func=cmd_evaluate_alerts)
+
+    b = sub.add_parser("backtest", help="run proposed agent manifests over recorded events with the worker's "
+                                        "engine; print KPIs, alerts and the difference to the deployed ones",
+                       description="Runs recorded events (a JSONL recording, or Kafka topics' retained history) "
+                                   "through the worker's engine with the manifests of --agents, writing nothing "
+                                   "anywhere (state in a temporary directory; no InfluxDB, Alertmanager, Kafka "
+                                   "writes or consumer group), and prints the KPIs and the alerts it would have "
+                                   "raised, and per rule the alerts added, removed and changed against the "
+                                   "deployed manifests. Settings (lateness, window, source registry, pseudonym "
+                                   "key) are the worker's CITYOPS_* variables. Exit 0 ok, 2 bad configuration or "
+                                   "manifest, 1 other failure. See cityops.backtest for the recording format.")
+    b.add_argument("--from", dest="source", required=True, metavar="FILE|TOPIC[,TOPIC]",
+                   help="a recording (JSONL, one Kafka record per line: cityops record, cityops simulate --to file), "
+                        "or Kafka topics read from their start to their current end ('all' = every topic the "
+                        "worker consumes)")
+    b.add_argument("--agents", default=None, metavar="DIR",
+                   help="the proposed manifests and runbooks (default: the deployed ones, nothing to compare)")
+    b.add_argument("--baseline", default=None, metavar="DIR",
+                   help="the deployed manifests to compare with (default: what the worker loads now: "
+                        "$CITYOPS_RULES_DIR, else the manifests shipped in the package)")
+    b.add_argument("--bootstrap", default=None,
+                   help=f"Kafka bootstrap for topics (default $CITYOPS_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
+    b.add_argument("--env-file", default=None,
+                   help="the worker's settings as KEY=value lines (e.g. a demo's cityops.env), over the environment")
+    b.add_argument("--pseudonym-key", default=None,
+                   help="the worker's pseudonym key, when CITYOPS_PSEUDONYM_KEY is not set")
+    b.add_argument("--kpis-out", default=None, metavar="FILE", help="also write the final KPI points here")
+    b.add_argument("--kpis-format", choices=("lp", "jsonl"), default=None,
+                   help="lp = InfluxDB line protocol, jsonl = one point per JSON line (default: jsonl for a "
+                        ".jsonl/.json file, else lp)")
+    b.add_argument("--json", default=None, metavar="FILE", help="also write the whole report as JSON")
+    b.add_argument("--max-listed", type=int, default=20, help="alerts and bad lines listed per rule (default 20)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is no terminal)")
+    b.add_argument("--log-level", default="WARNING", help="the engine's log level (default WARNING)")
+    b.set_defaults(func=cmd_backtest)
+
+    r = sub.add_parser("record", help="write Kafka topics' retained history to a recording for cityops backtest",
+                       description="Reads the topics from their start to their current end offsets without a "
+                                   "consumer group (nothing committed) and writes one record per JSON line, "
+                                   "merged in record-timestamp order: the format `cityops backtest --from` reads.")
+    r.add_argument("--topic", required=True, metavar="TOPIC[,TOPIC]", help="topics to record")
+    r.add_argument("--out", required=True, help="the JSONL file to write")
+    r.add_argument("--bootstrap", default=None,
+                   help=f"Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
+    r.add_argument("--env-file", default=None, help="settings file (KAFKA_* security) over the environment")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_record)
     return p
 
 

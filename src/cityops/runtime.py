@@ -101,11 +101,12 @@ class Runtime:
     """Engine + sinks + outbox dispatch. ``start()``/``stop()`` bracket its life; ``tick()`` commits."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, store: StateStore | None = None) -> None:
+        """``store``: an opened state store (default ``open_state_store(settings)``; a backtest passes its own)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.store = open_state_store(settings)
+        self.store = store if store is not None else open_state_store(settings)
         self.alerts = None
         rules: list[Any] = []
         registry = None

@@ -534,15 +534,15 @@ class Engine:
         log.info("dead-letter stream=%s at=%s[%d]@%d index=%s reason=%r", topic, topic, partition, offset,
                  res.index, res.reason)
 
-    def _release(self, now: float) -> None:
-        """Hand buffered events to the rules, oldest first, up to each stream's watermark.
+    def _release(self, now: float, final: bool = False) -> None:
+        """Hand buffered events to the rules, oldest first, up to each stream's watermark (``final``: all).
 
         Each stream's events wait in their own heap, so a stream held back (its clock behind) costs nothing
         here; the events released from several streams reach the rules merged in event-time order.
         """
         heaps = self._rule_heaps
         closing = self.ctx.rule.stream_clocks or {}
-        all_idle = not any(now - seen <= self.idle_partition_s for seen in self._last_seen_wall.values())
+        all_idle = final or not any(now - seen <= self.idle_partition_s for seen in self._last_seen_wall.values())
         runs: list[list[tuple[float, int, str, Decoded]]] = []
         pop = heapq.heappop
         for topic, heap in heaps.items():
@@ -716,11 +716,11 @@ class Engine:
             if stream is not None:
                 heapq.heappush(self._notify_heap.setdefault(stream, []), (key[2], key))
 
-    def _due_windows(self, now: float) -> tuple[list[WindowKey], list[WindowKey]]:
+    def _due_windows(self, now: float, final: bool = False) -> tuple[list[WindowKey], list[WindowKey]]:
         """(windows to close: past end + lateness; windows to show the rules: past end + notify delay).
 
         From the due-time heaps: the work is the windows that fall due, whatever the number of open windows
-        or the span of event time the clocks crossed.
+        or the span of event time the clocks crossed. ``final``: every open window is due (end of input).
         """
         self._index_windows(self.windows.table.dirty)
         width = self.windows.width_s
@@ -728,7 +728,9 @@ class Engine:
         closing = self.watermark(now)
         closed: list[WindowKey] = []
         for stream, heap in self._close_heap.items():
-            if stream is None:  # processing-time windows close by the wall clock
+            if final:
+                limit = float("inf")
+            elif stream is None:  # processing-time windows close by the wall clock
                 limit = now - width - 5
             else:
                 wm = closing.get(stream)
@@ -771,11 +773,13 @@ class Engine:
         return self.engine_time
 
     # -- checkpoint ---------------------------------------------------------------------------------
-    def checkpoint(self) -> CheckpointResult:
+    def checkpoint(self, *, final: bool = False) -> CheckpointResult:
         """Close windows, advance rules, commit state + offsets atomically; return points to write.
 
         The returned points reflect exactly the committed state, so InfluxDB never holds a count that a
-        crash could take back.
+        crash could take back. ``final``: the input has ended (the last commit of a backtest,
+        ``cityops.backtest``): every buffered event is released to the rules and every open window is
+        closed and shown to them, as if each stream's watermark had passed them all.
         """
         now = self.now()
         result = CheckpointResult()
@@ -785,14 +789,14 @@ class Engine:
             # Silence of sources never heard from counts from here (event time of the first data).
             rule_ctx.engine_start_ts = self.store.meta[META_ENGINE_START] = self.engine_time
         rule_ctx.stream_clocks = self.stream_clocks(now)
-        self._release(now)
+        self._release(now, final)
         if engine_ts is not None:
             for rule in self.rules:
                 rule.on_tick(engine_ts, self.ctx)
             advance = getattr(self.signals, "advance", None)
             if advance is not None:
                 advance(engine_ts)
-        closed, notify = self._due_windows(now)
+        closed, notify = self._due_windows(now, final)
         notified = self.notified
         # Rules (per-series detectors) must see each series' windows once and in time order.
         for key in sorted((k for k in closed + notify if k not in notified), key=lambda k: k[2]):

@@ -140,9 +140,13 @@ def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | No
     n_events = n_msgs = 0
     last_report = t_wall0
     paced_every = 200
+    to_file = args.to == "file"
+    stamp: int | None = None  # a recording's record timestamp: the newest event time sent, as a live feed's
     try:
         for topic, value in it:
             n_events += 1
+            if to_file:
+                stamp = round(datetime.fromisoformat(_event_ts(topic, value)).timestamp() * 1000)
             if args.speedup > 0 and n_events % paced_every == 1:
                 ts = datetime.fromisoformat(_event_ts(topic, value)).timestamp()
                 if t_ev0 is None:
@@ -150,12 +154,12 @@ def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | No
                 delay = (ts - t_ev0) / args.speedup - (time.monotonic() - t_wall0)
                 if delay > 0:
                     for t, raw in batcher.drain():
-                        send(t, raw)
+                        send(t, raw, stamp)
                         n_msgs += 1
                     time.sleep(min(delay, 5.0))
             out = batcher.add(topic, value)
             if out is not None:
-                send(*out)
+                send(*out, stamp)
                 n_msgs += 1
             now = time.monotonic()
             if not args.quiet and now - last_report >= 1.0:
@@ -164,7 +168,7 @@ def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | No
                       f"event time {_event_ts(topic, value)[:19]}, {n_events / (now - t_wall0):,.0f} ev/s",
                       end="", file=sys.stderr, flush=True)
         for t, raw in batcher.drain():
-            send(t, raw)
+            send(t, raw, stamp)
             n_msgs += 1
     finally:
         close()
@@ -192,8 +196,10 @@ def _sink(args: argparse.Namespace, kafka_security: dict[str, Any] | None = None
     if args.to == "file":
         fh = open(args.out, "wb")
 
-        def send_file(topic: str, raw: bytes) -> None:
-            fh.write(b'{"topic":' + orjson.dumps(topic) + b',"value":' + raw + b"}\n")
+        def send_file(topic: str, raw: bytes, stamp: int | None = None) -> None:
+            # A recording (cityops.backtest): the record timestamp is the newest event time, in ms.
+            ts = b"" if stamp is None else b',"timestamp":' + str(stamp).encode()
+            fh.write(b'{"topic":' + orjson.dumps(topic) + ts + b',"value":' + raw + b"}\n")
 
         return send_file, fh.close
     from kafka import KafkaProducer
@@ -212,8 +218,8 @@ def _sink(args: argparse.Namespace, kafka_security: dict[str, Any] | None = None
     except KafkaError as exc:
         raise Unreachable("the Kafka broker", args.bootstrap, setting, describe(exc)) from None
 
-    def send_kafka(topic: str, raw: bytes) -> None:
-        producer.send(topic, raw)
+    def send_kafka(topic: str, raw: bytes, stamp: int | None = None) -> None:
+        producer.send(topic, raw)  # timestamped by the producer: the wall clock
 
     def close() -> None:
         producer.flush()
