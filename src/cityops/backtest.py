@@ -268,6 +268,7 @@ class TopicReader:
                 pending.add(tp)
         bufs: dict[Any, deque[Record]] = {tp: deque() for tp in self.tps}
         heads: list[tuple[float, str, int, int, Any]] = []  # one entry per partition with records waiting
+        fetched: set[Any] = set()
 
         def key(rec: Record, tp: Any) -> tuple[float, str, int, int, Any]:
             return (rec.timestamp if rec.timestamp is not None else -math.inf, rec.topic, rec.partition,
@@ -287,21 +288,24 @@ class TopicReader:
                     if full:
                         consumer.pause(*full)
                     for ktp, recs in consumer.poll(timeout_ms=500, max_records=self.buffer).items():
+                        if ktp not in fetched:
+                            # The end offset the first fetch reports (its high watermark): some brokers
+                            # (Tansu 0.6) answer ListOffsets with the last batch's base offset + 1 instead.
+                            fetched.add(ktp)
+                            high = consumer.highwater(ktp)
+                            if high is not None and high > self.end[ktp]:
+                                self.end[ktp] = high
                         buf = bufs[ktp]
                         end = self.end[ktp]
+                        was_empty = not buf
                         for r in recs:
                             if r.offset >= end:
                                 break
-                            if not buf:
-                                rec = Record(r.topic, r.partition, r.offset,
-                                             r.timestamp / 1000.0 if r.timestamp and r.timestamp > 0 else None,
-                                             r.value)
-                                buf.append(rec)
-                                heapq.heappush(heads, key(rec, ktp))
-                            else:
-                                buf.append(Record(r.topic, r.partition, r.offset,
-                                                  r.timestamp / 1000.0 if r.timestamp and r.timestamp > 0
-                                                  else None, r.value))
+                            buf.append(Record(r.topic, r.partition, r.offset,
+                                              r.timestamp / 1000.0 if r.timestamp and r.timestamp > 0 else None,
+                                              r.value))
+                        if was_empty and buf:
+                            heapq.heappush(heads, key(buf[0], ktp))
                         if ktp in pending and (consumer.position(ktp) >= end or (buf and buf[-1].offset >= end - 1)):
                             pending.discard(ktp)
                             consumer.pause(ktp)
