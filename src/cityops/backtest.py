@@ -811,9 +811,10 @@ def format_report(o: Outcome, max_listed: int = 20) -> str:
     """The text report: input, events, KPIs, alerts per rule, and the difference per rule."""
     lines: list[str] = []
     add = lines.append
-    rate = o.records / o.elapsed_s if o.elapsed_s > 0 else 0.0
-    add(f"backtest of {o.source}: {o.records} records in {o.elapsed_s:.1f} s ({rate:,.0f} records/s), "
-        f"record time {_iso(o.first_ts)} .. {_iso(o.last_ts)}")
+    events = sum(n for counts in o.events.values() for n in counts.values())
+    rate = events / o.elapsed_s if o.elapsed_s > 0 else 0.0
+    add(f"backtest of {o.source}: {o.records} records, {events} events in {o.elapsed_s:.1f} s ({rate:,.0f} "
+        f"events/s), record time {_iso(o.first_ts)} .. {_iso(o.last_ts)}")
     add(f"  manifests: {o.proposed_dir}" + (f"   baseline: {o.baseline_dir}" if o.baseline_dir else
                                             "   (no --agents other than the deployed ones: no comparison)"))
     for topic, n in sorted(o.ignored.items()):
@@ -891,7 +892,8 @@ def report_json(o: Outcome) -> dict[str, Any]:
     for ep in o.proposed:
         rules.setdefault(ep.alertname, []).append(ep.to_json())
     out: dict[str, Any] = {
-        "input": {"source": o.source, "records": o.records, "first_timestamp": o.first_ts,
+        "input": {"source": o.source, "records": o.records, "elapsed_s": round(o.elapsed_s, 3),
+                  "first_timestamp": o.first_ts,
                   "last_timestamp": o.last_ts, "ignored": dict(o.ignored), "bad_lines": o.bad.count,
                   "bad_lines_listed": [{"line": n, "reason": r} for n, r in o.bad.listed]},
         "manifests": o.proposed_dir,

@@ -79,6 +79,7 @@ def test_topic_history_backtests_like_its_recording(kafka: ManagedProcess, tmp_p
                      "--baseline", str(baseline), "--quiet", "--json", str(out)]) == 0
         rep = json.loads(out.read_text())
         assert rep["input"].pop("source") == source
+        assert rep["input"].pop("elapsed_s") > 0
         reports[source] = rep
     topic, every, recorded = reports.values()
     assert topic == recorded and every == recorded

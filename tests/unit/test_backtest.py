@@ -302,14 +302,23 @@ def test_episodes_start_at_the_condition_and_cancelled_pending_is_no_alert() -> 
 def test_simulator_recording_backtests(tmp_path: Path, env: None) -> None:
     """`cityops simulate --to file` writes a recording with record timestamps; the backtest reads it whole."""
     rec = tmp_path / "sim.jsonl"
-    assert main(["simulate", "--to", "file", "--out", str(rec), "--duration", "3m", "--seed", "5", "--batch", "10",
-                 "--streams", "traffic", "--start", "2026-11-25T08:00:00+08:00", "--quiet"]) == 0
+    assert main(["simulate", "--to", "file", "--out", str(rec), "--duration", "20m", "--seed", "5", "--batch", "10",
+                 "--rate", "20", "--start", "2026-11-25T08:00:00+08:00", "--quiet"]) == 0
     lines = [orjson.loads(x) for x in rec.read_text().splitlines()]
-    assert all(isinstance(x["timestamp"], int) for x in lines)
-    sent = sum(len(x["value"]) for x in lines)
+    stamps = [x["timestamp"] for x in lines]
+    assert stamps == sorted(stamps)  # a broker's clock does not go back
+    sent = 0
+    for x in lines:
+        value = x["value"]
+        evs = value["epcisBody"]["eventList"] if x["topic"] == "food.trace-events" else value
+        times = [datetime.fromisoformat(e.get("ts") or e.get("eventTime")).timestamp() * 1000 for e in evs]
+        assert max(times) <= x["timestamp"]  # sent after its events (an EPCIS upload after its last one)
+        sent += len(evs)
+    assert {x["topic"] for x in lines} >= {"traffic.card-taps", "health.card-events", "food.trace-events"}
     rules = manifests(tmp_path / "rules", IMPOSSIBLE.format(severity="critical", speed=150))
     code, rep = run(tmp_path, "--from", str(rec), "--agents", str(rules))
     assert code == 0 and rep is not None and rep["input"]["bad_lines"] == 0
+    assert rep["dead_letters"] == {}  # nothing dated ahead of its record ("future")
     assert sum(n for counts in rep["events"].values() for n in counts.values()) == sent
     accepted = sum(counts.get("accepted", 0) for counts in rep["events"].values())
     assert rep["kpis"]["stream_quality"]["fields"]["accepted"]["total"] == accepted

@@ -33,6 +33,53 @@ def _event_ts(topic: str, value: dict[str, Any]) -> str:
     return str(value.get("ts", ""))
 
 
+class Recording:
+    """`simulate --to file`: a recording for `cityops backtest` (cityops.backtest: one Kafka record per line).
+
+    Each message is stamped with the event time the simulation has reached when it is sent (``at``, ms):
+    what a live feed's broker clock would read. A message given a ``due`` time (an EPCIS document: a party
+    uploads it after capturing its events) is held until the simulation passes it, then written stamped so.
+    """
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.now: int | None = None
+        self.held: list[tuple[int, int, str, bytes]] = []
+        self.seq = 0
+
+    def at(self, ms: int) -> None:
+        if self.now is None or ms > self.now:
+            self.now = ms
+        while self.held and self.held[0][0] <= self.now:
+            due, _, topic, raw = heapq.heappop(self.held)
+            self._write(topic, raw, due)
+
+    def __call__(self, topic: str, raw: bytes, due: int | None = None) -> None:
+        if due is not None and (self.now is None or due > self.now):
+            self.seq += 1
+            heapq.heappush(self.held, (due, self.seq, topic, raw))
+        else:
+            self._write(topic, raw, self.now)
+
+    def _write(self, topic: str, raw: bytes, stamp: int | None) -> None:
+        ts = b"" if stamp is None else b',"timestamp":' + str(stamp).encode()
+        self.fh.write(b'{"topic":' + orjson.dumps(topic) + ts + b',"value":' + raw + b"}\n")
+
+    def close(self) -> None:
+        while self.held:
+            due, _, topic, raw = heapq.heappop(self.held)
+            self._write(topic, raw, due)
+        self.fh.close()
+
+
+def _newest_ms(topic: str, value: dict[str, Any]) -> int:
+    """The newest event time in a message (an EPCIS document spans many), ms since the epoch."""
+    if topic == "food.trace-events":
+        times = [e.get("eventTime") for e in value.get("epcisBody", {}).get("eventList") or [value]]
+        return max(round(datetime.fromisoformat(str(t)).timestamp() * 1000) for t in times if t)
+    return round(datetime.fromisoformat(str(value.get("ts", ""))).timestamp() * 1000)
+
+
 def events(*, seed: int, start: datetime, duration_s: float, rate: float | None, streams: set[str],
            incidents: bool, food_batch: int = 1, warmup_s: float = 7200.0) -> tuple[Iterator[tuple[str, dict[str, Any]]], list[Any]]:
     """All simulated (topic, value) pairs in event-time order, and the incidents' ground truth."""
@@ -141,12 +188,11 @@ def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | No
     last_report = t_wall0
     paced_every = 200
     to_file = args.to == "file"
-    stamp: int | None = None  # a recording's record timestamp: the newest event time sent, as a live feed's
     try:
         for topic, value in it:
             n_events += 1
             if to_file:
-                stamp = round(datetime.fromisoformat(_event_ts(topic, value)).timestamp() * 1000)
+                send.at(round(datetime.fromisoformat(_event_ts(topic, value)).timestamp() * 1000))
             if args.speedup > 0 and n_events % paced_every == 1:
                 ts = datetime.fromisoformat(_event_ts(topic, value)).timestamp()
                 if t_ev0 is None:
@@ -154,12 +200,13 @@ def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | No
                 delay = (ts - t_ev0) / args.speedup - (time.monotonic() - t_wall0)
                 if delay > 0:
                     for t, raw in batcher.drain():
-                        send(t, raw, stamp)
+                        send(t, raw)
                         n_msgs += 1
                     time.sleep(min(delay, 5.0))
             out = batcher.add(topic, value)
             if out is not None:
-                send(*out, stamp)
+                # An EPCIS document spans many events: a recording holds it until its newest one.
+                send(*out, due=_newest_ms(topic, value) if to_file and topic == "food.trace-events" else None)
                 n_msgs += 1
             now = time.monotonic()
             if not args.quiet and now - last_report >= 1.0:
@@ -168,7 +215,7 @@ def run_simulation(args: argparse.Namespace, kafka_security: dict[str, Any] | No
                       f"event time {_event_ts(topic, value)[:19]}, {n_events / (now - t_wall0):,.0f} ev/s",
                       end="", file=sys.stderr, flush=True)
         for t, raw in batcher.drain():
-            send(t, raw, stamp)
+            send(t, raw)
             n_msgs += 1
     finally:
         close()
@@ -194,14 +241,8 @@ def truth_row(inc: Any) -> dict[str, Any]:
 
 def _sink(args: argparse.Namespace, kafka_security: dict[str, Any] | None = None) -> tuple[Any, Any]:
     if args.to == "file":
-        fh = open(args.out, "wb")
-
-        def send_file(topic: str, raw: bytes, stamp: int | None = None) -> None:
-            # A recording (cityops.backtest): the record timestamp is the newest event time, in ms.
-            ts = b"" if stamp is None else b',"timestamp":' + str(stamp).encode()
-            fh.write(b'{"topic":' + orjson.dumps(topic) + ts + b',"value":' + raw + b"}\n")
-
-        return send_file, fh.close
+        rec = Recording(open(args.out, "wb"))
+        return rec, rec.close
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
@@ -218,7 +259,7 @@ def _sink(args: argparse.Namespace, kafka_security: dict[str, Any] | None = None
     except KafkaError as exc:
         raise Unreachable("the Kafka broker", args.bootstrap, setting, describe(exc)) from None
 
-    def send_kafka(topic: str, raw: bytes, stamp: int | None = None) -> None:
+    def send_kafka(topic: str, raw: bytes, due: int | None = None) -> None:
         producer.send(topic, raw)  # timestamped by the producer: the wall clock
 
     def close() -> None:
