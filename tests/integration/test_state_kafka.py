@@ -166,3 +166,23 @@ def test_broker_gone_commit_fails_and_the_store_writes_nothing_more(kafka: Any) 
     with pytest.raises(StateUnavailable, match="not written"):
         a.commit({})
     a.close()
+
+
+def test_a_dropped_table_restores_from_kafka_as_gone_and_redeclared_with_another_shape(kafka: Any) -> None:
+    """A rule redefined with another kind at a manifest reload (cityops.alerts.reload): the drop of its old
+    table and the new table of the same name land in one commit; a restore from Kafka reads only the new."""
+    from cityops.engine.codec import Codec
+
+    old, new = Codec("rule:a", int), Codec("rule:b", str)
+    a = _store(kafka)
+    t = a.table("rule:X", old)
+    for i in range(20):
+        t[f"k{i}"] = i
+    a.table("other")["kept"] = 1
+    a.commit({("traffic.card-taps", 0): 1})
+    assert a.drop_table("rule:X") == 20
+    a.table("rule:X", new)["k0"] = "new"
+    a.commit({("traffic.card-taps", 0): 2})
+    b = _store(kafka)
+    assert b.table("rule:X", new).data == {"k0": "new"}
+    assert b.table("other").data == {"kept": 1} and b.undeclared() == []
