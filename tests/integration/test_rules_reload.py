@@ -2,7 +2,8 @@
 
 A refused manifest leaves the running rules in force; a rule added by the reload raises its alert at
 Alertmanager, while an alert already firing (its rule unchanged) is not notified again: no new firing
-transition on ``cityops.alerts`` and the same alert (labels, ``startsAt``) at Alertmanager.
+transition on ``cityops.alerts`` and the same alert (labels, ``startsAt``) at Alertmanager. A rule then
+removed by a reload has its firing alert resolved at Alertmanager.
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ DECLINED_RULE = """
 RUNBOOK = "# reload-e2e\n\n## FastCard\n\nrunbook\n\n## DeclinedCards\n\nrunbook\n"
 
 
-def write_rules(rules: Path, *extra: str) -> None:
+def write_rules(rules: Path, *extra: str, fast: bool = True) -> None:
     rules.mkdir(exist_ok=True)
     (rules / "reload-e2e.md").write_text(RUNBOOK)
-    text = "agent: reload-e2e\nlabels: {domain: security}\nrules:\n" + FAST + "".join(extra)
+    text = "agent: reload-e2e\nlabels: {domain: security}\nrules:\n" + (FAST if fast else "") + "".join(extra)
     tmp = rules / "reload-e2e.yml.tmp"  # replaced at once, as an operator's tool (or a ConfigMap) does
     tmp.write_text(text)
     tmp.replace(rules / "reload-e2e.yml")
@@ -101,7 +102,7 @@ def sample(metrics: str, name: str) -> float:
     return 0.0
 
 
-def test_sighup_adds_a_rule_that_alerts_while_a_firing_alert_is_not_notified_again(
+def test_sighup_adds_a_rule_that_alerts_while_a_firing_alert_is_not_notified_again_and_removal_resolves(
         kafka: Any, alertmanager: Any, worker_factory: Any, tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     write_rules(rules)
@@ -152,4 +153,16 @@ def test_sighup_adds_a_rule_that_alerts_while_a_firing_alert_is_not_notified_aga
     assert len(after) == 1
     assert after[0]["fingerprint"] == before["fingerprint"] and after[0]["startsAt"] == before["startsAt"]
     assert [r["status"] for r in records if r["alertname"] == "DeclinedCards"] == ["firing"]
+
+    # FastCard taken out of the manifests: its firing alert is resolved at Alertmanager (no zombie), the
+    # alert of the rule that stays is untouched.
+    write_rules(rules, DECLINED_RULE % "warning", fast=False)
+    w.proc.send_signal(signal.SIGHUP)
+    w.wait(lambda: w.health()["rules"]["generation"] == 3, what="the second reload")
+    assert w.health()["rules"]["last_reload"]["changes"]["removed"] == ["FastCard"]
+    w.wait(lambda: not am_active(alertmanager, "FastCard"), what="FastCard resolved at Alertmanager")
+    w.wait(lambda: [r["status"] for r in alert_records(kafka.url) if r["alertname"] == "FastCard"]
+           == ["firing", "resolved"], what="FastCard's resolved transition")
+    assert len(am_active(alertmanager, "DeclinedCards")) == 1
+    assert [r["status"] for r in alert_records(kafka.url) if r["alertname"] == "DeclinedCards"] == ["firing"]
     assert w.terminate() == 0
