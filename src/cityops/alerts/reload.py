@@ -38,13 +38,13 @@ from typing import Any
 
 import orjson
 
-from cityops.alerts.kinds import KINDS, state_table
+from cityops.alerts.kinds import state_table
 from cityops.alerts.lifecycle import AlertEngine, spec_to_plain
 from cityops.alerts.spec import RuleSpec
 from cityops.engine.state import StateStore
 from cityops.errors import ConfigError
 
-__all__ = ["RuleChanges", "RuleReloader", "diff_rules", "reconcile", "rules_hash"]
+__all__ = ["RuleChanges", "RuleReloader", "diff_rules", "reconcile", "rules_hash", "table_shapes"]
 
 log = logging.getLogger("cityops.alerts.reload")
 
@@ -115,21 +115,27 @@ def rules_hash(specs: Mapping[str, RuleSpec]) -> str:
     return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()[:12]
 
 
-def _table_shape(spec: RuleSpec) -> str | None:
-    """The shape of the state table the code of ``spec``'s kind writes (None: its kind keeps none)."""
-    kind = KINDS.get(spec.kind)
-    return None if kind is None else kind.state_codec().shape
+def table_shapes(instances: Iterable[Any]) -> dict[str, str]:
+    """Alertname -> the shape of the state table its rule instance writes (``RuleKind.state_codec``)."""
+    out = {}
+    for rule in instances:
+        codec = getattr(rule, "state_codec", None)
+        if codec is not None:
+            out[rule.name] = codec().shape
+    return out
 
 
 def reconcile(alerts: AlertEngine, store: StateStore, old: Mapping[str, RuleSpec] | None,
               new: Mapping[str, RuleSpec], *, one_shot: Iterable[str] | None = None,
-              at: float | None = None) -> RuleChanges:
+              at: float | None = None, shapes: Mapping[str, str] | None = None) -> RuleChanges:
     """Bring the alert state kept for the rules ``old`` to the rules ``new`` (see the module doc).
 
     ``old``: the rules the state was made with; None = not known (state of a release before the
     ``alert_rules`` table): every rule of ``new`` is then taken as unchanged. ``at``: the event time (epoch s)
     of the ``resolved`` transitions of ended alerts (None: each alert's last evaluation). Call before the
-    engine declares the new rules' tables. Nothing is committed here: the caller's next commit does it.
+    engine declares the new rules' tables. ``shapes``: alertname -> the state table shape of the new rule's
+    kind (``table_shapes``; a rule not in it keeps none): a restored table of another shape is dropped.
+    Nothing is committed here: the caller's next commit does it.
     """
     changes = diff_rules(new if old is None else old, new)
     ended = relabelled = 0
@@ -143,15 +149,15 @@ def reconcile(alerts: AlertEngine, store: StateStore, old: Mapping[str, RuleSpec
     for name in changes.relabelled:
         assert old is not None
         relabelled += alerts.relabel(name, old[name], new[name], at)
-    for name, spec in new.items():
+    for name, spec in new.items() if shapes is not None else ():
         # A table of this name written by another kind (state older than the rules record, or a rule that
         # changed kind while no rules record existed) cannot be read by this kind: it would stop the start.
         table = state_table(name)
         shape = store.restored_shape(table)
-        if shape is not None and shape != _table_shape(spec):
+        if shape is not None and shape != shapes.get(name):
             dropped = store.drop_table(table)
             log.warning("state of rule %s written as %s, its kind %s keeps %s: dropped entries=%d", name, shape,
-                        spec.kind, _table_shape(spec) or "none", dropped)
+                        spec.kind, shapes.get(name) or "none", dropped)
     alerts.set_rules(new, one_shot)
     return RuleChanges(changes.added, changes.removed, changes.reset, changes.relabelled, changes.updated,
                        changes.unchanged, ended, relabelled)
@@ -255,7 +261,8 @@ class RuleReloader:
         rules = [running[r.name] if r.name in keep and r.name in running else r for r in instances]
         one_shot = self._one_shot(rules, specs)
         at = self.engine.rules_clock(self.engine.now())
-        changes = reconcile(self.alerts, self.engine.store, old, specs, one_shot=one_shot, at=at)
+        changes = reconcile(self.alerts, self.engine.store, old, specs, one_shot=one_shot, at=at,
+                            shapes=table_shapes(rules))
         self.engine.set_rules(rules)
         for stream in reconfigure:
             stream.reconfigure(specs.values())

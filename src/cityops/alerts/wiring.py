@@ -199,9 +199,9 @@ def build_alerting(settings: Any, store: StateStore,
                          f"{settings.web_port}/healthz")
     # The manifests may differ from the rules the restored state was committed with (changed while the worker
     # was down, or a reload the last commit did not reach): end, reset and relabel as a reload would.
-    from cityops.alerts.reload import reconcile
+    from cityops.alerts.reload import reconcile, table_shapes
 
-    changes = reconcile(engine, store, engine.restored_rules, specs, one_shot=one_shot)
+    changes = reconcile(engine, store, engine.restored_rules, specs, one_shot=one_shot, shapes=table_shapes(rules))
     if changes.changed:
         log.warning("rules differ from those committed with the restored state: %s", changes.line())
     log.info("alerting rules=%d rules_dir=%s kinds=%s sinks=%s", len(specs), rules_dir,

@@ -341,3 +341,26 @@ def test_a_changed_file_is_reloaded_when_watching(tmp_path: Path) -> None:
         assert reloads(rt, "ok") == 1
     finally:
         rt.store.close()
+
+
+def test_a_start_on_state_without_a_rules_record_drops_a_table_another_kind_wrote(rt: Runtime, tmp_path: Path) -> None:
+    """State of a release before the ``alert_rules`` table, and a rule whose kind changed meanwhile: its table
+    (shape rule:impossible_travel) cannot be read by the new kind and stopped the start (StateFormatError);
+    now it is dropped with a warning, and every other rule's state is kept."""
+    from cityops.engine.state import StateStore
+
+    feed = Feed(rt)
+    fire_fast_card(rt, feed, card(10))
+    rt.store.close()
+    store = StateStore(tmp_path / "data" / "state").open()  # as an older release left it: no rules record
+    assert store.drop_table("alert_rules") == 2
+    store.commit({})
+    store.close()
+    write_rules(tmp_path / "rules", manifest(fast={"kind": "declined_burst", "params": {"count": 3}}))
+    again = make_runtime(tmp_path)
+    try:
+        assert again.alerts is not None and again.alerts.restored_rules is None
+        assert len(again.store.tables["rule:FastCard"]) == 0
+        assert again.store.tables["rule:FastCard"].codec.shape == "rule:declined_burst"
+    finally:
+        again.store.close()
