@@ -203,12 +203,14 @@ class AlertEngine:
         # Alerts with a clock running (pending, firing, flapping, recently resolved); rebuilt, not stored.
         self._live: set[AlertKey] = set()
         # The rules committed with the restored state, before this start records its own: what a start
-        # compares the manifests with (cityops.alerts.reload.reconcile_at_start).
+        # compares the manifests with (cityops.alerts.reload.reconcile, called by the wiring).
         self.restored_rules: dict[str, RuleSpec] | None = self.committed_rules()
         self._set_rules(self.rules, one_shot)
+        # Alerts still open of a rule neither defined now nor recorded (state of an older release): nothing
+        # can end them (their labels are unknown). Ended alerts stay as their id counters, silently.
         unknown: dict[str, int] = {}
-        for key in self.alerts.keys():
-            if key[0] not in self.rules:
+        for key, rec in self.alerts.items():
+            if key[0] not in self.rules and key[0] not in (self.restored_rules or {}) and "active" in rec:
                 unknown[key[0]] = unknown.get(key[0], 0) + 1
         for rule, n in sorted(unknown.items()):
             log.warning("alerts of a rule no manifest defines left as is rule=%s alerts=%d", rule, n)
@@ -234,9 +236,8 @@ class AlertEngine:
         if one_shot is not None:
             # Told which rules are one-shot: every other rule is continuous from its first signal.
             self._continuous |= {name for name in rules if name not in one_shot}
-        if sorted(self._continuous) != list(self.store.meta.get(_META_CONTINUOUS, ())):
-            if self._continuous or _META_CONTINUOUS in self.store.meta:
-                self.store.meta[_META_CONTINUOUS] = sorted(self._continuous)
+        if self._continuous != set(self.store.meta.get(_META_CONTINUOUS, ())):
+            self.store.meta[_META_CONTINUOUS] = sorted(self._continuous)
         self._live = set()
         for key, rec in self.alerts.items():
             spec = rules.get(key[0])

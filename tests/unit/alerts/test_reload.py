@@ -239,6 +239,7 @@ def test_a_removed_rule_resolves_its_firing_alert_and_drops_its_state(rt: Runtim
         assert transitions(again, "FastCard") == out
         assert "rule:FastCard" not in again.store.undeclared()
         assert again.alerts is not None and "FastCard" not in (again.alerts.committed_rules() or {})
+        assert again.alerts.restored_rules == again.alerts.rules  # read back equal: nothing to reconcile
     finally:
         again.store.close()
 
@@ -362,5 +363,20 @@ def test_a_start_on_state_without_a_rules_record_drops_a_table_another_kind_wrot
         assert again.alerts is not None and again.alerts.restored_rules is None
         assert len(again.store.tables["rule:FastCard"]) == 0
         assert again.store.tables["rule:FastCard"].codec.shape == "rule:declined_burst"
+    finally:
+        again.store.close()
+
+
+def test_the_shipped_rules_read_back_equal_from_the_rules_record(tmp_path: Path) -> None:
+    """Every shipped rule (lists, maps, durations in params) is committed and read back as the same RuleSpec:
+    a restart on unchanged manifests resets nothing."""
+    settings = dict(CITYOPS_SOURCE_REGISTRY="simulator")
+    first = make_runtime(tmp_path, **settings, CITYOPS_RULES_DIR="")
+    assert first.alerts is not None and len(first.alerts.rules) >= 10
+    first.tick()
+    first.store.close()
+    again = make_runtime(tmp_path, **settings, CITYOPS_RULES_DIR="")
+    try:
+        assert again.alerts is not None and again.alerts.restored_rules == again.alerts.rules
     finally:
         again.store.close()
