@@ -238,6 +238,7 @@ class RuleReloader:
         if why is None:
             return None
         self._requested = None
+        t0 = time.perf_counter()
         files = _fingerprint(self.rules_dir)
         try:
             rules_dir, specs = self._load(self.settings)
@@ -271,9 +272,10 @@ class RuleReloader:
         if changes.changed:
             self.generation += 1
         self.hash = rules_hash(specs)
-        self._result("ok", why, changes=changes.as_dict())
-        log.info("rules reloaded (%s) generation=%d hash=%s rules=%d %s", why, self.generation, self.hash,
-                 len(specs), changes.line())
+        took = time.perf_counter() - t0
+        self._result("ok", why, changes=changes.as_dict(), took_s=round(took, 4))
+        log.info("rules reloaded (%s) generation=%d hash=%s rules=%d %s took_s=%.3f", why, self.generation,
+                 self.hash, len(specs), changes.line(), took)
         return changes
 
     def _result(self, result: str, why: str, **extra: Any) -> None:
