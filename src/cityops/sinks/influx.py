@@ -91,14 +91,28 @@ def to_line(point: Point) -> str:
     for k, v in point.fields.items():
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"field {k}={v!r} is not a finite number: line protocol cannot carry it")
-    p = InfluxPoint(point.measurement)
-    for k, v in sorted(point.tags.items()):
-        if v != "":
-            p.tag(k, encode_tag(v))
+    # A window's point is rewritten at every commit while the window is open: its series part (measurement
+    # and tags, the costlier half to encode) is encoded once per series; fields and time each time.
+    series = _series(point.measurement, tuple(sorted(point.tags.items())))
+    p = InfluxPoint("m")
     for k, v in point.fields.items():
         p.field(k, v)
     p.time(point.ts, WritePrecision.S)
-    return p.to_line_protocol()
+    rest = p.to_line_protocol()  # "m <fields> <time>", or "" when no field is left
+    return series + rest[2:] if rest else ""
+
+
+@functools.lru_cache(maxsize=65536)
+def _series(measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+    """The escaped ``measurement,tag=value,... `` part of a point's line (with its trailing space), as
+    influxdb-client writes it (taken from a line with one placeholder field)."""
+    p = InfluxPoint(measurement)
+    for k, v in tags:
+        if v != "":
+            p.tag(k, encode_tag(v))
+    p.field("f", 0)
+    line = p.to_line_protocol()
+    return line[: -len("f=0i")]
 
 
 class InfluxSink:
