@@ -607,6 +607,7 @@ class Outcome:
     dead_letter_examples: list[dict[str, Any]] = field(default_factory=list)
     diff: dict[str, RuleDiff] | None = None
     transitions: int = 0
+    open_windows: int = 0  # windows still open after the final commit (0: every window closed)
 
 
 class Clock:
@@ -753,6 +754,7 @@ def run_backtest(args: Any, env: Mapping[str, str], out: TextIO | None = None, e
             outcome.dead_letters.setdefault(stream, {})[reason] = n
         outcome.dead_letter_examples = lead.dead_letter_examples
         outcome.kpis = kpi_summary(lead.points.values())
+        outcome.open_windows = len(lead.engine.windows.table.data)
         outcome.transitions = len(lead.transitions)
         outcome.proposed, outcome.cancelled = episodes(lead.transitions)
         if compare:
@@ -902,6 +904,7 @@ def report_json(o: Outcome) -> dict[str, Any]:
         "dead_letters": o.dead_letters,
         "dead_letter_examples": o.dead_letter_examples,
         "kpis": o.kpis,
+        "open_windows_at_end": o.open_windows,
         "alerts": rules,
         "cancelled_pending": o.cancelled,
     }

@@ -176,6 +176,7 @@ def test_kpis_by_hand_every_window_closed(tmp_path: Path, env: None) -> None:
                     "--baseline", str(rules), "--kpis-out", str(lp))
     assert code == 0 and rep is not None
     assert "diff" not in rep  # the same manifests: nothing to compare
+    assert rep["open_windows_at_end"] == 0
     assert rep["events"] == {"traffic.card-taps": {"accepted": 19}}
     ridership = rep["kpis"]["traffic_ridership"]
     # Minutes with taps: 08:00 A, 08:01 B, 08:02-08:06 C (declined; B's second tap at 08:03:30), 08:10 A,
