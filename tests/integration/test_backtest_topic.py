@@ -45,7 +45,8 @@ def broker_state(bootstrap: str) -> tuple[dict[tuple[str, int], int], list[Any]]
 
 
 def test_topic_history_backtests_like_its_recording(kafka: ManagedProcess, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from kafka import KafkaProducer
 
     for name in list(os.environ):
@@ -92,6 +93,18 @@ def test_topic_history_backtests_like_its_recording(kafka: ManagedProcess, tmp_p
     assert main(["record", "--topic", "traffic.card-taps", "--bootstrap", kafka.url, "--out", str(again),
                  "--quiet"]) == 0
     assert [orjson.loads(x) for x in again.read_bytes().splitlines()] == rows
+
+    # A topic the broker does not have is a bad --from (exit 2, naming it; not created by asking); a broker
+    # that does not answer is exit 1, naming the address and the option it came from.
+    assert main(["backtest", "--from", "no.such.topic", "--bootstrap", kafka.url, "--agents", str(proposed),
+                 "--quiet"]) == 2
+    assert "--from no.such.topic: no such topic" in capsys.readouterr().err
+    from cityops.localproc import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    assert main(["backtest", "--from", "traffic.card-taps", "--bootstrap", dead, "--agents", str(proposed),
+                 "--quiet"]) == 1
+    assert f"cannot reach the Kafka broker at {dead} (set by --bootstrap)" in capsys.readouterr().err
 
     # Nothing committed (no consumer group), nothing written, no topic created.
     after = broker_state(kafka.url)
