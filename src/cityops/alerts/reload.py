@@ -249,6 +249,7 @@ class RuleReloader:
             reconfigure = [s for s in self.engine.streams.values() if hasattr(s, "reconfigure")]
             for stream in reconfigure:  # validate before anything changes
                 type(stream).rule_config(specs.values())
+            self._check_stream_rules(dict(self.alerts.rules), specs, [*instances, *self.engine.rules], reconfigure)
         except ConfigError as exc:
             self._files = files  # a further change of the files tries again
             message = " ".join(str(exc).split())  # one line (a YAML error spans several)
@@ -277,6 +278,23 @@ class RuleReloader:
         log.info("rules reloaded (%s) generation=%d hash=%s rules=%d %s took_s=%.3f", why, self.generation,
                  self.hash, len(specs), changes.line(), took)
         return changes
+
+    @staticmethod
+    def _check_stream_rules(old: Mapping[str, RuleSpec], new: Mapping[str, RuleSpec], instances: list[Any],
+                            reconfigure: list[Any]) -> None:
+        """A rule evaluated by a stream's own code (no rule instance: the food rules) reaches that stream only
+        through ``reconfigure``; a stream without it (a plugin's) takes new rules of its kinds at a restart
+        only: ConfigError naming the rule rather than a reload that silently changes nothing."""
+        coded = {r.spec.kind for r in instances if hasattr(r, "spec")}  # the new and the running instances
+        reachable = {kind for s in reconfigure for kind in getattr(s, "rule_kinds", ())}
+        for name in sorted(set(old) | set(new)):
+            before, after = old.get(name), new.get(name)
+            if before is not None and after is not None and not _differs(before, after, EVALUATION_FIELDS):
+                continue  # only lifecycle, labels or texts changed: the lifecycle applies those, not the stream
+            for spec in (before, after):
+                if spec is not None and spec.kind not in coded and spec.kind not in reachable:
+                    raise ConfigError(f"rule {name!r} (kind {spec.kind!r}) is evaluated by its stream, which "
+                                      f"cannot take a changed rule of that kind without a restart: restart the worker")
 
     def _result(self, result: str, why: str, **extra: Any) -> None:
         self.last = {"result": result, "trigger": why, "at": round(self.clock(), 3), **extra}

@@ -153,6 +153,7 @@ class FoodStream:
     topic = "food.trace-events"
 
     kpis = FOOD_KPIS  # the engine writes these windows (same rules as the city streams)
+    rule_kinds = RULE_KINDS  # the rule kinds it evaluates itself; a manifest reload reaches them (reconfigure)
     event_type = dict[str, Any]  # Decoded.event: the plain view of ``normalise``
 
     def __init__(self, *, alertnames: Mapping[str, str] | None = None, cold_min_c: float = DEFAULT_COLD_MIN_C,

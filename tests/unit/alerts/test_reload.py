@@ -380,3 +380,27 @@ def test_the_shipped_rules_read_back_equal_from_the_rules_record(tmp_path: Path)
         assert again.alerts is not None and again.alerts.restored_rules == again.alerts.rules
     finally:
         again.store.close()
+
+
+def test_a_rule_evaluated_by_a_stream_that_cannot_take_it_is_refused(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream evaluating rules of its kinds itself without ``reconfigure`` (a plugin's): a reload that changes
+    such a rule is refused naming it, instead of leaving the stream on the old rule while reporting ok."""
+    from cityops.food.stream import FoodStream
+
+    write_rules(tmp_path / "rules", manifest(cold={"min_c": 0, "max_c": 4}))
+    monkeypatch.delattr(FoodStream, "reconfigure")
+    rt = make_runtime(tmp_path)
+    try:
+        write_rules(tmp_path / "rules", manifest(cold={"min_c": 0, "max_c": 4}, new_rule=True))
+        rt.request_reload("SIGHUP")
+        rt.tick()  # ColdChain unchanged: the reload goes through
+        assert rt.rules_status()["last_reload"]["result"] == "ok"
+        write_rules(tmp_path / "rules", manifest(cold={"min_c": 0, "max_c": 6}, new_rule=True))
+        rt.request_reload("SIGHUP")
+        rt.tick()
+        last = rt.rules_status()["last_reload"]
+        assert last["result"] == "refused" and "rule 'ColdChain' (kind 'cold_chain') is evaluated by its stream" \
+            in last["error"]
+    finally:
+        rt.store.close()
