@@ -83,14 +83,34 @@ def _epcis(report: Report) -> None:
         report.problems.append(f"EPCIS schema: {exc}")
 
 
-def _dashboards(report: Report) -> int:
-    from cityops import dashboards, resources
+def _dashboards(report: Report, plugins: Any) -> int:
+    from cityops import dashboards
+    from cityops.plugins import catalogue, load_all_dashboards
 
-    boards = dashboards.load_dashboards(resources.dashboards_dir())
-    for board in boards:
-        for problem in dashboards.validate(board):
-            report.problems.append(f"dashboard {board.get('uid')}: {problem}")
+    boards = load_all_dashboards(plugins)
+    measurements = catalogue(plugins)
+    seen: set[str] = set()
+    for loaded, board in boards:
+        where = "" if loaded.builtin else f" ({loaded.label()})"
+        for problem in dashboards.validate(board, seen_uids=seen, measurements=measurements):
+            report.problems.append(f"dashboard {board.get('uid')}{where}: {problem}")
     return len(boards)
+
+
+def _plugin_contracts(report: Report, plugins: Any) -> None:
+    """Each installed plugin's stream has its contract: ``<contracts>/<topic>/schema.json``, valid JSON."""
+    for loaded in plugins.third_party:
+        folder = loaded.plugin.contracts
+        for topic in loaded.plugin.topics:
+            path = None if folder is None else folder.joinpath(topic, "schema.json")
+            if path is None or not path.is_file():
+                report.problems.append(f"{loaded.label()}: stream {topic!r} has no contract "
+                                       f"{'(contracts unset)' if folder is None else path}")
+                continue
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                report.problems.append(f"{loaded.label()}: stream contract {path}: cannot read ({exc})")
 
 
 def _data_dir(report: Report, data_dir: Path) -> str:
@@ -116,7 +136,11 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
     _attempt(report, lambda: _packaged_files(report))
     _attempt(report, lambda: _epcis(report))
     _attempt(report, lambda: _contracts(report))
-    n_boards = _attempt(report, lambda: _dashboards(report))
+    from cityops.plugins import describe, load_plugins, plugin_set
+
+    # The dashboards of every installed plugin (they are files, whichever plugins CITYOPS_PLUGINS selects).
+    installed = _attempt(report, load_plugins)
+    n_boards = None if installed is None else _attempt(report, lambda: _dashboards(report, installed))
     if n_boards is not None:
         report.lines.append(f"dashboards: {n_boards} (cityops dashboards push, or Grafana's file provider)")
 
@@ -128,6 +152,15 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
     settings = _attempt(report, lambda: load_settings({k: v for k, v in environ.items() if k not in bad}))
     if settings is None:
         return report
+
+    # (CITYOPS_PLUGINS unset: the set loaded above; its problems are reported once)
+    plugins = installed if not settings.plugins else _attempt(report, lambda: plugin_set(settings))
+    if plugins is None:
+        return report
+    report.lines.append(f"plugins: {len(plugins.third_party)} installed plugin(s) loaded (CITYOPS_PLUGINS="
+                        f"{settings.plugins or 'all'}); entry point group cityops.agents")
+    report.lines.extend(describe(plugins))
+    _attempt(report, lambda: _plugin_contracts(report, plugins))
 
     from cityops.alerts import wiring
     from cityops.engine.pipeline import DEAD_LETTER_TOPIC
@@ -151,8 +184,9 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
         rules_dir, specs = loaded
         if rules_dir is None:
             report.lines.append("rules: off (CITYOPS_RULES_DIR=none)")
-        elif _attempt(report, lambda: wiring.build_rules(rules_dir, specs)) is not None:
-            report.lines.append(f"rules: {len(specs)} from {rules_dir}")
+        elif _attempt(report, lambda: wiring.build_rules(rules_dir, specs, plugins.rule_kinds)) is not None:
+            report.lines.append(f"rules: {len(specs)} from {rules_dir}" + "".join(
+                f" and {folder} (plugin {ld.plugin.name})" for ld, folder, _ in plugins.manifest_folders()))
             by_agent: dict[str, list[str]] = {}
             for spec in specs.values():
                 by_agent.setdefault(spec.agent, []).append(spec.name)

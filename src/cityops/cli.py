@@ -54,8 +54,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     # A data directory this release cannot read stops the start (exit 2) before any server is needed.
     check_format(Path(settings.data_dir) / "state")
+    from cityops.plugins import plugin_set
+
+    # A plugin that does not load, or collides with another, stops the start (exit 2) here too.
+    plugins = plugin_set(settings)
     # First, and before the heavy imports: without the broker the worker cannot go on.
-    specs = topic_specs(settings.topic_partitions)
+    specs = topic_specs(settings.topic_partitions, plugins)
     if settings.state_store == "kafka":
         from cityops.topics import state_topic_spec
 
@@ -208,12 +212,19 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
-    from cityops import dashboards, resources
+    from cityops import dashboards
+    from cityops.plugins import catalogue, load_all_dashboards, load_plugins
 
-    boards = dashboards.load_dashboards(Path(args.dir) if args.dir else resources.dashboards_dir())
+    plugins = load_plugins()  # (every installed plugin: their dashboards query their KPIs)
+    if args.dir:
+        boards = dashboards.load_dashboards(Path(args.dir))
+    else:
+        boards = [board for _, board in load_all_dashboards(plugins)]
+    measurements = catalogue(plugins)
+    seen: set[str] = set()
     bad = 0
     for b in boards:
-        problems = dashboards.validate(b)
+        problems = dashboards.validate(b, seen_uids=seen, measurements=measurements)
         for p in problems:
             print(f"{b.get('uid')}: {p}")
         bad += len(problems)
@@ -427,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("action", choices=("validate", "push"))
     g.add_argument("--dir", default=None,
                    help="folder of dashboard JSON files (default: the dashboards shipped in the package, "
-                        "= the repository's dashboards/)")
+                        "= the repository's dashboards/, and every installed agent plugin's)")
     g.add_argument("--url", default=None,
                    help="Grafana base URL (default $CITYOPS_GRAFANA_URL, else http://127.0.0.1:3000); token in "
                         "$CITYOPS_GRAFANA_TOKEN")

@@ -200,14 +200,16 @@ def _unquote(name: str) -> str:
     return name[1:-1] if len(name) >= 2 and name[0] == name[-1] == '"' else name
 
 
-def check_influxql(query: str) -> list[str]:
-    """Problems of one InfluxQL dashboard query against the ``MEASUREMENTS`` catalogue.
+def check_influxql(query: str, measurements: Mapping[str, Measurement] | None = None) -> list[str]:
+    """Problems of one InfluxQL dashboard query against the ``MEASUREMENTS`` catalogue (or ``measurements``:
+    with the installed plugins' KPIs, ``cityops.plugins.catalogue``).
 
     A minimal parser for the subset the dashboards use: ``SELECT … FROM one measurement
     [WHERE …] [GROUP BY …] [fill()] [ORDER BY time] [LIMIT n]`` and
     ``SHOW TAG VALUES FROM m WITH KEY = k [WHERE …]``. Subqueries, regex measurements and
     multi-statement queries are reported, not parsed.
     """
+    catalogue = MEASUREMENTS if measurements is None else measurements
     problems: list[str] = []
     text = query.strip()
     if not text:
@@ -218,13 +220,13 @@ def check_influxql(query: str) -> list[str]:
     m = _SHOW_TAG_VALUES_RE.match(text)
     if m:
         meas = _unquote(m["from"])
-        if meas not in MEASUREMENTS:
+        if meas not in catalogue:
             return [f"unknown measurement {meas!r}"]
         key = _unquote(m["key"])
-        if key not in MEASUREMENTS[meas].tags:
+        if key not in catalogue[meas].tags:
             problems.append(f"{key!r} is not a tag of {meas}")
         if m["where"]:
-            problems += _check_names(_identifiers(m["where"]), meas, where=True)
+            problems += _check_names(_identifiers(m["where"]), meas, where=True, catalogue=catalogue)
         return problems
 
     m = _SELECT_RE.match(text)
@@ -234,7 +236,7 @@ def check_influxql(query: str) -> list[str]:
     if source.startswith("(") or "select" in source.lower():
         return ["subqueries are not supported in dashboards"]
     meas = _unquote(source.split(".")[-1]) if not source.startswith('"') else _unquote(source)
-    if meas not in MEASUREMENTS:
+    if meas not in catalogue:
         return [f"unknown measurement {meas!r}"]
 
     select = _ALIAS.sub(" ", m["select"])
@@ -242,14 +244,14 @@ def check_influxql(query: str) -> list[str]:
         problems.append("SELECT * is not allowed: name the fields")
     else:
         names = _identifiers(select)
-        problems += _check_names(names, meas, where=False)
-        if not names & MEASUREMENTS[meas].fields:
+        problems += _check_names(names, meas, where=False, catalogue=catalogue)
+        if not names & catalogue[meas].fields:
             problems.append("SELECT names no field (InfluxDB returns nothing for tags alone)")
 
     where = m["where"] or ""
     if "$timeFilter" not in where:
         problems.append("WHERE lacks $timeFilter (the query would ignore the dashboard time range)")
-    problems += _check_names(_identifiers(where), meas, where=True)
+    problems += _check_names(_identifiers(where), meas, where=True, catalogue=catalogue)
 
     group = m["group"] or ""
     for part in (p.strip() for p in _split_top(group)):
@@ -262,7 +264,7 @@ def check_influxql(query: str) -> list[str]:
             continue
         else:
             tag = _unquote(part)
-            if tag not in MEASUREMENTS[meas].tags:
+            if tag not in catalogue[meas].tags:
                 problems.append(f"GROUP BY {tag!r}: not a tag of {meas}")
     return problems
 
@@ -284,8 +286,10 @@ def _split_top(text: str) -> list[str]:
     return parts
 
 
-def _check_names(names: set[str], meas: str, *, where: bool) -> list[str]:
-    known = MEASUREMENTS[meas].tags | MEASUREMENTS[meas].fields
+def _check_names(names: set[str], meas: str, *, where: bool,
+                 catalogue: Mapping[str, Measurement] | None = None) -> list[str]:
+    catalogue = MEASUREMENTS if catalogue is None else catalogue
+    known = catalogue[meas].tags | catalogue[meas].fields
     if where:
         known = known | {"time"}
     return [f"{name!r} is neither a field nor a tag of {meas}" for name in sorted(names - known)]
@@ -309,8 +313,10 @@ def validate(
     *,
     seen_uids: set[str] | None = None,
     datasources: Mapping[str, str] = PROVISIONED_DATASOURCES,
+    measurements: Mapping[str, Measurement] | None = None,
 ) -> list[str]:
-    """Problems found in one dashboard (an empty list means it is fine).
+    """Problems found in one dashboard (an empty list means it is fine); ``measurements``: the catalogue its
+    InfluxQL queries are checked against (default ``MEASUREMENTS``, the built-in one).
 
     Checks: uid present (and not already in ``seen_uids``, which is updated, so pass the
     same set across a folder to check uniqueness), title, schemaVersion, panel ids unique,
@@ -391,7 +397,7 @@ def validate(
                 if not q:
                     problems.append(f"{tctx}: no query")
                 else:
-                    problems += [f"{tctx}: {p}" for p in check_influxql(str(q))]
+                    problems += [f"{tctx}: {p}" for p in check_influxql(str(q), measurements)]
                     if "GROUP BY time(" in str(q) and "$__interval" not in str(q):
                         problems.append(f"{tctx}: GROUP BY time() should use $__interval")
             elif _is_prom(ds_uid):
@@ -410,7 +416,7 @@ def validate(
             if not q:
                 problems.append(f"{actx}: no query")
             else:
-                problems += [f"{actx}: {p}" for p in check_influxql(q)]
+                problems += [f"{actx}: {p}" for p in check_influxql(q, measurements)]
 
     for var in (dashboard.get("templating") or {}).get("list", []):
         vctx = f"{where} variable {var.get('name')!r}"
@@ -424,7 +430,7 @@ def validate(
             if not q:
                 problems.append(f"{vctx}: no query")
             else:
-                problems += [f"{vctx}: {p}" for p in check_influxql(q)]
+                problems += [f"{vctx}: {p}" for p in check_influxql(q, measurements)]
     return problems
 
 

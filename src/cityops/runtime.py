@@ -28,8 +28,8 @@ from cityops.metrics import Metrics
 from cityops.settings import Settings
 from cityops.sinks.influx import InfluxPointSink, InfluxSink, InfluxUnavailable
 from cityops.sinks.kafka import KafkaRecord, KafkaTopicSink
-from cityops.streams.city_streams import STREAM_CLASSES, Pseudonymizer
-from cityops.types import Sink, Transition
+from cityops.streams.city_streams import Pseudonymizer
+from cityops.types import Sink, StreamSetup, Transition
 
 log = logging.getLogger("cityops.runtime")
 
@@ -66,18 +66,14 @@ class ShutdownReport:
 
 
 def build_streams(settings: Settings, rules: Mapping[str, RuleSpec] | None = None) -> list[Any]:
-    """All stream kinds the worker consumes, configured from settings; ``rules`` (alert name -> RuleSpec,
-    the loaded manifests; None = alerting off) give streams that evaluate rules their names and thresholds."""
+    """All streams the worker consumes: every loaded plugin's (``cityops.plugins``: the built-in agents, then
+    the installed plugins CITYOPS_PLUGINS selects), built from settings; ``rules`` (alert name -> RuleSpec,
+    the loaded manifests; None = alerting off) give streams that evaluate rules their names and thresholds.
+    Raises ConfigError naming the plugin or setting."""
+    from cityops.plugins import plugin_set
+
     pseudo = Pseudonymizer(settings.pseudonym_key.get_secret_value().encode())
-    streams: list[Any] = [cls(topic, topic, pseudo) for topic, cls in STREAM_CLASSES.items()]
-    try:
-        from cityops.food.stream import FoodStream
-    except ImportError:  # pragma: no cover - food pipeline is part of the package
-        return streams
-    # The lineage outlives the food lateness: an upload still on time finds the history of its lots.
-    retention = max(settings.food_retention_s, settings.stream_lateness_s.get(FoodStream.topic, 0.0) + 86400.0)
-    streams.append(FoodStream.from_rules((rules or {}).values(), retention_s=retention))
-    return streams
+    return list(plugin_set(settings).build_streams(StreamSetup(settings, pseudo, dict(rules or {}))))
 
 
 def open_state_store(settings: Settings) -> StateStore:

@@ -182,6 +182,9 @@ class Settings(KafkaSettings):
     rules_watch_s: float = Field(0.0, ge=0, description="how often (s) the worker looks for changed files in the "
                                  "rules directory and reloads them; 0 = only on SIGHUP")
     runbook_base: str = DEFAULT_RUNBOOK_BASE
+    plugins: str | None = Field(None, description="installed agent plugins to load (entry points "
+                                "cityops.agents): unset = all; none = the built-in agents alone; or a comma "
+                                "list of plugin names")
     food_retention_s: float = Field(7 * 86400.0, gt=0)
     alert_resend_s: float = Field(60.0, gt=0)
     log_level: str = "INFO"

@@ -19,17 +19,18 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
-def topic_specs(partitions: int = 6) -> list[TopicSpec]:
-    """Every topic with its partitions and configs (``partitions`` sets the high-volume input topics)."""
+def topic_specs(partitions: int = 6, plugins: Any = None) -> list[TopicSpec]:
+    """Every topic with its partitions and configs (``partitions`` = CITYOPS_TOPIC_PARTITIONS sets the
+    high-volume input topics): the input topics of every stream of ``plugins`` (a
+    ``cityops.plugins.PluginSet``; None = the built-in agents and every installed plugin), each with the
+    partitions its ``StreamFactory`` declares (``cityops.builtin``), then the core's output topics."""
+    if plugins is None:
+        from cityops.plugins import load_plugins
+
+        plugins = load_plugins()
     big = {"retention.ms": str(7 * DAY_MS), "cleanup.policy": "delete", "max.message.bytes": str(8 << 20)}
     return [
-        TopicSpec("traffic.card-taps", partitions, big),
-        TopicSpec("traffic.road-detectors", max(1, partitions // 2), big),
-        TopicSpec("health.card-events", max(1, partitions // 2), big),
-        # One partition: a lot's history must be read in the order it was written (a sale judged before
-        # its receiving would be a false FoodUntracedSale), and a replay must read it in the same order.
-        # EPCIS volume for a city (~20k events/day) is far below one partition's capacity.
-        TopicSpec("food.trace-events", 1, big),
+        *(TopicSpec(topic, n, dict(big)) for topic, n in plugins.topic_partitions(partitions)),
         TopicSpec("cityops.dead-letter", 3, {"retention.ms": str(14 * DAY_MS), "cleanup.policy": "delete",
                                              "max.message.bytes": str(8 << 20)}),
         TopicSpec("cityops.alerts", 1, {"retention.ms": str(30 * DAY_MS), "cleanup.policy": "delete"}),

@@ -13,18 +13,38 @@
   the outbox, in order), what was rejected with why (never retried; dead-lettered or counted by the
   caller). Each sink has its own outbox cursor: ``name`` keys its deliveries in the outbox, so one
   output's outage never holds back another.
+- The agent plugin API (``AgentPlugin``, ``StreamFactory``, ``StreamSetup``, ``Stream``): what a package adds
+  to the worker — streams with their KPIs, rule kinds, manifests with runbooks, contracts, dashboards. The
+  built-in agents are declared with it too (``cityops.builtin``); ``cityops.plugins`` loads them and the
+  installed packages' entry points (group ``cityops.agents``). For plugin code, the names it builds on are
+  importable from here as well: ``Kpi``, ``Fields``, ``JsonStream``, ``Decoded``, ``Rejected``, ``Context``,
+  ``RuleKind``, ``RuleSpec``, ``REQUIRED``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, Required, TypedDict, TypeVar, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Required, TypedDict, TypeVar, runtime_checkable
 
 import msgspec
 
-__all__ = ["Alert", "AlertState", "RuleContext", "Sink", "SinkResult", "Transition", "TransitionRecord"]
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+    from cityops.alerts.kinds import RuleKind
+    from cityops.alerts.spec import RuleSpec
+    from cityops.engine.context import Context, Decoded, Rejected
+    from cityops.engine.windows import Kpi
+    from cityops.settings import Settings
+
+__all__ = [
+    "AgentPlugin", "Alert", "AlertState", "RuleContext", "Sink", "SinkResult", "Stream", "StreamFactory",
+    "StreamSetup", "Transition", "TransitionRecord",
+]
 
 
 class AlertState(enum.StrEnum):
@@ -188,3 +208,149 @@ class Sink(Protocol[T]):
     name: str
 
     async def write(self, batch: Sequence[tuple[Any, T]]) -> SinkResult[Any]: ...
+
+
+# --------------------------------------------------------------------------------------- agent plugins
+@runtime_checkable
+class Stream(Protocol):
+    """A stream the engine consumes (one Kafka topic): how its messages decode, what an event does.
+
+    ``name``: a short name for logs; ``topic``: the Kafka topic; ``kpis``: measurement -> ``Kpi`` of the
+    windows ``apply`` fills (the engine writes them to InfluxDB). ``decode(raw)``: one result per event of
+    the message, in order — a ``Decoded`` (event id, event time in epoch s, source, content digest, the
+    typed event) or a ``Rejected`` (the reason, dead-lettered and counted); it never raises. ``apply(ev,
+    ctx)``: an accepted, on-time event (``ctx.windows.acc(kpi, tag values, ev.ts)`` gives the window's
+    accumulator). Optional: ``event_type`` (how an event waiting for the rules is read back from state) and
+    ``restore(ctx)`` (see ``cityops.engine.context.StreamKind``).
+    """
+
+    name: str
+    topic: str
+    kpis: Mapping[str, Kpi]
+
+    def decode(self, raw: bytes) -> list[Decoded | Rejected]: ...
+
+    def apply(self, ev: Decoded, ctx: Context) -> None: ...
+
+
+@dataclass(frozen=True)
+class StreamSetup:
+    """What a ``StreamFactory`` builds its stream from.
+
+    ``settings``: the worker's settings; ``pseudonymize``: card number -> its keyed pseudonym (raw card
+    numbers never leave ingest); ``rules``: alertname -> ``RuleSpec`` of every loaded manifest (empty when
+    alerting is off), for a stream that evaluates rules itself (``AgentPlugin.stream_rule_kinds``).
+    """
+
+    settings: Settings
+    pseudonymize: Callable[[str], str]
+    rules: Mapping[str, RuleSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamFactory:
+    """One stream a plugin adds, declared before it is built (topics are created before any stream exists).
+
+    ``topic``: the Kafka topic; ``build(setup)``: the ``Stream`` (its ``topic`` and ``kpis`` must be these);
+    ``kpis``: the ``Kpi`` declarations it writes (measurement names are unique across all plugins);
+    ``partitions``: the topic's partitions — a number, a function of ``CITYOPS_TOPIC_PARTITIONS``, or None
+    for ``CITYOPS_TOPIC_PARTITIONS`` itself. ``build`` may raise ``ConfigError`` (bad settings or rules).
+    """
+
+    topic: str
+    build: Callable[[StreamSetup], Stream]
+    kpis: tuple[Kpi, ...] = ()
+    partitions: int | Callable[[int], int] | None = None
+
+    @classmethod
+    def json(cls, topic: str, stream_class: Any, *,
+             partitions: int | Callable[[int], int] | None = None) -> "StreamFactory":
+        """The factory of a ``JsonStream`` subclass (``model``, ``kpis``, ``apply``) on ``topic``."""
+        return cls(topic, lambda setup: stream_class(topic, topic, setup.pseudonymize),
+                   tuple(stream_class.kpis.values()), partitions)
+
+    def partitions_for(self, default: int) -> int:
+        """The topic's partitions given ``CITYOPS_TOPIC_PARTITIONS`` = ``default`` (at least 1)."""
+        p = self.partitions
+        n = default if p is None else p(default) if callable(p) else p
+        return max(1, int(n))
+
+
+_PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True)
+class AgentPlugin:
+    """What one package adds to the worker; the built-in agents are declared the same way (``cityops.builtin``).
+
+    ``name``: the plugin's name (lower-case, ``[a-z][a-z0-9_-]*``; ``CITYOPS_PLUGINS`` selects by it).
+    ``streams``: its ``StreamFactory`` values. ``rule_kinds``: rule kind name -> ``RuleKind`` subclass (not
+    registered with ``cityops.alerts.kinds.register``: the loader adds them, and sets the class's ``kind``).
+    ``stream_rule_kinds``: rule kinds its streams evaluate themselves (kind -> one-shot), given their rules
+    through ``StreamSetup.rules``. ``manifests``: a folder (a ``Path`` or ``importlib.resources`` Traversable
+    on disk) of ``<agent>.yml`` manifests with their ``<agent>.md`` runbooks (format: agents/README.md).
+    ``runbook_url``: URL of that folder for the alerts' ``runbook_url`` (``<url>/<agent>.md#<alertname>``;
+    "" = ``CITYOPS_RUNBOOK_BASE/agents``). ``contracts``: a folder with ``<topic>/schema.json`` (JSON Schema
+    2020-12 of one event) and ``<topic>/samples.jsonl`` per stream. ``dashboards``: a folder of Grafana
+    dashboard JSON files.
+
+    Raises TypeError or ValueError when a field has the wrong shape (the loader names the entry point).
+    """
+
+    name: str
+    streams: tuple[StreamFactory, ...] = ()
+    rule_kinds: Mapping[str, type[RuleKind]] = field(default_factory=dict)
+    stream_rule_kinds: Mapping[str, bool] = field(default_factory=dict)
+    manifests: Traversable | Path | None = None
+    runbook_url: str = ""
+    contracts: Traversable | Path | None = None
+    dashboards: Traversable | Path | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _PLUGIN_NAME.match(self.name):
+            raise ValueError(f"name must match [a-z][a-z0-9_-]*, got {self.name!r}")
+        object.__setattr__(self, "streams", tuple(self.streams))
+        for i, f in enumerate(self.streams):
+            if not isinstance(f, StreamFactory):
+                raise TypeError(f"streams[{i}]: expected a cityops.types.StreamFactory, got {type(f).__name__}")
+            if not isinstance(f.topic, str) or not _TOPIC.match(f.topic):
+                raise ValueError(f"streams[{i}].topic: not a Kafka topic name: {f.topic!r}")
+        from cityops.alerts.kinds import RuleKind
+
+        for kind, cls in dict(self.rule_kinds).items():
+            if not isinstance(cls, type) or not issubclass(cls, RuleKind):
+                raise TypeError(f"rule_kinds[{kind!r}]: expected a RuleKind subclass, got {cls!r}")
+        for key in ("manifests", "contracts", "dashboards"):
+            folder = getattr(self, key)
+            if folder is not None and not folder.is_dir():
+                raise ValueError(f"{key}: {folder} is not a folder")
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The Kafka topics of its streams."""
+        return tuple(f.topic for f in self.streams)
+
+    @property
+    def kpis(self) -> tuple[Kpi, ...]:
+        """Every ``Kpi`` its streams declare."""
+        return tuple(k for f in self.streams for k in f.kpis)
+
+
+# Names plugin code builds on, importable from this one module; loaded on first use (they import the engine,
+# which imports this module).
+_LAZY = {
+    "Kpi": "cityops.engine.windows", "Fields": "cityops.engine.windows",
+    "JsonStream": "cityops.streams.city_streams", "Decoded": "cityops.engine.context",
+    "Rejected": "cityops.engine.context", "Context": "cityops.engine.context",
+    "RuleKind": "cityops.alerts.kinds", "REQUIRED": "cityops.alerts.kinds", "RuleSpec": "cityops.alerts.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cityops.types' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cityops.alerts.manifest import load_manifests
 from cityops.checkconfig import check_config
+from cityops.plugins import load_plugins
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"CITYOPS_KAFKA_BOOTSTRAP": "kafka.example:9092", "CITYOPS_INFLUX_URL": "http://influx.example:8086",
@@ -29,7 +31,9 @@ def test_prints_what_is_active() -> None:
     assert "streams: traffic.card-taps, traffic.road-detectors, health.card-events, food.trace-events" in text
     assert "kafka: kafka.example:9092 (PLAINTEXT)" in text
     assert "sources.json (observe, " in text
-    assert "rules: 15 from " in text and "  traffic-security: CardImpossibleTravel, " in text
+    # The shipped manifests' 15 rules, and those of the installed agent plugins (examples/cityops-parking).
+    plugin_rules = sum(len(load_manifests(folder)) for _, folder, _ in load_plugins().manifest_folders())
+    assert f"rules: {15 + plugin_rules} from " in text and "  traffic-security: CardImpossibleTravel, " in text
     assert "  influxdb: http://influx.example:8086/ database=cityops" in text
     assert "  alertmanager: http://am.example:9093/" in text
     assert "data dir: /nonexistent/cityops (does not exist yet: the worker creates it)" in text

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -100,11 +100,16 @@ def register(name: str) -> Callable[[type[RuleKind]], type[RuleKind]]:
     return deco
 
 
-def build(spec: RuleSpec) -> RuleKind:
-    """The evaluator of ``spec``; ValueError naming the rule if its kind or params are wrong."""
-    cls = KINDS.get(spec.kind)
+def build(spec: RuleSpec, kinds: Mapping[str, type[RuleKind]] | None = None) -> RuleKind:
+    """The evaluator of ``spec``; ValueError naming the rule if its kind or params are wrong.
+
+    ``kinds``: kind name -> class (default ``KINDS``, the built-in ones; the worker passes every loaded
+    plugin's, ``cityops.plugins.PluginSet.rule_kinds``).
+    """
+    kinds = KINDS if kinds is None else kinds
+    cls = kinds.get(spec.kind)
     if cls is None:
-        raise ValueError(f"rule {spec.name!r}: unknown kind {spec.kind!r}; known kinds: {sorted(KINDS)}")
+        raise ValueError(f"rule {spec.name!r}: unknown kind {spec.kind!r}; known kinds: {sorted(kinds)}")
     return cls(spec)
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = [
     "ManifestError",
     "load_agent_manifests",
     "load_manifest",
+    "load_manifest_folders",
     "load_manifests",
     "parse_duration",
 ]
@@ -140,6 +141,7 @@ def load_manifest(
     runbook_base: str = DEFAULT_RUNBOOK_BASE,
     kinds: Collection[str] | None = None,
     require_runbook: bool = True,
+    runbook_url: str | None = None,
 ) -> AgentManifest:
     """Parse and validate one manifest; see the module doc for the format.
 
@@ -147,6 +149,8 @@ def load_manifest(
     ``{runbook_base}/agents/<agent>.md#<alertname lowercased>``.
     ``kinds``: the rule kinds the code knows; None = do not check.
     ``require_runbook``: the file ``<agent>.md`` must exist beside it with a ``## <AlertName>`` heading per rule.
+    ``runbook_url``: URL of the manifest's folder (a plugin's); ``runbook_url`` becomes
+    ``{runbook_url}/<agent>.md#<alertname lowercased>`` (None = under ``runbook_base`` as above).
     """
     path = Path(path)
     name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
@@ -241,7 +245,8 @@ def load_manifest(
                 labels=rule_labels,
                 summary=texts["summary"],
                 description=texts["description"],
-                runbook_url=f"{runbook_base.rstrip('/')}/agents/{agent}.md#{alert.lower()}",
+                runbook_url=(f"{runbook_url.rstrip('/')}/{agent}.md#{alert.lower()}" if runbook_url else
+                             f"{runbook_base.rstrip('/')}/agents/{agent}.md#{alert.lower()}"),
                 flap_window_s=flap_window_s,
                 flap_max_changes=flap_max,
             )
@@ -255,23 +260,56 @@ def load_manifests(
     runbook_base: str = DEFAULT_RUNBOOK_BASE,
     kinds: Collection[str] | None = None,
     require_runbook: bool = True,
+    runbook_url: str | None = None,
+    defined: dict[str, str] | None = None,
 ) -> dict[str, RuleSpec]:
-    """Every rule of every ``directory/*.yml`` manifest, by alertname; alertnames are unique across files."""
+    """Every rule of every ``directory/*.yml`` manifest, by alertname; alertnames are unique across files.
+
+    ``runbook_url``: see ``load_manifest``. ``defined``: alertname (and ``agent:<name>``) -> the file that
+    defines it, from folders loaded before (updated): an alertname or agent another folder already has
+    is an error naming both files (``load_manifest_folders``).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ManifestError(f"{directory}: rules directory does not exist (setting CITYOPS_RULES_DIR)")
     rules: dict[str, RuleSpec] = {}
-    origin: dict[str, str] = {}
+    origin: dict[str, str] = {} if defined is None else defined
     for path in sorted(directory.glob("*.yml")) + sorted(directory.glob("*.yaml")):
-        manifest = load_manifest(path, runbook_base=runbook_base, kinds=kinds, require_runbook=require_runbook)
+        manifest = load_manifest(path, runbook_base=runbook_base, kinds=kinds, require_runbook=require_runbook,
+                                 runbook_url=runbook_url)
+        here = f"{directory.name}/{path.name}"
+        if f"agent:{manifest.agent}" in origin:
+            raise ManifestError(f"{here}: agent: {manifest.agent!r} is also the agent of "
+                                f"{origin[f'agent:{manifest.agent}']}")
+        origin[f"agent:{manifest.agent}"] = str(path) if defined is not None else here
         for spec in manifest.rules:
-            if spec.name in rules:
+            if spec.name in origin:
                 raise ManifestError(
-                    f"{directory.name}/{path.name}: rules ({spec.name}).alert: duplicate alertname "
+                    f"{here}: rules ({spec.name}).alert: duplicate alertname "
                     f"{spec.name!r}, already defined in {origin[spec.name]}"
                 )
             rules[spec.name] = spec
-            origin[spec.name] = f"{directory.name}/{path.name}"
+            origin[spec.name] = str(path) if defined is not None else here
+    return rules
+
+
+def load_manifest_folders(
+    folders: Sequence[tuple[Path, str | None]],
+    *,
+    runbook_base: str = DEFAULT_RUNBOOK_BASE,
+    kinds: Collection[str] | None = None,
+    require_runbook: bool = True,
+) -> dict[str, RuleSpec]:
+    """The rules of several manifest folders — (folder, its runbook URL or None) — by alertname.
+
+    Alertnames and agent names are unique across all of them; errors as ``load_manifests``, the duplicate
+    naming both files.
+    """
+    rules: dict[str, RuleSpec] = {}
+    defined: dict[str, str] = {}
+    for folder, url in folders:
+        rules.update(load_manifests(folder, runbook_base=runbook_base, kinds=kinds,
+                                    require_runbook=require_runbook, runbook_url=url, defined=defined))
     return rules
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from cityops import resources
-from cityops.alerts.kinds import KINDS, build
+from cityops.alerts.kinds import build
 from cityops.alerts.lifecycle import AlertEngine
 from cityops.alerts.manifest import ManifestError, load_manifests
 from cityops.alerts.sources import SourceRegistry
@@ -141,32 +141,70 @@ def load_registry_gate(settings: Any, on_unlisted: Callable[[str], None] | None 
 
 
 def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
-    """(manifest folder, rule specs by alertname) from CITYOPS_RULES_DIR; (None, {}) when rules are off.
+    """(manifest folder, rule specs by alertname) from CITYOPS_RULES_DIR and the plugins' manifest folders
+    (``cityops.plugins``, CITYOPS_PLUGINS); (None, {}) when rules are off (CITYOPS_RULES_DIR=none).
 
-    Raises ConfigError naming CITYOPS_RULES_DIR and the file when a manifest or runbook is wrong.
+    Alertnames are unique across all folders; rule kinds are every loaded plugin's. Raises ConfigError
+    naming CITYOPS_RULES_DIR, or the plugin, and the file when a manifest or runbook is wrong.
     """
+    from cityops.plugins import plugin_set
+
     rules_dir = resolve_rules_dir(settings.rules_dir)
     if rules_dir is None:
         return None, {}
+    plugins = plugin_set(settings)
+    kinds = plugins.kind_names
     try:
-        specs = load_manifests(rules_dir, runbook_base=settings.runbook_base, kinds=set(KINDS) | set(STREAM_KINDS))
+        specs = load_manifests(rules_dir, runbook_base=settings.runbook_base, kinds=kinds, defined=(defined := {}))
     except ManifestError as exc:
         raise ConfigError(f"CITYOPS_RULES_DIR ({rules_dir}): {exc}") from exc
+    for loaded, folder, url in plugins.manifest_folders():
+        try:
+            specs.update(load_manifests(folder, runbook_base=settings.runbook_base, kinds=kinds, runbook_url=url,
+                                        defined=defined))
+        except ManifestError as exc:
+            raise ConfigError(f"{loaded.label()} manifests ({folder}): {exc}") from exc
     return rules_dir, specs
 
 
-def build_rules(rules_dir: Path, specs: dict[str, Any]) -> list[Any]:
-    """The rule instances of ``specs`` (kinds with code); ConfigError naming CITYOPS_RULES_DIR on bad params."""
-    try:
-        return [build(spec) for spec in specs.values() if spec.kind in KINDS]
-    except ValueError as exc:
-        raise ConfigError(f"CITYOPS_RULES_DIR ({rules_dir}): {exc}") from exc
+def build_rules(rules_dir: Path, specs: dict[str, Any], kinds: Mapping[str, Any] | None = None) -> list[Any]:
+    """The rule instances of ``specs`` (kinds with code: ``kinds``, default every loaded plugin's rule kinds);
+    ConfigError naming CITYOPS_RULES_DIR (or the rule's plugin) on bad params."""
+    if kinds is None:
+        from cityops.plugins import load_plugins
+
+        kinds = load_plugins().rule_kinds
+    out = []
+    for spec in specs.values():
+        if spec.kind not in kinds:
+            continue
+        try:
+            out.append(build(spec, kinds))
+        except ValueError as exc:
+            where = _rule_folder(spec, rules_dir)
+            raise ConfigError(f"{where}: {exc}") from exc
+    return out
 
 
-def one_shot_rules(rules: list[Any], specs: dict[str, Any]) -> set[str]:
-    """Alertnames of the rules that report occurrences only (``RuleKind.one_shot``, or a stream kind's)."""
+def _rule_folder(spec: Any, rules_dir: Path) -> str:
+    """How an error names where a rule is defined: CITYOPS_RULES_DIR, or the plugin whose manifest has it."""
+    from cityops.plugins import load_plugins
+
+    for loaded, folder, _url in load_plugins().manifest_folders():
+        if (folder / f"{spec.agent}.yml").is_file() or (folder / f"{spec.agent}.yaml").is_file():
+            return f"{loaded.label()} manifests ({folder})"
+    return f"CITYOPS_RULES_DIR ({rules_dir})"
+
+
+def one_shot_rules(rules: list[Any], specs: dict[str, Any], stream_kinds: Mapping[str, bool] | None = None) -> set[str]:
+    """Alertnames of the rules that report occurrences only (``RuleKind.one_shot``, or a stream kind's:
+    ``stream_kinds``, default every loaded plugin's ``stream_rule_kinds``)."""
+    if stream_kinds is None:
+        from cityops.plugins import load_plugins
+
+        stream_kinds = load_plugins().stream_rule_kinds
     one_shot = {r.spec.name for r in rules if getattr(r, "one_shot", False)}
-    return one_shot | {s.name for s in specs.values() if STREAM_KINDS.get(s.kind)}
+    return one_shot | {s.name for s in specs.values() if stream_kinds.get(s.kind)}
 
 
 def registry_mode(gate: RegistryGate | None) -> str:
@@ -191,8 +229,11 @@ def build_alerting(settings: Any, store: StateStore,
     if rules_dir is None:
         log.warning("no rules directory (CITYOPS_RULES_DIR=none): alerting is off")
         return None, [], gate
-    rules = build_rules(rules_dir, specs)
-    one_shot = one_shot_rules(rules, specs)
+    from cityops.plugins import plugin_set
+
+    plugins = plugin_set(settings)
+    rules = build_rules(rules_dir, specs, plugins.rule_kinds)
+    one_shot = one_shot_rules(rules, specs, plugins.stream_rule_kinds)
     # The outputs that each read the outbox with their own cursor (cityops.runtime.Runtime.alert_sinks).
     sinks = ["kafka", "influx"] + (["alertmanager"] if settings.alertmanager_url else [])
     engine = AlertEngine(store, specs, one_shot=one_shot, sinks=sinks, generator_url=f"http://{settings.web_host}:"
