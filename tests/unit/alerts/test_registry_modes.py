@@ -71,7 +71,10 @@ def test_rules_default_to_the_packaged_manifests() -> None:
     assert sorted(p.name for p in resources.rules_dir().glob("*.yml")) == [
         "data-quality.yml", "food-safety.yml", "health-security.yml", "kpi-anomaly.yml", "traffic-security.yml"]
     _, alerts, _, _ = run({})
-    assert alerts is not None and len(alerts.rules) == 15
+    from tests.installed_plugins import plugin_rules
+
+    # (and the rules of agent plugins installed here, e.g. examples/cityops-parking)
+    assert alerts is not None and len(alerts.rules) == 15 + plugin_rules()
 
 
 def test_enforce_dead_letters_unlisted_sources(tmp_path: Path) -> None:
