@@ -52,6 +52,9 @@ env -i PATH="$PATH" HOME="${HOME:-/tmp}" CITYOPS_KAFKA_BOOTSTRAP=127.0.0.1:9 CIT
   CITYOPS_PSEUDONYM_KEY=wheel-test-key-0123456789 CITYOPS_DATA_DIR="$WORK/data" CITYOPS_SOURCE_REGISTRY=simulator \
   "$WORK/venv/bin/cityops" check-config >"$WORK/check-config.txt" || { cat "$WORK/check-config.txt"; exit 1; }
 grep -E "^(rules|source registry|streams):" "$WORK/check-config.txt" | sed 's/^/test-wheel: check-config: /'
+# The template of `cityops agent new` ships in the wheel: a scaffolded plugin passes `cityops agent test`.
+"$WORK/venv/bin/cityops" agent new wheel-probe --dir "$WORK" >/dev/null
+"$WORK/venv/bin/cityops" agent test "$WORK/cityops-wheel-probe" | sed 's/^/test-wheel: agent test: /'
 
 echo "test-wheel: adding the test extras"
 "$WORK/venv/bin/python" -m pip install -q "$WHEEL[dev]" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }

@@ -1,5 +1,5 @@
-"""The `cityops` command: worker, check-config, simulate, demo, topics, nab-detect, dashboards, evaluate-alerts,
-backtest, record."""
+"""The `cityops` command: worker, check-config, simulate, demo, topics, nab-detect, dashboards, agent,
+evaluate-alerts, backtest, record."""
 
 from __future__ import annotations
 
@@ -253,6 +253,31 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agent_new(args: argparse.Namespace) -> int:
+    from cityops.agentkit import AgentNames, new_agent
+
+    target = new_agent(args.name, args.dir)
+    names = AgentNames.of(args.name)
+    print(f"created {target}: plugin {names.name} (package {names.module}, entry point {names.name} in group "
+          f"cityops.agents): stream {names.topic}, KPI {names.kpi}, rule kind {names.kind}, alert {names.alert}")
+    print(f"next: cd {target} && PYTHONPATH=src python -m pytest tests; pip install . && cityops agent test "
+          f"--plugin {names.name}")
+    return 0
+
+
+def cmd_agent_test(args: argparse.Namespace) -> int:
+    from cityops.agentkit import check
+
+    if args.path is not None and args.plugin is not None:
+        raise ConfigError("agent test: give PATH or --plugin NAME, not both")
+    lines, problems = check(args.path, args.plugin)
+    for line in lines:
+        print(line)
+    for problem in problems:
+        print(f"cityops: agent test: {problem}", file=sys.stderr)
+    return 2 if problems else 0
+
+
 def cmd_evaluate_alerts(args: argparse.Namespace) -> int:
     import json
 
@@ -444,6 +469,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "$CITYOPS_GRAFANA_TOKEN")
     g.add_argument("--folder", default="cityops")
     g.set_defaults(func=cmd_dashboards)
+    a = sub.add_parser("agent", help="scaffold (new) or validate (test) an agent plugin package",
+                       description="Agent plugins add streams, KPIs, rule kinds, manifests and dashboards from a "
+                                   "package installed beside cityops (entry point group cityops.agents).")
+    agent = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    an = agent.add_parser("new", help="write a plugin package that passes its own tests as generated",
+                          description="Writes cityops-NAME/: pyproject.toml with the entry point, a stream contract "
+                                      "(schema + samples), a msgspec decoder, a KPI, a rule kind, a manifest and "
+                                      "runbook, a Grafana dashboard and tests.")
+    an.add_argument("name", metavar="NAME", help="lower-case words joined by '-', e.g. bike-docks")
+    an.add_argument("--dir", default=".", help="folder to create cityops-NAME/ in (default: the current one)")
+    an.set_defaults(func=cmd_agent_new)
+    at = agent.add_parser("test", help="validate a plugin; exit 2 with one line per problem",
+                          description="Contract samples validate against the schema and decode; KPI points hold "
+                                      "only declared fields; manifests load with every plugin's rule kinds, each "
+                                      "rule has its runbook section and builds; dashboards check against the KPI "
+                                      "catalogue; topics, KPI measurements, rule kinds, alertnames and agents do not "
+                                      "collide with the built-in agents or other installed plugins.")
+    at.add_argument("path", metavar="PATH", nargs="?", default=None,
+                    help="a plugin package folder (its pyproject.toml names the entry point)")
+    at.add_argument("--plugin", metavar="NAME", default=None,
+                    help="an installed plugin by name (default without PATH: every installed plugin)")
+    at.set_defaults(func=cmd_agent_test)
+
     e = sub.add_parser("evaluate-alerts", help="score the alerts topic against `simulate --incidents` truth",
                        description="Per rule: incidents, firing alerts, TP/FP/FN, precision, recall and "
                                    "time-to-alert (event time, seconds); see cityops.evaluate for the rules.")

@@ -325,14 +325,15 @@ def by_topic(plugins: PluginSet) -> Mapping[str, Loaded]:
 
 
 def catalogue(plugins: PluginSet) -> dict[str, Any]:
-    """The InfluxDB measurement catalogue dashboards are checked against: ``cityops.dashboards.MEASUREMENTS``
-    and every installed plugin's KPIs (tags; fields = the ``Kpi.doc`` names)."""
+    """The InfluxDB measurement catalogue dashboards are checked against: the built-in one
+    (``cityops.dashboards.MEASUREMENTS``) and every installed plugin's KPIs (``cityops.catalogue.of_kpi``)."""
     from cityops import dashboards
+    from cityops.catalogue import of_kpi
 
     out: dict[str, Any] = dict(dashboards.MEASUREMENTS)
     for ld in plugins.third_party:
         for kpi in ld.plugin.kpis:
-            out[kpi.measurement] = dashboards.Measurement(frozenset(kpi.tags), frozenset(kpi.doc))
+            out[kpi.measurement] = of_kpi(kpi)
     return out
 
 

@@ -80,6 +80,10 @@ def test_wheel_contains_every_data_file(wheel: Path) -> None:
     expected |= {"cityops/data/streams/sources.json", "cityops/data/streams/food.trace-events/EPCIS-JSON-Schema.json",
                  "cityops/py.typed"}
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    # The template of `cityops agent new`, every file of it.
+    template = REPO / "src" / "cityops" / "templates" / "agent"
+    wanted = {f"cityops/templates/agent/{p.relative_to(template)}" for p in template.rglob("*.tmpl")}
+    assert len(wanted) == 13 and wanted <= names, f"template files missing: {sorted(wanted - names)}"
     assert "cityops/data/agents/platform.md" in names
     # Only the data the service reads: no tests, no samples, no vendored test fixtures.
     assert not [n for n in names if n.startswith("cityops/data/") and ("/test/" in n or n.endswith(".jsonl"))]
