@@ -196,6 +196,13 @@ def test_kpis_by_hand_every_window_closed(tmp_path: Path, env: None) -> None:
     t3 = int(epoch(180))
     assert (f"traffic_ridership,line=1,mode=metro declined=1i,errors=0i,revenue_cny=2,taps_in=1i,taps_out=0i "
             f"{t3}") in lines
+    jl = tmp_path / "kpis.jsonl"
+    code, _ = run(tmp_path, "--from", str(recording(tmp_path / "rec.jsonl")), "--agents", str(rules),
+                  "--baseline", str(rules), "--kpis-out", str(jl))
+    points = [orjson.loads(x) for x in jl.read_text().splitlines()]
+    assert code == 0 and len(points) == len(lines)
+    assert {"measurement": "traffic_ridership", "tags": {"mode": "metro", "line": "1"}, "time": t3,
+            "fields": {"taps_in": 1, "taps_out": 0, "declined": 1, "revenue_cny": 2.0, "errors": 0}} in points
 
 
 def test_bad_lines_are_counted_with_their_line_numbers(tmp_path: Path, env: None,
