@@ -55,6 +55,10 @@ class Metrics:
         self.manifest_reloads = Counter("cityops_manifest_reloads", "Rule manifest reloads (SIGHUP or a file "
                                         "change) by result: ok, refused (the running rules stay)", ["result"],
                                         registry=r)
+        self.manifest_last_reload_successful = Gauge(
+            "cityops_manifest_last_reload_successful", "1 when the last load of the rule manifests (the start's, "
+            "or the last reload) succeeded; 0 while the files on disk were refused and the previous rules run",
+            registry=r)
         self.manifest_generation = Gauge("cityops_manifest_generation", "Generation of the rules in force: 1 at "
                                          "start, +1 per reload that changed them", registry=r)
         self._event_children: dict[tuple[str, str], Counter] = {}

@@ -129,8 +129,9 @@ class Runtime:
             self.reloader = RuleReloader(
                 settings, self.engine, self.alerts, resolve_rules_dir(settings.rules_dir), load=load_rules,
                 build=build_rules, one_shot=one_shot_rules, watch_s=settings.rules_watch_s, clock=clock,
-                on_result=lambda result: self.metrics.manifest_reloads.labels(result=result).inc())
+                on_result=self._reload_result)
             self.metrics.manifest_generation.set(self.reloader.generation)
+            self.metrics.manifest_last_reload_successful.set(1)
         if self.store.undeclared():
             # Not read by this configuration (a rule taken out of the manifests): carried forward unread.
             log.warning("state tables not used by this configuration, kept as written: %s",
@@ -443,6 +444,10 @@ class Runtime:
             self._reload_ignored = why  # logged by the next commit: no logging inside a signal handler
             return
         self.reloader.request(why)
+
+    def _reload_result(self, result: str) -> None:
+        self.metrics.manifest_reloads.labels(result=result).inc()
+        self.metrics.manifest_last_reload_successful.set(1 if result == "ok" else 0)
 
     def rules_status(self) -> dict[str, Any] | None:
         """For /healthz: the rules in force (generation, hash) and the last reload's result; None: rules off."""

@@ -72,6 +72,7 @@ def test_platform_rules_have_labels_and_runbooks() -> None:
         "CityopsSinkBacklog",
         "CityopsCheckpointStale",
         "CityopsStreamStale",
+        "CityopsRulesReloadRefused",
     }
     tested = set(re.findall(r"alertname:\s*(\w+)", RULE_TESTS.read_text()))
     assert names <= tested, f"rules without a promtool test: {names - tested}"

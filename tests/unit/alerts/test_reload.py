@@ -148,6 +148,7 @@ def test_a_changed_threshold_takes_effect_at_the_next_commit(rt: Runtime, tmp_pa
     rt.request_reload("SIGHUP")
     rt.tick()  # the reload is applied by this commit
     assert reloads(rt, "ok") == 1 and reloads(rt, "refused") == 0
+    assert rt.metrics.registry.get_sample_value("cityops_manifest_last_reload_successful") == 1
     status = rt.rules_status()
     assert status is not None and status["generation"] == 2 and status["last_reload"]["result"] == "ok"
     assert status["last_reload"]["changes"]["reset"] == ["FastCard"] and status["hash"] != hash_before
@@ -181,6 +182,7 @@ def test_an_invalid_manifest_is_refused_and_the_running_rules_still_fire(
         assert status["last_reload"]["result"] == "refused" and where in status["last_reload"]["error"]
         assert (status["generation"], status["hash"]) == (before["generation"], before["hash"])
     assert reloads(rt, "refused") == 4 and reloads(rt, "ok") == 0
+    assert rt.metrics.registry.get_sample_value("cityops_manifest_last_reload_successful") == 0
 
     # The rules in force before the refused reloads still decide: an impossible journey fires.
     fire_fast_card(rt, Feed(rt), card(3))
