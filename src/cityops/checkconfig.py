@@ -192,6 +192,12 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
                 by_agent.setdefault(spec.agent, []).append(spec.name)
             for agent, names in sorted(by_agent.items()):
                 report.lines.append(f"  {agent}: {', '.join(names)}")
+            from cityops.alerts.reload import rules_hash
+
+            # The hash a worker running these files shows in /healthz (rules.hash): deployed = running?
+            watch = (f"and a changed file within {settings.rules_watch_s:g}s (CITYOPS_RULES_WATCH_S)"
+                     if settings.rules_watch_s > 0 else "only (CITYOPS_RULES_WATCH_S=0)")
+            report.lines.append(f"  rules hash {rules_hash(specs)}; reloaded on SIGHUP {watch}")
 
     influx = f"{settings.influx_url} database={settings.influx_database}"
     if settings.influx_org:

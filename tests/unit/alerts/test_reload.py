@@ -409,3 +409,19 @@ def test_a_rule_evaluated_by_a_stream_that_cannot_take_it_is_refused(tmp_path: P
             in last["error"]
     finally:
         rt.store.close()
+
+
+def test_check_config_prints_the_hash_the_worker_reports_for_the_same_files(rt: Runtime, tmp_path: Path) -> None:
+    """Deployed = running: ``cityops check-config`` on the files and ``/healthz`` of the worker agree."""
+    from cityops.checkconfig import check_config
+
+    env = {"CITYOPS_KAFKA_BOOTSTRAP": "127.0.0.1:1", "CITYOPS_INFLUX_URL": "http://127.0.0.1:1",
+           "CITYOPS_PSEUDONYM_KEY": "test-pseudonym-key-0123456789", "CITYOPS_DATA_DIR": str(tmp_path / "data"),
+           "CITYOPS_RULES_DIR": str(tmp_path / "rules"), "CITYOPS_RULES_WATCH_S": "30"}
+    text = check_config(env).text()
+    assert f"  rules hash {rt.rules_status()['hash']}; reloaded on SIGHUP and a changed file within 30s" in text
+    write_rules(tmp_path / "rules", manifest(new_rule=True))
+    assert f"rules hash {rt.rules_status()['hash']}" not in check_config(env).text()  # files changed, not reloaded
+    rt.request_reload()
+    rt.tick()
+    assert f"rules hash {rt.rules_status()['hash']}" in check_config(env).text()
