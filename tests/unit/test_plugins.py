@@ -259,6 +259,47 @@ def test_agent_name_colliding_with_a_builtin_manifest_stops_start(site: Path) ->
         wiring.load_rules(settings())
 
 
+def _rules_dir_with(tmp: Path, manifest: str, runbook: str, name: str) -> Path:
+    """The packaged manifests plus one more (``name``.yml and its runbook): a city's CITYOPS_RULES_DIR."""
+    import shutil
+
+    rules = tmp / "rules"
+    shutil.copytree(wiring.default_rules_dir(), rules)
+    (rules / f"{name}.yml").write_text(manifest)
+    (rules / f"{name}.md").write_text(runbook)
+    return rules
+
+
+def test_a_rules_dir_manifest_replaces_the_plugin_manifest_of_the_same_agent(site: Path, tmp_path: Path) -> None:
+    """A city tunes a plugin's rule without changing the plugin (and backtest --agents tries it)."""
+    install(site, "tuned_plugin")
+    _, plugin_rules = wiring.load_rules(settings())
+    assert plugin_rules["LevelHigh"].severity == "warning" and plugin_rules["LevelHigh"].params == {}
+    tuned = MANIFEST.format(agent="levels-agent", topic="levels.readings", alert="LevelHigh", kind="high_level")
+    tuned = tuned.replace("    kind: high_level\n", "    kind: high_level\n    severity: critical\n"
+                                                     "    params: {max_level: 7.5}\n")
+    rules = _rules_dir_with(tmp_path, tuned, "# levels-agent\n\n## LevelHigh\n\nCall the plant.\n", "levels-agent")
+    rules_dir, specs = wiring.load_rules(settings(CITYOPS_RULES_DIR=str(rules)))
+    assert rules_dir == rules
+    assert specs["LevelHigh"].severity == "critical" and specs["LevelHigh"].params == {"max_level": 7.5}
+    assert "CardImpossibleTravel" in specs  # the rest of the city's rules as before
+    # An error in the replacing manifest names CITYOPS_RULES_DIR, not the plugin.
+    (rules / "levels-agent.yml").write_text(tuned.replace("max_level: 7.5", "max_level: high"))
+    with pytest.raises(ConfigError, match=r"^CITYOPS_RULES_DIR \("):
+        wiring.build_rules(rules, wiring.load_rules(settings(CITYOPS_RULES_DIR=str(rules)))[1])
+
+
+def test_a_plugin_agent_named_like_a_builtin_one_stays_a_collision_with_a_rules_dir(site: Path,
+                                                                                   tmp_path: Path) -> None:
+    install(site, "agent_plugin2", agent="traffic-security")
+    rules = tmp_path / "rules"
+    import shutil
+
+    shutil.copytree(wiring.default_rules_dir(), rules)
+    with pytest.raises(ConfigError, match=r"traffic-security.yml: agent: 'traffic-security' is also the agent of "):
+        wiring.load_rules(settings(CITYOPS_RULES_DIR=str(rules)))
+
+
 def test_plugin_manifests_are_off_with_the_rules(site: Path) -> None:
     install(site, "levels_plugin")
     assert wiring.load_rules(settings(CITYOPS_RULES_DIR="none")) == (None, {})

@@ -262,12 +262,14 @@ def load_manifests(
     require_runbook: bool = True,
     runbook_url: str | None = None,
     defined: dict[str, str] | None = None,
+    overridden: Collection[str] = (),
 ) -> dict[str, RuleSpec]:
     """Every rule of every ``directory/*.yml`` manifest, by alertname; alertnames are unique across files.
 
     ``runbook_url``: see ``load_manifest``. ``defined``: alertname (and ``agent:<name>``) -> the file that
     defines it, from folders loaded before (updated): an alertname or agent another folder already has
-    is an error naming both files (``load_manifest_folders``).
+    is an error naming both files (``load_manifest_folders``). ``overridden``: agents whose manifest here
+    is skipped (still validated) because a folder loaded before replaces it.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -278,6 +280,8 @@ def load_manifests(
         manifest = load_manifest(path, runbook_base=runbook_base, kinds=kinds, require_runbook=require_runbook,
                                  runbook_url=runbook_url)
         here = f"{directory.name}/{path.name}"
+        if manifest.agent in overridden:
+            continue
         if f"agent:{manifest.agent}" in origin:
             raise ManifestError(f"{here}: agent: {manifest.agent!r} is also the agent of "
                                 f"{origin[f'agent:{manifest.agent}']}")

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cityops import resources
 from cityops.alerts.kinds import build
 from cityops.alerts.lifecycle import AlertEngine
@@ -144,8 +146,11 @@ def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
     """(manifest folder, rule specs by alertname) from CITYOPS_RULES_DIR and the plugins' manifest folders
     (``cityops.plugins``, CITYOPS_PLUGINS); (None, {}) when rules are off (CITYOPS_RULES_DIR=none).
 
-    Alertnames are unique across all folders; rule kinds are every loaded plugin's. Raises ConfigError
-    naming CITYOPS_RULES_DIR, or the plugin, and the file when a manifest or runbook is wrong.
+    Alertnames are unique across all folders; rule kinds are every loaded plugin's. A manifest in
+    CITYOPS_RULES_DIR whose ``agent`` is also a plugin's replaces the plugin's manifest: a city tunes a
+    plugin's rules (thresholds, severities, routing) without changing the plugin, and ``cityops backtest
+    --agents DIR`` tries such a change. Raises ConfigError naming CITYOPS_RULES_DIR, or the plugin, and the
+    file when a manifest or runbook is wrong.
     """
     from cityops.plugins import plugin_set
 
@@ -158,10 +163,17 @@ def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
         specs = load_manifests(rules_dir, runbook_base=settings.runbook_base, kinds=kinds, defined=(defined := {}))
     except ManifestError as exc:
         raise ConfigError(f"CITYOPS_RULES_DIR ({rules_dir}): {exc}") from exc
+    # Only a plugin's own agents can be replaced: one named like a built-in agent stays a collision.
+    local_agents = {key[len("agent:"):] for key in defined if key.startswith("agent:")}
+    local_agents -= _agents_in(default_rules_dir())
     for loaded, folder, url in plugins.manifest_folders():
+        replaced = sorted(local_agents & _agents_in(folder))
+        if replaced:
+            log.info("manifests of CITYOPS_RULES_DIR (%s) replace those of %s for agents %s", rules_dir,
+                     loaded.label(), ",".join(replaced))
         try:
             specs.update(load_manifests(folder, runbook_base=settings.runbook_base, kinds=kinds, runbook_url=url,
-                                        defined=defined))
+                                        defined=defined, overridden=local_agents))
         except ManifestError as exc:
             raise ConfigError(f"{loaded.label()} manifests ({folder}): {exc}") from exc
     return rules_dir, specs
@@ -186,10 +198,25 @@ def build_rules(rules_dir: Path, specs: dict[str, Any], kinds: Mapping[str, Any]
     return out
 
 
+def _agents_in(folder: Path) -> set[str]:
+    """The ``agent`` of each manifest in ``folder`` (files that cannot be read are left to the loader)."""
+    out = set()
+    for path in sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml")):
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("agent"), str):
+            out.add(doc["agent"])
+    return out
+
+
 def _rule_folder(spec: Any, rules_dir: Path) -> str:
     """How an error names where a rule is defined: CITYOPS_RULES_DIR, or the plugin whose manifest has it."""
     from cityops.plugins import load_plugins
 
+    if (rules_dir / f"{spec.agent}.yml").is_file() or (rules_dir / f"{spec.agent}.yaml").is_file():
+        return f"CITYOPS_RULES_DIR ({rules_dir})"
     for loaded, folder, _url in load_plugins().manifest_folders():
         if (folder / f"{spec.agent}.yml").is_file() or (folder / f"{spec.agent}.yaml").is_file():
             return f"{loaded.label()} manifests ({folder})"
