@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -47,6 +48,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from cityops.settings import load_settings
 
     settings = load_settings()
+    # Until the app loads the manifests (and installs the reload handler), a SIGHUP has nothing to reload:
+    # the load reads the files as they are then. It must not end the process as by default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _logging(args.log_level or settings.log_level)
     from cityops.connections import kafka_client_security
     from cityops.engine.state import check_format

@@ -34,7 +34,18 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     from cityops.connections import describe_security, faust_broker_credentials
 
     metrics = metrics or Metrics()
+    # SIGHUP reloads the rule manifests (as Prometheus does). The handler only sets a flag, which the next
+    # commit (runtime.tick, in the event loop) acts on: never in the middle of applying a record. Installed
+    # before the runtime loads the manifests, so a SIGHUP while they load asks for a reload after it instead
+    # of ending the process (one before it needs nothing: the load reads the files as they are then).
+    hup: list[Runtime] = []
+    early: list[str] = []
+    signal.signal(signal.SIGHUP, lambda signum, frame: hup[0].request_reload("SIGHUP") if hup
+                  else early.append("SIGHUP"))
     runtime = Runtime(settings, metrics)
+    hup.append(runtime)
+    if early:
+        runtime.request_reload("SIGHUP during start-up")
     app = _App(
         "cityops",
         env={},  # Faust would otherwise let BROKER_URL & co. in the environment override our settings
@@ -64,11 +75,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
 
     for stream in runtime.engine.streams.values():
         _add_agent(app, runtime, stream.topic, settings)
-
-    # SIGHUP reloads the rule manifests (as Prometheus does). The handler only sets a flag, which the next
-    # commit (runtime.tick, in the event loop) acts on: never in the middle of applying a record. Installed
-    # now, not once the loop runs, so a SIGHUP during start-up asks for a reload instead of ending the process.
-    signal.signal(signal.SIGHUP, lambda signum, frame: runtime.request_reload("SIGHUP"))
 
     @app.timer(interval=settings.flush_interval_s, on_leader=False)
     async def commit() -> None:
