@@ -369,3 +369,27 @@ def test_a_stream_built_unlike_its_declaration_is_refused() -> None:
                                           r"'other.topic' and KPIs \[\], not the declared 'wrong.topic' and \[\]$"):
         plugins.build_streams(StreamSetup(settings(), str, {}))
 
+
+
+def test_plugin_manifest_without_its_runbook_section_stops_start_naming_the_plugin(site: Path) -> None:
+    install(site, "runbook_plugin")
+    (site / "runbook_plugin" / "agents" / "levels-agent.md").write_text("# levels-agent\n\n## Other\n")
+    with pytest.raises(ConfigError) as exc:
+        wiring.load_rules(settings(CITYOPS_PLUGINS="levels"))
+    assert str(exc.value) == (
+        "plugin 'levels' (entry point levels = runbook_plugin:PLUGIN (runbook_plugin 0.1)) manifests "
+        f"({site / 'runbook_plugin' / 'agents'}): agents/levels-agent.yml: rules[0] (LevelHigh).alert: runbook "
+        "levels-agent.md has no section '## LevelHigh'")
+
+
+def test_a_stream_factory_that_fails_is_named_with_its_plugin() -> None:
+    from cityops.plugins import Loaded
+    from cityops.types import StreamSetup
+
+    def broken(setup: StreamSetup) -> object:
+        raise KeyError("lot_map")
+
+    plugin = AgentPlugin(name="broken", streams=(StreamFactory("broken.topic", broken),))
+    with pytest.raises(ConfigError, match=r"^plugin 'broken' \(test\): building the stream of 'broken.topic' "
+                                          r"failed: KeyError: 'lot_map'$"):
+        PluginSet([Loaded(plugin, "test")]).build_streams(StreamSetup(settings(), str, {}))
