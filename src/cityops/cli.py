@@ -69,6 +69,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         specs.append(state_topic_spec())
     ensure_topics(settings.kafka_bootstrap, specs, security=kafka_client_security(settings))
+    from cityops.plugins import describe_loaded
+
+    logging.getLogger("cityops.plugins").info("agent plugins: %s", describe_loaded(plugins))
     import faust
 
     from cityops.agents.app import create_app

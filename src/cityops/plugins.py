@@ -20,7 +20,6 @@ agents alone; else a comma list of plugin names, each of which must be installed
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ __all__ = [
     "ENTRY_POINT_GROUP", "RESERVED_MEASUREMENTS", "RESERVED_TOPICS", "Loaded", "PluginSet", "collisions",
     "installed_plugins", "load_plugins", "plugin_from_entry_point",
 ]
-
-log = logging.getLogger("cityops.plugins")
 
 ENTRY_POINT_GROUP = "cityops.agents"
 # The core's own topics and measurements: no plugin may declare them.
@@ -296,10 +293,12 @@ def load_plugins(selection: str | None = None) -> PluginSet:
     from cityops.builtin import builtin_plugin
 
     loaded = [Loaded(builtin_plugin(), "built-in"), *installed_plugins(selection)]
-    plugins = PluginSet(loaded)
-    if plugins.third_party:
-        log.info("plugins: %s", ", ".join(f"{ld.plugin.name} ({ld.origin})" for ld in plugins.third_party))
-    return plugins
+    return PluginSet(loaded)
+
+
+def describe_loaded(plugins: PluginSet) -> str:
+    """``name (origin), ...`` of the installed plugins loaded, or ``none``: for the worker's start-up log."""
+    return ", ".join(f"{ld.plugin.name} ({ld.origin})" for ld in plugins.third_party) or "none"
 
 
 def plugin_set(settings: Any) -> PluginSet:

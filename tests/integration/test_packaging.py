@@ -119,7 +119,10 @@ def test_unpacked_wheel_runs_without_the_source_tree(wheel: Path, tmp_path: Path
     proc = subprocess.run([sys.executable, "-m", "cityops.cli", "check-config"], cwd=run_dir, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"rules: 15 from {site}/cityops/data/agents" in proc.stdout
+    from tests.installed_plugins import plugin_rules
+
+    # (and the rules of the agent plugins installed in this environment, e.g. examples/cityops-parking)
+    assert f"rules: {15 + plugin_rules()} from {site}/cityops/data/agents" in proc.stdout
     assert f"source registry: {site}/cityops/data/streams/sources.json (enforce, " in proc.stdout
 
 
