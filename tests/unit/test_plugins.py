@@ -67,6 +67,7 @@ PLUGIN = AgentPlugin(
     rule_kinds={{"{kind}": HighLevel}},
     manifests=files(__name__).joinpath("agents"),
     runbook_url="https://plugins.example/{name}/agents",
+    dashboards=files(__name__).joinpath("dashboards") if files(__name__).joinpath("dashboards").is_dir() else None,
 )
 
 
@@ -393,3 +394,35 @@ def test_a_stream_factory_that_fails_is_named_with_its_plugin() -> None:
     with pytest.raises(ConfigError, match=r"^plugin 'broken' \(test\): building the stream of 'broken.topic' "
                                           r"failed: KeyError: 'lot_map'$"):
         PluginSet([Loaded(plugin, "test")]).build_streams(StreamSetup(settings(), str, {}))
+
+
+def test_cityops_dashboards_validates_the_plugins_dashboards_against_their_kpis(site: Path,
+                                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from cityops.cli import main
+    from tests.installed_plugins import plugin_dashboards
+
+    install(site, "board_plugin")
+    boards = site / "board_plugin" / "dashboards"
+    boards.mkdir()
+    ds = {"type": "influxdb", "uid": "cityops-influx"}
+
+    def board(field: str) -> dict[str, object]:
+        query = f'SELECT max("{field}") FROM "levels_kpi" WHERE $timeFilter GROUP BY time($__interval), "source"'
+        return {"uid": "levels", "title": "Levels", "schemaVersion": 39, "panels": [
+            {"id": 1, "type": "timeseries", "title": "Level", "datasource": ds,
+             "gridPos": {"x": 0, "y": 0, "w": 12, "h": 8},
+             "targets": [{"refId": "A", "datasource": ds, "rawQuery": True, "query": query}]}]}
+
+    (boards / "levels.json").write_text(json.dumps(board("level_max")))
+    expected = 6 + plugin_dashboards()  # the built-in ones, the other installed plugins' and this one
+    assert main(["dashboards", "validate"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"{expected} dashboards, 0 problems"
+    (boards / "levels.json").write_text(json.dumps(board("level_min")))
+    assert main(["dashboards", "validate"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["levels: dashboard levels panel 1 'Level' target A: 'level_min' is neither a field nor a tag of "
+                   "levels_kpi",
+                   "levels: dashboard levels panel 1 'Level' target A: SELECT names no field (InfluxDB returns nothing "
+                   "for tags alone)", f"{expected} dashboards, 2 problems"]
