@@ -42,15 +42,15 @@ ALERTS = Measurement(
 
 
 def builtin_kpis() -> list[Kpi]:
-    """The KPIs of the built-in streams, in catalogue order (city streams, stream quality, food)."""
-    from cityops.food.stream import FOOD_KPIS
-    from cityops.streams.city_streams import QUALITY, STREAM_CLASSES
+    """The KPIs of the built-in agents (``cityops.builtin``, declared like a plugin's), in catalogue order:
+    the event-time KPIs of the city streams, stream quality, then the food KPIs (the stream declared last)."""
+    from cityops.builtin import builtin_plugin
+    from cityops.streams.city_streams import QUALITY
 
-    out: list[Kpi] = []
-    for cls in STREAM_CLASSES.values():
-        out.extend(cls.kpis.values())
+    factories = builtin_plugin().streams
+    out: list[Kpi] = [k for f in factories[:-1] for k in f.kpis]
     out.append(QUALITY)
-    out.extend(FOOD_KPIS.values())
+    out.extend(factories[-1].kpis)
     return out
 
 
