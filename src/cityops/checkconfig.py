@@ -176,7 +176,8 @@ def check_config(env: Mapping[str, str] | None = None) -> Report:
     before = len(report.problems)
     gate = _attempt(report, lambda: wiring.load_registry_gate(settings))
     if len(report.problems) == before:
-        report.lines.append(f"source registry: {wiring.registry_mode(gate)}")
+        topics = [s.topic for s in streams] if streams is not None else None
+        report.lines.append(f"source registry: {wiring.registry_mode(gate, topics)}")
         if gate is None and settings.unknown_sources != "enforce":
             report.lines.append("  (CITYOPS_UNKNOWN_SOURCES has no effect without a registry)")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class RegistryGate:
         for (stream, _source), n in self.unlisted.items():
             per_stream[stream] = per_stream.get(stream, 0) + n
         return {"path": str(self.path) if self.path else None, "unknown_sources": self.mode,
+                "gated_streams": sorted(self.streams),
                 "sources": len(self.registry.sources), "unlisted_sources": len(self.unlisted),
                 "unlisted_events": per_stream}
 
@@ -234,11 +235,21 @@ def one_shot_rules(rules: list[Any], specs: dict[str, Any], stream_kinds: Mappin
     return one_shot | {s.name for s in specs.values() if stream_kinds.get(s.kind)}
 
 
-def registry_mode(gate: RegistryGate | None) -> str:
-    """One phrase for logs and check-config: "off", or "<path> (enforce|observe, N sources)"."""
+def registry_mode(gate: RegistryGate | None, topics: Iterable[str] | None = None) -> str:
+    """One phrase for logs and check-config: "off", or "<path> (enforce|observe, N sources)"; with
+    ``topics`` (the streams consumed), also which of them the registry gates: a stream is gated once the
+    registry lists a source for it; a stream it lists none for accepts any source, and is named here."""
     if gate is None:
         return "off (CITYOPS_SOURCE_REGISTRY unset: events from any source are accepted)"
-    return f"{gate.path} ({gate.mode}, {len(gate.registry.sources)} sources)"
+    text = f"{gate.path} ({gate.mode}, {len(gate.registry.sources)} sources)"
+    if topics is not None:
+        topics = list(topics)
+        gated = [t for t in topics if t in gate.streams]
+        open_ = [t for t in topics if t not in gate.streams]
+        text += f"; gates {', '.join(gated) or 'no stream'}"
+        if open_:
+            text += f"; not gated (the registry lists no source for them, any source is accepted): {', '.join(open_)}"
+    return text
 
 
 def build_alerting(settings: Any, store: StateStore,
@@ -251,7 +262,9 @@ def build_alerting(settings: Any, store: StateStore,
     ``on_unlisted(stream)``: called per event of an unlisted source let through in observe mode.
     """
     gate = load_registry_gate(settings, on_unlisted)
-    log.info("source registry: %s", registry_mode(gate))
+    from cityops.plugins import plugin_set
+
+    log.info("source registry: %s", registry_mode(gate, [f.topic for _, f in plugin_set(settings).factories]))
     rules_dir, specs = load_rules(settings)
     if rules_dir is None:
         log.warning("no rules directory (CITYOPS_RULES_DIR=none): alerting is off")

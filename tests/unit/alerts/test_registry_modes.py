@@ -98,7 +98,7 @@ def test_observe_processes_counts_and_alerts_once_per_source(tmp_path: Path) -> 
     assert gate.unlisted == {(TAPS, "stranger-a"): 3, (TAPS, "stranger-b"): 1}
     assert metrics.registry.get_sample_value("cityops_unlisted_source_events_total", {"stream": TAPS}) == 4
     assert gate.status() == {"path": str(registry_file(tmp_path)), "unknown_sources": "observe", "sources": 1,
-                             "unlisted_sources": 2, "unlisted_events": {TAPS: 4}}
+                             "gated_streams": [TAPS], "unlisted_sources": 2, "unlisted_events": {TAPS: 4}}
     # One UntrustedSource alert per unlisted source (not per event), saying the event went on.
     assert untrusted_alerts(alerts) == {"stranger-a": "firing", "stranger-b": "firing"}
     transitions = [item for _, item in alerts.pop_outbox(1000)
@@ -128,3 +128,22 @@ def test_bad_registry_or_mode_names_the_setting(tmp_path: Path) -> None:
         load_registry_gate(load_settings({**BASE, "CITYOPS_SOURCE_REGISTRY": str(tmp_path / "missing.json")}))
     with pytest.raises(ConfigError, match="CITYOPS_UNKNOWN_SOURCES"):
         load_settings({**BASE, "CITYOPS_UNKNOWN_SOURCES": "allow"})
+
+
+def test_the_streams_a_registry_gates_and_those_it_does_not_are_named(tmp_path: Path) -> None:
+    """A stream is gated once the registry lists a source for it; one it lists none for accepts any source
+    (EPCIS partners, a new plugin's stream): check-config and the start-up log name both sets."""
+    from cityops.alerts.wiring import registry_mode
+
+    _, _, gate, _ = run({"CITYOPS_SOURCE_REGISTRY": str(registry_file(tmp_path))})
+    assert gate is not None and gate.streams == {TAPS}
+    text = registry_mode(gate, [TAPS, "food.trace-events"])
+    assert text.endswith(f"; gates {TAPS}; not gated (the registry lists no source for them, any source is "
+                         "accepted): food.trace-events")
+    assert gate.status()["gated_streams"] == [TAPS]
+    # An event of a stream the registry does not cover passes the gate whatever its source.
+    from cityops.engine.context import Decoded
+
+    ev = Decoded("e-1", T0, "anyone", b"", None, None)
+    assert gate.check("food.trace-events", ev, b"{}") is None
+    assert gate.check(TAPS, ev, b"{}") == ("untrusted", f"untrusted source: 'anyone' is not registered for {TAPS}")
