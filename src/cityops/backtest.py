@@ -14,8 +14,8 @@ write it)::
     {"topic": "traffic.card-taps", "partition": 0, "offset": 17, "timestamp": 1764460800123, "value": {...}}
 
 ``topic`` (required); ``partition`` (default 0); ``offset`` (default: the previous offset of that
-partition in the file + 1; must increase per partition); ``timestamp``: the record's Kafka timestamp, in
-milliseconds since the epoch or as RFC 3339 text (optional); and either ``value``: the record's value as
+partition in the file + 1; must increase per partition); ``timestamp`` (required): the record's Kafka
+timestamp, in milliseconds since the epoch (> 0) or as RFC 3339 text with a UTC offset; and either ``value``: the record's value as
 JSON (given to the engine as its compact JSON text; ``null`` = an empty record), or ``value_b64``: the exact
 bytes, base64 (any record, JSON or not). A line that breaks these rules is counted and reported with its
 line number, and the rest goes on.
@@ -155,7 +155,15 @@ def parse_record(line: bytes, next_offset: dict[tuple[str, int], int]) -> Record
     if offset < lowest:
         raise ValueError(f"offset {offset} of {topic}[{partition}] is not after the previous record's "
                          f"({lowest - 1}): offsets must increase per partition")
+    # A recording is replayed on its records' clock: a line without its time cannot be placed on it (read as
+    # 0 it would open windows in 1970), so it is a bad line like any other.
+    if obj.get("timestamp") is None:
+        raise ValueError("timestamp: required (the record's Kafka timestamp: milliseconds since the epoch or "
+                         "RFC 3339 text)")
     timestamp = _timestamp(obj.get("timestamp"))
+    if timestamp is None:
+        raise ValueError(f"timestamp: {obj['timestamp']!r} is Kafka's \"no timestamp\"; a recorded record needs "
+                         "its time")
     if ("value" in obj) == ("value_b64" in obj):
         raise ValueError("expected exactly one of value (the record's JSON value) and value_b64 (its bytes, "
                          "base64)")

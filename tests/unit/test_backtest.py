@@ -99,9 +99,13 @@ def recording(path: Path, *, bad: bool = False) -> Path:
         lines[2:2] = ["this is not json"]  # line 3
         lines[5:5] = ['{"partition": 0, "value": {}}']  # line 6: no topic
         lines[7:7] = ['{"topic": "traffic.card-taps", "offset": 1, "value": {}}']  # line 8: offset went back
-        lines[9:9] = ['{"topic": "cityops.alerts", "value": {"id": "x"}}']  # line 10: not a consumed stream
-        lines[11:11] = ['{"topic": "traffic.card-taps", "offset": 99, "value_b64": "%%%"}']  # line 12: bad base64
+        lines[9:9] = ['{"topic": "cityops.alerts", "timestamp": 1764460800000, "value": {"id": "x"}}']  # line 10:
+        # not a consumed stream
+        lines[11:11] = ['{"topic": "traffic.card-taps", "offset": 99, "timestamp": 1764460800000, '
+                        '"value_b64": "%%%"}']  # line 12: bad base64
         lines[12:12] = [""]  # line 13: blank, skipped
+        lines += ['{"topic": "traffic.card-taps", "value": {}}',  # line 26: no timestamp (not time 0: 1970)
+                  '{"topic": "traffic.card-taps", "timestamp": 0, "value": {}}']  # line 27: Kafka's "none"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -212,11 +216,13 @@ def test_bad_lines_are_counted_with_their_line_numbers(tmp_path: Path, env: None
                     "--baseline", str(rules))
     assert code == 0 and rep is not None
     listed = {b["line"]: b["reason"] for b in rep["input"]["bad_lines_listed"]}
-    assert rep["input"]["bad_lines"] == 4 and sorted(listed) == [3, 6, 8, 12]
+    assert rep["input"]["bad_lines"] == 6 and sorted(listed) == [3, 6, 8, 12, 26, 27]
     assert listed[3].startswith("not JSON")
     assert listed[6] == "topic: required, a non-empty string"
     assert "offset 1 of traffic.card-taps[0] is not after the previous record's (4)" in listed[8]
     assert listed[12].startswith("value_b64: not base64")
+    assert listed[26].startswith("timestamp: required") and listed[27].startswith("timestamp: 0 is Kafka's")
+    assert rep["input"]["first_timestamp"] == T0.timestamp()  # never 1970: the taps' own first time
     assert rep["input"]["ignored"] == {"cityops.alerts": 1}
     assert rep["input"]["records"] == 19  # every good record still counted
     assert rep["events"] == {"traffic.card-taps": {"accepted": 19}}
@@ -271,13 +277,16 @@ def test_recording_lines_round_trip_exactly() -> None:
         assert again == rec
     # Defaults: partition 0, offsets counted per partition, RFC 3339 timestamps, value re-serialized compactly.
     a = backtest.parse_record(b'{"topic": "t", "timestamp": "2026-11-25T08:00:00+08:00", "value": {"x": [1, 2]}}', nxt)
-    b = backtest.parse_record(b'{"topic": "t", "value_b64": "' + base64.b64encode(b"\x00") + b'"}', nxt)
+    b = backtest.parse_record(b'{"topic": "t", "timestamp": 1764460800123, "value_b64": "'
+                              + base64.b64encode(b"\x00") + b'"}', nxt)
     assert (a.partition, a.offset, a.timestamp, a.value) == (0, 0, T0.timestamp(), b'{"x":[1,2]}')
-    assert (b.offset, b.timestamp, b.value) == (1, None, b"\x00")
+    assert (b.offset, b.timestamp, b.value) == (1, 1764460800.123, b"\x00")
     with pytest.raises(ValueError, match="unknown key"):
         backtest.parse_record(b'{"topic": "t", "vaule": 1}', nxt)
     with pytest.raises(ValueError, match="exactly one of value"):
-        backtest.parse_record(b'{"topic": "t"}', nxt)
+        backtest.parse_record(b'{"topic": "t", "timestamp": 1}', nxt)
+    with pytest.raises(ValueError, match="timestamp: required"):
+        backtest.parse_record(b'{"topic": "t", "value": 1}', nxt)
 
 
 def _tr(status: str, ts: float, starts: float, *, prev: str | None = None, severity: str = "warning",
