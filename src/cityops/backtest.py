@@ -66,7 +66,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from cityops.errors import CityopsError, ConfigError
+from cityops.errors import CityopsError, ConfigError, RulesDirError
 from cityops.units import CITY_TZ
 
 __all__ = [
@@ -236,11 +236,13 @@ class TopicReader:
 
     A consumer without a group (``group_id=None``, no auto commit): nothing is committed, nothing written.
     Memory is bounded: a partition with ``buffer`` records waiting is paused until they are used.
-    ``total``: records to read. ``ConfigError`` for a topic the broker does not have.
+    ``total``: records to read. ``ConfigError`` for a topic the broker does not have, naming ``option`` (the
+    command's option that named the topics; ``setting``: what set ``bootstrap``), followed by ``hint``.
     """
 
     def __init__(self, bootstrap: str, topics: Iterable[str], *, security: Mapping[str, Any] | None = None,
-                 setting: str = "--bootstrap", timeout_s: float = 30.0, buffer: int = 5000) -> None:
+                 setting: str = "--bootstrap", option: str = "--from", hint: str = "",
+                 timeout_s: float = 30.0, buffer: int = 5000) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         from cityops.reach import check_kafka, quiet_logs
@@ -258,8 +260,9 @@ class TopicReader:
             parts = self.consumer.partitions_for_topic(topic)
             if not parts:
                 self.consumer.close()
-                raise ConfigError(f"--from {topic}: no such topic on the Kafka broker at {bootstrap} "
-                                  "(a recording file must exist, or name it with a path such as ./file.jsonl)")
+                broker = (f"{bootstrap} ({setting})" if setting.startswith("the default")
+                          else f"{setting} ({bootstrap})")
+                raise ConfigError(f"{option} {topic}: no such topic on {broker}" + (f" {hint}" if hint else ""))
             tps.extend(TopicPartition(topic, p) for p in sorted(parts))
         self.tps = tps
         self.consumer.assign(tps)
@@ -714,8 +717,10 @@ def run_backtest(args: Any, env: Mapping[str, str], out: TextIO | None = None, e
             try:
                 probe = Replay(name, backtest_settings(env, rules_dir=rules_dir, data_dir=tmp / f"check-{name}",
                                                        pseudonym_key=args.pseudonym_key), clock)
-            except ConfigError as exc:
-                raise ConfigError(f"{name} manifests ({option} {rules_dir}): {exc}") from None
+            except RulesDirError as exc:
+                # Named by what the user set (--agents/--baseline stand for CITYOPS_RULES_DIR here); any other
+                # problem (a plugin's, a setting's) already names its own source.
+                raise ConfigError(exc.named(option)) from None
             topics = topics or probe.topics
             probe.close()
             settings[name] = s
@@ -738,7 +743,9 @@ def run_backtest(args: Any, env: Mapping[str, str], out: TextIO | None = None, e
             names = [t.strip() for t in args.source.split(",") if t.strip()]
             if names == ["all"]:
                 names = topics
-            reader = TopicReader(bootstrap, names, security=_kafka_security(bootstrap, dict(env)), setting=setting)
+            reader = TopicReader(bootstrap, names, security=_kafka_security(bootstrap, dict(env)), setting=setting,
+                                 option="--from", hint="(a recording file must exist, or name it with a path such "
+                                                       "as ./file.jsonl)")
             bar = tqdm(total=reader.total, unit="rec", unit_scale=True, desc="backtest", file=err, disable=disable)
             records = reader
             progress = bar.update
@@ -939,7 +946,8 @@ def run_record(args: Any, env: Mapping[str, str], err: TextIO | None = None) -> 
     bootstrap, setting = _address(args.bootstrap, "--bootstrap", "CITYOPS_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP,
                                   dict(env))
     names = [t.strip() for t in args.topic.split(",") if t.strip()]
-    reader = TopicReader(bootstrap, names, security=_kafka_security(bootstrap, dict(env)), setting=setting)
+    reader = TopicReader(bootstrap, names, security=_kafka_security(bootstrap, dict(env)), setting=setting,
+                         option="--topic")
     n = 0
     with open(args.out, "wb") as fh, tqdm(total=reader.total, unit="rec", unit_scale=True, desc="record",
                                           file=err, disable=True if args.quiet else None) as bar:

@@ -407,10 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--streams", default="traffic,health,food",
                    help="comma list of traffic, health, road, food (default: traffic,health,food — road is "
                         "part of traffic)")
-    s.add_argument("--to", choices=("kafka", "file"), default="kafka", help="destination (default kafka)")
+    s.add_argument("--to", choices=("kafka", "file"), default="kafka",
+                   help="destination (default kafka; file: a recording for cityops backtest, to --out, default "
+                        "events.jsonl)")
     s.add_argument("--bootstrap", default=None,
                    help=f"Kafka bootstrap (default $CITYOPS_KAFKA_BOOTSTRAP, else {DEFAULT_BOOTSTRAP})")
-    s.add_argument("--out", default="events.jsonl", help="with --to file: JSONL path (topic + value per line)")
+    s.add_argument("--out", default="events.jsonl", help="with --to file: the recording's path (default events.jsonl; JSONL, one Kafka record "
+                        "per line: topic, timestamp, value)")
     s.add_argument("--incidents", action="store_true", help="inject incidents and write the ground truth")
     s.add_argument("--truth", default="incidents.json", help="where --incidents writes the ground truth")
     s.add_argument("--warmup", type=_duration, default=_duration("2h"),

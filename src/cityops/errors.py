@@ -16,6 +16,24 @@ class ConfigError(CityopsError):
         self.problems = list(problems) if problems else [message]
 
 
+class RulesDirError(ConfigError):
+    """A manifest or runbook in the rules folder is wrong. ``folder``: the folder; ``detail``: the file, key and
+    problem. The message names CITYOPS_RULES_DIR, the worker's setting; a command whose own option stands for
+    it (``cityops backtest --agents DIR``) names that option instead with ``named``."""
+
+    def __init__(self, folder: object, detail: str) -> None:
+        self.folder = str(folder)
+        self.detail = detail
+        super().__init__(self.named("CITYOPS_RULES_DIR"))
+
+    def named(self, setting: str) -> str:
+        """The message naming ``setting`` as what set the folder: ``SETTING FOLDER: DETAIL`` for an option,
+        ``SETTING (FOLDER): DETAIL`` for the variable."""
+        if setting.startswith("--"):
+            return f"{setting} {self.folder}: {self.detail}"
+        return f"{setting} ({self.folder}): {self.detail}"
+
+
 class Unreachable(CityopsError):
     """A server cityops needs did not answer: one line naming the server, the address tried and the setting.
 

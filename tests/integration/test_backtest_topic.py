@@ -99,6 +99,12 @@ def test_topic_history_backtests_like_its_recording(kafka: ManagedProcess, tmp_p
     assert main(["backtest", "--from", "no.such.topic", "--bootstrap", kafka.url, "--agents", str(proposed),
                  "--quiet"]) == 2
     assert "--from no.such.topic: no such topic" in capsys.readouterr().err
+    # `record` names its own option and no backtest hint (it has no --from and writes, not reads, a file).
+    assert main(["record", "--topic", "no.such.topic", "--bootstrap", kafka.url, "--out",
+                 str(tmp_path / "r.jsonl"), "--quiet"]) == 2
+    said = capsys.readouterr().err
+    assert f"--topic no.such.topic: no such topic on --bootstrap ({kafka.url})" in said
+    assert "--from" not in said and "recording file" not in said
     from cityops.localproc import free_port
 
     dead = f"127.0.0.1:{free_port()}"

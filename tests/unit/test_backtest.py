@@ -239,7 +239,7 @@ def test_without_agents_the_deployed_rules_run_and_nothing_is_compared(tmp_path:
     assert list(rep["alerts"]) == ["CardImpossibleTravel"] and len(rep["alerts"]["CardImpossibleTravel"]) == 1
 
 
-def test_bad_manifest_exits_2_naming_file_and_key(tmp_path: Path, env: None,
+def test_bad_manifest_exits_2_naming_file_and_key(tmp_path: Path, env: None, monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     bad = manifests(tmp_path / "proposed", IMPOSSIBLE.format(severity="urgent", speed=50))
     good = manifests(tmp_path / "deployed", IMPOSSIBLE.format(severity="critical", speed=150))
@@ -249,6 +249,22 @@ def test_bad_manifest_exits_2_naming_file_and_key(tmp_path: Path, env: None,
     assert code == 2 and rep is None and len(err) == 1
     assert "--agents" in err[0] and "traffic-security.yml" in err[0]
     assert "rules[0] (CardImpossibleTravel).severity: 'urgent' is not one of" in err[0]
+    # One line naming what the user set, once: --agents DIR: DIR/file.yml: key: problem (not the worker's
+    # CITYOPS_RULES_DIR, which the user did not set).
+    assert err[0] == (f"cityops: --agents {bad}: {bad.name}/traffic-security.yml: rules[0] (CardImpossibleTravel)"
+                      f".severity: " + err[0].split(".severity: ", 1)[1])
+    assert "CITYOPS_RULES_DIR" not in err[0] and err[0].count(str(bad)) == 1
+    code, _ = run(tmp_path, "--from", str(recording(tmp_path / "rec.jsonl")), "--agents", str(good),
+                  "--baseline", str(bad))
+    said = capsys.readouterr().err.strip()
+    assert code == 2 and said.startswith(f"cityops: --baseline {bad}: {bad.name}/traffic-security.yml: ")
+    # Without --agents the worker's setting is what the user set: named once.
+    monkeypatch.setenv("CITYOPS_RULES_DIR", str(bad))
+    code, _ = run(tmp_path, "--from", str(recording(tmp_path / "rec.jsonl")))
+    said = capsys.readouterr().err.strip()
+    assert code == 2 and said.startswith(f"cityops: CITYOPS_RULES_DIR ({bad}): {bad.name}/traffic-security.yml: ")
+    assert said.count("CITYOPS_RULES_DIR") == 1 and "manifests (" not in said
+    monkeypatch.delenv("CITYOPS_RULES_DIR")
     code, _ = run(tmp_path, "--from", str(tmp_path / "missing.jsonl"), "--agents", str(good))
     assert code == 2 and "--from" in capsys.readouterr().err
     code, _ = run(tmp_path, "--from", str(recording(tmp_path / "rec.jsonl")), "--agents", str(tmp_path / "nope"))
@@ -342,3 +358,11 @@ def test_simulator_recording_backtests(tmp_path: Path, env: None) -> None:
     taps = rep["kpis"]["traffic_ridership"]["fields"]
     per_tap = taps["taps_in"]["total"] + taps["taps_out"]["total"] + taps["declined"]["total"] + taps["errors"]["total"]
     assert per_tap == rep["events"]["traffic.card-taps"]["accepted"]
+
+
+def test_simulate_help_says_where_to_file_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--to {kafka,file} destination (default kafka; file: a recording for cityops backtest, to --out, " \
+           "default events.jsonl)" in text

@@ -426,3 +426,22 @@ def test_cityops_dashboards_validates_the_plugins_dashboards_against_their_kpis(
                    "levels_kpi",
                    "levels: dashboard levels panel 1 'Level' target A: SELECT names no field (InfluxDB returns nothing "
                    "for tags alone)", f"{expected} dashboards, 2 problems"]
+
+
+def test_backtest_names_a_broken_plugin_as_the_plugins_problem(site: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Not as a problem of the manifests' folder (`proposed manifests (CITYOPS_RULES_DIR ...): plugin ...`)."""
+    from cityops.cli import main
+
+    install(site, "broken_plugin", body="raise RuntimeError('no licence server')\n")
+    for name in [n for n in __import__("os").environ if n.startswith("CITYOPS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CITYOPS_PSEUDONYM_KEY", "backtest-pseudonym-key-0123456789")
+    rec = tmp_path / "rec.jsonl"
+    rec.write_text('{"topic": "traffic.card-taps", "timestamp": 1764460800000, "value": []}\n')
+    assert main(["backtest", "--from", str(rec), "--quiet"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("cityops: plugin entry point levels = broken_plugin:PLUGIN (broken_plugin 0.1) in group "
+                           "cityops.agents: ")
+    assert "manifests" not in line and "CITYOPS_RULES_DIR" not in line

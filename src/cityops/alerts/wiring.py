@@ -16,7 +16,7 @@ from cityops.alerts.manifest import ManifestError, load_manifests
 from cityops.alerts.sources import SourceRegistry
 from cityops.engine.context import Decoded
 from cityops.engine.state import StateStore
-from cityops.errors import ConfigError
+from cityops.errors import ConfigError, RulesDirError
 from cityops.food.stream import RULE_KINDS as FOOD_RULE_KINDS
 from cityops.streams import jsontext
 
@@ -163,7 +163,7 @@ def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
     try:
         specs = load_manifests(rules_dir, runbook_base=settings.runbook_base, kinds=kinds, defined=(defined := {}))
     except ManifestError as exc:
-        raise ConfigError(f"CITYOPS_RULES_DIR ({rules_dir}): {exc}") from exc
+        raise RulesDirError(rules_dir, str(exc)) from exc
     # Only a plugin's own agents can be replaced: one named like a built-in agent stays a collision.
     local_agents = {key[len("agent:"):] for key in defined if key.startswith("agent:")}
     local_agents -= _agents_in(default_rules_dir())
@@ -195,6 +195,8 @@ def build_rules(rules_dir: Path, specs: dict[str, Any], kinds: Mapping[str, Any]
             out.append(build(spec, kinds))
         except ValueError as exc:
             where = _rule_folder(spec, rules_dir)
+            if where is None:
+                raise RulesDirError(rules_dir, str(exc)) from exc
             raise ConfigError(f"{where}: {exc}") from exc
     return out
 
@@ -212,16 +214,17 @@ def _agents_in(folder: Path) -> set[str]:
     return out
 
 
-def _rule_folder(spec: Any, rules_dir: Path) -> str:
-    """How an error names where a rule is defined: CITYOPS_RULES_DIR, or the plugin whose manifest has it."""
+def _rule_folder(spec: Any, rules_dir: Path) -> str | None:
+    """How an error names where a rule is defined: the plugin whose manifest has it, or None for the rules
+    folder (CITYOPS_RULES_DIR: ``RulesDirError``)."""
     from cityops.plugins import load_plugins
 
     if (rules_dir / f"{spec.agent}.yml").is_file() or (rules_dir / f"{spec.agent}.yaml").is_file():
-        return f"CITYOPS_RULES_DIR ({rules_dir})"
+        return None
     for loaded, folder, _url in load_plugins().manifest_folders():
         if (folder / f"{spec.agent}.yml").is_file() or (folder / f"{spec.agent}.yaml").is_file():
             return f"{loaded.label()} manifests ({folder})"
-    return f"CITYOPS_RULES_DIR ({rules_dir})"
+    return None
 
 
 def one_shot_rules(rules: list[Any], specs: dict[str, Any], stream_kinds: Mapping[str, bool] | None = None) -> set[str]:
