@@ -603,7 +603,10 @@ class Outcome:
     source: str
     proposed_dir: str
     baseline_dir: str | None
-    records: int = 0
+    records: int = 0  # records of the streams loaded (processed)
+    read: int = 0  # every record read (the processed, those of topics no stream reads)
+    compared: bool = False  # a baseline ran: the alerts listed are the proposal's
+    plugin_manifests: list[tuple[str, str]] = field(default_factory=list)  # (plugin, folder) also loaded
     ignored: Counter[str] = field(default_factory=Counter)
     bad: BadLines = field(default_factory=BadLines)
     first_ts: float | None = None
@@ -666,6 +669,7 @@ def replay(records: Iterable[Record], replays: list[Replay], clock: Clock, outco
             outcome.last_ts = clock.now
     if progress is not None:
         progress(n % 1000)
+    outcome.read = n
     # Nothing more arrives: as the worker would after idle_partition_s, then every window is closed.
     for r in replays:
         r.checkpoint()
@@ -700,6 +704,9 @@ def run_backtest(args: Any, env: Mapping[str, str], out: TextIO | None = None, e
             raise ConfigError(f"{option} {d}: no such directory (a folder of agent manifests and runbooks)")
     compare = args.agents is not None and Path(proposed_dir).resolve() != Path(baseline_dir).resolve()
     kind = _source_kind(args.source)
+    if kind == "file" and Path(args.source).is_dir():
+        raise ConfigError(f"--from {args.source}: is a directory (a recording is a file: one Kafka record per JSON "
+                          "line)")
     if kind == "file" and not Path(args.source).is_file():
         raise ConfigError(f"--from {args.source}: no such file (a recording: one Kafka record per JSON line)")
     tmp = Path(tempfile.mkdtemp(prefix="cityops-backtest-"))
@@ -722,10 +729,16 @@ def run_backtest(args: Any, env: Mapping[str, str], out: TextIO | None = None, e
                 # problem (a plugin's, a setting's) already names its own source.
                 raise ConfigError(exc.named(option)) from None
             topics = topics or probe.topics
+            if name == "proposed":
+                from cityops.plugins import plugin_set
+
+                plugin_folders = [(ld.label(), str(folder)) for ld, folder, _url in plugin_set(s).manifest_folders()
+                                  ] if rules_dir.lower() != "none" else []
             probe.close()
             settings[name] = s
         outcome = Outcome(source=args.source, proposed_dir=str(proposed_dir),
-                          baseline_dir=str(baseline_dir) if compare else None)
+                          baseline_dir=str(baseline_dir) if compare else None, compared=compare,
+                          plugin_manifests=plugin_folders)
         from tqdm import tqdm
 
         disable = True if args.quiet else None  # None: tqdm shows the bar only on a terminal
@@ -762,6 +775,8 @@ def run_backtest(args: Any, env: Mapping[str, str], out: TextIO | None = None, e
         replay(chained, replays, clock, outcome, flush_interval_s=flush, idle_s=idle, progress=progress)
         bar.close()
         outcome.elapsed_s = time.monotonic() - t0
+        if outcome.read == 0:
+            print(f"cityops: warning: no records in {args.source}", file=err)
         lead = replays[0]
         for (stream, what), n in sorted(lead.engine.counts.items()):
             outcome.events.setdefault(stream, {})[what] = n
@@ -830,12 +845,16 @@ def format_report(o: Outcome, max_listed: int = 20) -> str:
     add = lines.append
     events = sum(n for counts in o.events.values() for n in counts.values())
     rate = events / o.elapsed_s if o.elapsed_s > 0 else 0.0
-    add(f"backtest of {o.source}: {o.records} records, {events} events in {o.elapsed_s:.1f} s ({rate:,.0f} "
+    ignored = sum(o.ignored.values())
+    add(f"backtest of {o.source}: {o.read} records read, {o.records} of the streams loaded"
+        + (f" ({ignored} of topics no stream reads)" if ignored else "")
+        + f"; {events} events in {o.elapsed_s:.1f} s ({rate:,.0f} "
         f"events/s), record time {_iso(o.first_ts)} .. {_iso(o.last_ts)}")
-    add(f"  manifests: {o.proposed_dir}" + (f"   baseline: {o.baseline_dir}" if o.baseline_dir else
-                                            "   (no --agents other than the deployed ones: no comparison)"))
+    add(f"  manifests: {o.proposed_dir}" + "".join(f", {folder} ({label})" for label, folder in o.plugin_manifests)
+        + (f"   baseline: {o.baseline_dir}" if o.baseline_dir else
+           "   (no --agents other than the deployed ones: no comparison)"))
     for topic, n in sorted(o.ignored.items()):
-        add(f"  ignored: {n} records of {topic} (not a stream the worker consumes)")
+        add(f"  ignored: {n} records of {topic} (no stream loaded reads it)")
     if o.bad.count:
         add(f"  bad lines: {o.bad.count} (not processed)")
         for line, reason in o.bad.listed[:max_listed]:
@@ -861,7 +880,7 @@ def format_report(o: Outcome, max_listed: int = 20) -> str:
     by_rule: dict[str, list[Episode]] = {}
     for ep in o.proposed:
         by_rule.setdefault(ep.alertname, []).append(ep)
-    add(f"alerts (proposed): {len(o.proposed)} in {len(by_rule)} rules, {o.transitions} transitions"
+    add(f"alerts{' (proposed)' if o.compared else ''}: {len(o.proposed)} in {len(by_rule)} rules, {o.transitions} transitions"
         + (f"; {o.cancelled} pending alerts cancelled before firing" if o.cancelled else ""))
     for rule, eps in sorted(by_rule.items()):
         add(f"  {rule} ({eps[0].severity}): {len(eps)}")
@@ -909,11 +928,12 @@ def report_json(o: Outcome) -> dict[str, Any]:
     for ep in o.proposed:
         rules.setdefault(ep.alertname, []).append(ep.to_json())
     out: dict[str, Any] = {
-        "input": {"source": o.source, "records": o.records, "elapsed_s": round(o.elapsed_s, 3),
+        "input": {"source": o.source, "records": o.records, "records_read": o.read, "elapsed_s": round(o.elapsed_s, 3),
                   "first_timestamp": o.first_ts,
                   "last_timestamp": o.last_ts, "ignored": dict(o.ignored), "bad_lines": o.bad.count,
                   "bad_lines_listed": [{"line": n, "reason": r} for n, r in o.bad.listed]},
         "manifests": o.proposed_dir,
+        "plugin_manifests": [{"plugin": label, "folder": folder} for label, folder in o.plugin_manifests],
         "baseline_manifests": o.baseline_dir,
         "events": o.events,
         "dead_letters": o.dead_letters,

@@ -366,3 +366,53 @@ def test_simulate_help_says_where_to_file_writes(capsys: pytest.CaptureFixture[s
     text = " ".join(capsys.readouterr().out.split())
     assert "--to {kafka,file} destination (default kafka; file: a recording for cityops backtest, to --out, " \
            "default events.jsonl)" in text
+
+
+def test_input_problems_are_named_and_records_read_are_counted_apart_from_those_processed(
+        tmp_path: Path, env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rules = manifests(tmp_path / "rules", IMPOSSIBLE.format(severity="critical", speed=150))
+    # A directory is not "no such file".
+    code, _ = run(tmp_path, "--from", str(tmp_path), "--agents", str(rules))
+    said = capsys.readouterr().err
+    assert code == 2 and f"--from {tmp_path}: is a directory" in said and "no such file" not in said
+    # An empty recording: still a report (exit 0), with a warning.
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, rep = run(tmp_path, "--from", str(empty), "--agents", str(rules))
+    out, said = capsys.readouterr()
+    assert code == 0 and rep is not None and rep["input"]["records_read"] == 0
+    assert f"warning: no records in {empty}" in said
+    # Records of a topic no loaded stream reads (an installed plugin's, plugins off): read, not processed, and
+    # said so in the header.
+    monkeypatch.setenv("CITYOPS_PLUGINS", "none")
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(orjson.dumps({"topic": "parking.lot-occupancy", "timestamp": 1764460800000 + i,
+                                           "value": {"n": i}}).decode() + "\n" for i in range(120)))
+    monkeypatch.setenv("CITYOPS_RULES_DIR", str(rules))
+    code, rep = run(tmp_path, "--from", str(other))  # the deployed manifests alone: nothing compared
+    out, said = capsys.readouterr()
+    assert code == 0 and rep is not None
+    assert (rep["input"]["records_read"], rep["input"]["records"]) == (120, 0)
+    assert rep["input"]["ignored"] == {"parking.lot-occupancy": 120}
+    assert f"backtest of {other}: 120 records read, 0 of the streams loaded (120 of topics no stream reads)" in out
+    assert "no records in" not in said
+    # No baseline ran: the alerts are not called "proposed".
+    assert "\nalerts: 0 in 0 rules" in out and "alerts (proposed)" not in out
+
+
+def test_manifests_line_lists_the_plugins_manifest_folders_too(tmp_path: Path, env: None,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from cityops.plugins import plugin_set
+    from cityops.settings import load_settings
+
+    rules = manifests(tmp_path / "rules", IMPOSSIBLE.format(severity="critical", speed=150))
+    code, rep = run(tmp_path, "--from", str(recording(tmp_path / "rec.jsonl")), "--agents", str(rules))
+    out = capsys.readouterr().out
+    assert code == 0 and rep is not None
+    settings = load_settings({"CITYOPS_PSEUDONYM_KEY": KEY, "CITYOPS_KAFKA_BOOTSTRAP": "k:9092",
+                              "CITYOPS_INFLUX_URL": "http://i:8086", "CITYOPS_DATA_DIR": str(tmp_path)})
+    folders = [(ld.label(), str(f)) for ld, f, _ in plugin_set(settings).manifest_folders()]
+    assert [(x["plugin"], x["folder"]) for x in rep["plugin_manifests"]] == folders
+    [line] = [x for x in out.splitlines() if x.startswith("  manifests: ")]
+    assert line.startswith(f"  manifests: {rules}" + "".join(f", {f} ({label})" for label, f in folders))
