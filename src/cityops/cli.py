@@ -62,7 +62,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     # A plugin that does not load, or collides with another, stops the start (exit 2) here too.
     plugins = plugin_set(settings)
-    # First, and before the heavy imports: without the broker the worker cannot go on.
+    # The manifests, their rules and the source registry are files: a mistake in them stops the start
+    # (exit 2, naming the file and key) before any server is needed, as check-config would.
+    from cityops.alerts.wiring import build_rules, load_registry_gate, load_rules
+
+    rules_dir, rule_specs = load_rules(settings)
+    if rules_dir is not None:
+        build_rules(rules_dir, rule_specs, plugins.rule_kinds)
+    load_registry_gate(settings)
+    # Then, before the heavy imports: without the broker the worker cannot go on.
     specs = topic_specs(settings.topic_partitions, plugins)
     if settings.state_store == "kafka":
         from cityops.topics import state_topic_spec
