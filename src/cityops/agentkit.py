@@ -97,17 +97,79 @@ def new_agent(name: str, directory: Path | str = ".") -> Path:
     Raises ConfigError naming NAME (not a valid name) or the folder (it exists already).
     """
     names = AgentNames.of(name)
-    target = Path(directory) / names.dist
+    taken = _taken(names)
+    if taken:
+        raise ConfigError(f"agent new: NAME {name!r} is taken: {taken}; choose another NAME")
+    root = Path(directory)
+    # Any existing non-folder on the way (the folder itself or a parent) makes mkdir fail: say so in one line.
+    for part in (root, *root.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise ConfigError(f"--dir {directory}: not a directory" if part == root
+                                  else f"--dir {directory}: {part} is not a directory")
+            break
+    target = root / names.dist
     if target.exists():
         raise ConfigError(f"agent new: {target} exists already; choose another NAME or --dir")
     files_ = _walk(_template())
     if not files_:
         raise ConfigError(f"agent new: the template {_template()} is missing from this install: reinstall cityops")
-    for rel, source in files_:
-        path = target.joinpath(*(names.render(part) for part in rel))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(names.render(source.read_text(encoding="utf-8")), encoding="utf-8")
+    try:
+        for rel, source in files_:
+            path = target.joinpath(*(names.render(part) for part in rel))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(names.render(source.read_text(encoding="utf-8")), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--dir {directory}: cannot write {target}: {exc.strerror or exc}") from None
     return target
+
+
+def _taken(names: AgentNames) -> str:
+    """What a new plugin of ``names`` would collide with ("" = nothing): a built-in agent (its manifest's
+    agent name, stream topic, KPI measurement, rule kind or alertname), or an installed plugin (entry point
+    name, distribution, import package, or one of its names as above). A collision makes the generated
+    package fail `cityops agent test` or shadow the installed one, so `agent new` refuses it up front."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    from cityops.builtin import builtin_plugin
+
+    def normal(dist: str) -> str:  # PEP 503: cityops_parking, cityops.parking and cityops-parking are one
+        return re.sub(r"[-_.]+", "-", dist).lower()
+
+    found: list[str] = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        where = f"installed plugin {ep.name} = {ep.value}" + (f" ({dist.name})" if dist is not None else "")
+        if ep.name in (names.name, names.dist, names.module):
+            found.append(f"{where} has entry point name {ep.name!r}")
+        elif dist is not None and normal(dist.name) == names.dist:
+            found.append(f"{where} is distribution {dist.name!r}")
+    if not found and find_spec(names.module) is not None:
+        found.append(f"import package {names.module!r} is installed already")
+    plugins: list[Loaded] = [Loaded(builtin_plugin(), "built-in")]
+    try:
+        plugins += installed_plugins()
+    except ConfigError:
+        pass  # a broken installed plugin is its own problem; its entry point names were checked above
+    for ld in plugins:
+        p = ld.plugin
+        who = "built-in agents" if ld.builtin else ld.label()[len("plugin "):] + " plugin"
+        agents = {f.stem for f in p.manifests.glob("*.y*ml")} if isinstance(p.manifests, Path) else set()
+        alerts = set()
+        if isinstance(p.manifests, Path):
+            for f in p.manifests.glob("*.y*ml"):
+                alerts |= set(re.findall(r"^\s*-?\s*alert:\s*([A-Za-z_][A-Za-z0-9_]*)", f.read_text(encoding="utf-8"),
+                                         re.MULTILINE))
+        for what, mine, theirs in (
+                ("agent", names.name, agents | ({p.name} if not ld.builtin else set())),
+                ("stream topic", names.topic, set(p.topics)),
+                ("KPI measurement", names.kpi, {k.measurement for k in p.kpis}),
+                ("rule kind", names.kind, set(p.rule_kinds) | set(p.stream_rule_kinds)),
+                ("alertname", names.alert, alerts)):
+            if mine in theirs:
+                found.append(f"{what} {mine!r} belongs to the {who}")
+    return "; ".join(dict.fromkeys(found))
 
 
 # ------------------------------------------------------------------------------------------------ agent test

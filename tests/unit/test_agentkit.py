@@ -146,3 +146,37 @@ def test_agent_test_of_a_plugin_not_installed_exits_2(tmp_path: Path) -> None:
     r = run(["-m", "cityops.cli", "agent", "test", "--plugin", "no-such-plugin"], tmp_path)
     assert r.returncode == 2
     assert r.stderr.startswith("cityops: agent test: --plugin no-such-plugin: no installed plugin of that name")
+
+
+def test_agent_new_refuses_a_dir_that_is_a_file_in_one_line(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = run(["-m", "cityops.cli", "agent", "new", "zz", "--dir", str(afile)], tmp_path)
+    assert (r.returncode, r.stderr) == (2, f"cityops: --dir {afile}: not a directory\n")
+    r = run(["-m", "cityops.cli", "agent", "new", "zz", "--dir", str(afile / "sub")], tmp_path)
+    assert (r.returncode, r.stderr) == (2, f"cityops: --dir {afile / 'sub'}: {afile} is not a directory\n")
+
+
+@pytest.mark.parametrize(("name", "taken"), [
+    ("food-safety", "agent 'food-safety' belongs to the built-in agents"),
+    ("health-security", "agent 'health-security' belongs to the built-in agents"),
+    ("kpi-anomaly", "agent 'kpi-anomaly' belongs to the built-in agents"),
+])
+def test_agent_new_refuses_the_name_of_a_built_in_agent(name: str, taken: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=rf"^agent new: NAME '{name}' is taken: {taken}; choose another NAME$"):
+        new_agent(name, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    r = run(["-m", "cityops.cli", "agent", "new", name, "--dir", str(tmp_path)], tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith(f"cityops: agent new: NAME '{name}' is taken: {taken}")
+
+
+def test_agent_new_refuses_the_name_of_an_installed_plugin(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    installed = {ep.name: ep for ep in metadata.entry_points(group="cityops.agents")}
+    assert "parking" in installed, "the example plugin examples/cityops-parking is installed in the test venv"
+    with pytest.raises(ConfigError, match=r"^agent new: NAME 'parking' is taken: installed plugin parking = "
+                                          r"cityops_parking:PLUGIN \(cityops-parking\) has entry point name 'parking'"):
+        new_agent("parking", tmp_path)
+    assert list(tmp_path.iterdir()) == []
