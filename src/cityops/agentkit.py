@@ -380,7 +380,8 @@ def _check_rules(loaded: Loaded, specs: dict[str, Any], kinds: dict[str, Any], p
             try:
                 build(spec, kinds)
             except ValueError as exc:
-                problems.append(f"{loaded.label()}: manifests: {spec.agent}.yml: {exc}")
+                where = "" if spec.source else f" {spec.agent}.yml:"  # a manifest's spec names its file
+                problems.append(f"{loaded.label()}: manifests:{where} {exc}")
 
 
 def _check_dashboards(loaded: Loaded, others: Sequence[Loaded], problems: list[str]) -> None:

@@ -123,8 +123,7 @@ def test_agent_test_reports_a_missing_runbook_section_and_bad_params(generated: 
     r = run(["-m", "cityops.cli", "agent", "test", str(broken)], tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].endswith(
-        "manifests: bike-docks.yml: rule 'BikeDocksHigh' (kind 'bike_docks_high') param 'max_value': expected float, "
-        "got 'high'")
+        "manifests: agents/bike-docks.yml: rules[0] (BikeDocksHigh).params.max_value: expected float, got 'high'")
     runbook = pkg / "data/agents/bike-docks.md"
     runbook.write_text(runbook.read_text().replace("## BikeDocksHigh", "## Something else"))
     r = run(["-m", "cityops.cli", "agent", "test", str(broken)], tmp_path)

@@ -83,3 +83,24 @@ def test_cli_ok_exits_0(tmp_path: Path) -> None:
     r = cli(dict(GOOD, CITYOPS_DATA_DIR=str(tmp_path / "data")), tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stderr == "" and r.stdout.strip().endswith("configuration OK")
+
+
+def test_rule_param_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for p in (REPO / "agents").glob("*.yml"):
+        (rules / p.name).write_text(p.read_text())
+        (rules / p.with_suffix(".md").name).write_text(p.with_suffix(".md").read_text())
+    text = (rules / "traffic-security.yml").read_text()
+    for old, new, message in [
+        ("params: {max_speed_kmh: 150", "params: {max_sped_kmh: 1, max_speed_kmh: 150",
+         "rules/traffic-security.yml: rules[0] (CardImpossibleTravel).params.max_sped_kmh: unknown parameter; known: "
+         "horizon_s, max_speed_kmh, min_km, stream"),
+        ("params: {max_speed_kmh: 150", "params: {max_speed_kmh: lots",
+         "rules/traffic-security.yml: rules[0] (CardImpossibleTravel).params.max_speed_kmh: expected float, got 'lots'"),
+    ]:
+        assert old in text  # guards the table itself
+        (rules / "traffic-security.yml").write_text(text.replace(old, new, 1))
+        r = cli(dict(GOOD, CITYOPS_RULES_DIR=str(rules)), tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.strip().splitlines() == [f"cityops: CITYOPS_RULES_DIR ({rules}): {message}"]

@@ -109,7 +109,8 @@ def build(spec: RuleSpec, kinds: Mapping[str, type[RuleKind]] | None = None) -> 
     kinds = KINDS if kinds is None else kinds
     cls = kinds.get(spec.kind)
     if cls is None:
-        raise ValueError(f"rule {spec.name!r}: unknown kind {spec.kind!r}; known kinds: {sorted(kinds)}")
+        where = f"{spec.source}.kind" if spec.source else f"rule {spec.name!r}"
+        raise ValueError(f"{where}: unknown kind {spec.kind!r}; known kinds: {', '.join(sorted(kinds))}")
     return cls(spec)
 
 
@@ -188,7 +189,7 @@ class RuleKind:
         schema = self.params_schema
         for key in params:
             if key not in schema:
-                raise self.error(key, f"unknown parameter; known: {sorted(schema)}")
+                raise self.error(key, f"unknown parameter; known: {', '.join(sorted(schema)) or 'none'}")
         out: dict[str, Any] = {}
         for key, (typ, default) in schema.items():
             if key in params:
@@ -205,6 +206,10 @@ class RuleKind:
         return out
 
     def error(self, param: str, message: str) -> ValueError:
+        """The error of one param: ``FILE: rules[i] (Alert).params.PARAM: why`` for a rule from a manifest
+        (``RuleSpec.source``), like every other manifest error; else naming the rule and its kind."""
+        if self.spec.source:
+            return ValueError(f"{self.spec.source}.params.{param}: {message}")
         return ValueError(f"rule {self.name!r} (kind {self.kind!r}) param {param!r}: {message}")
 
     def check(self) -> None:
@@ -770,7 +775,7 @@ class KpiAnomaly(RuleKind):
     def check(self) -> None:
         self._positive("sensitivity", "horizon_s", "stale_s")
         if self.params["model"] not in self._MODELS:
-            raise self.error("model", f"expected one of {sorted(self._MODELS)}, got {self.params['model']!r}")
+            raise self.error("model", f"expected one of {', '.join(sorted(self._MODELS))}, got {self.params['model']!r}")
         if self.params["min_history"] is not None and self.params["min_history"] < 1:
             raise self.error("min_history", "must be >= 1")
         if self.params["tags"] is not None and not all(isinstance(t, str) for t in self.params["tags"]):
@@ -1135,7 +1140,7 @@ class InvalidShare(RuleKind):
             raise self.error("min_events", "must be >= 1")
         bad = self.params["bad_outcomes"]
         if not bad or any(o not in OUTCOMES or o == "accepted" for o in bad):
-            raise self.error("bad_outcomes", f"expected a non-empty list of {OUTCOMES[1:]}")
+            raise self.error("bad_outcomes", f"expected a non-empty list of {', '.join(OUTCOMES[1:])}")
         if self.params["window_s"] < self.params["bucket_s"]:
             raise self.error("window_s", "must be >= bucket_s")
 

@@ -103,7 +103,7 @@ TRANSITION_CODEC = _record_codec("alert_transition", TransitionRecord)
 # a reload compares the manifests with it (cityops.alerts.reload), so alerts of a rule removed or redefined
 # while the worker was down are ended as a reload would end them.
 RULE_SPEC_CODEC = Codec("rule_spec", dict[str, Any])
-_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RuleSpec))
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RuleSpec) if f.compare)  # not ``source``
 
 
 def spec_to_plain(spec: RuleSpec) -> dict[str, Any]:

@@ -81,6 +81,16 @@ class AgentManifest:
         return self.path.with_suffix(".md")
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: its problem and where (``expected ',' or ']', but got '<stream end>' at line
+    15, column 3``). PyYAML's own text spans several lines (context, the parser's buffer name, a caret)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{exc.problem}{where}"
+    return " ".join(str(exc).split())
+
+
 def _check_template(where: str, template: str) -> None:
     try:
         for _lit, name, spec, _conv in string.Formatter().parse(template):
@@ -157,7 +167,7 @@ def load_manifest(
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{name}: not valid YAML: {exc}") from None
+        raise ManifestError(f"{name}: not valid YAML: {yaml_problem(exc)}") from None
     except OSError as exc:
         raise ManifestError(f"{name}: cannot read: {exc}") from None
     if not isinstance(doc, dict):
@@ -249,6 +259,7 @@ def load_manifest(
                              f"{runbook_base.rstrip('/')}/agents/{agent}.md#{alert.lower()}"),
                 flap_window_s=flap_window_s,
                 flap_max_changes=flap_max,
+                source=where,
             )
         )
     return AgentManifest(agent, path, description.strip(), tuple(consumes), labels, tuple(specs))

@@ -31,3 +31,7 @@ class RuleSpec:
     runbook_url: str = ""
     flap_window_s: float = 3600.0  # flapping: >= flap_max_changes state changes within this window
     flap_max_changes: int = 6
+    # Where the rule is defined, as manifest errors name it ("agents/x.yml: rules[0] (Alert)"; "" = not from a
+    # manifest): errors of its params name the file and key. Not part of the rule: equality, the stored
+    # ``alert_rules`` table and reload's comparison ignore it, so moving a rule in its file changes nothing.
+    source: str = field(default="", compare=False)

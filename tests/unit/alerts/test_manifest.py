@@ -202,3 +202,38 @@ def test_parse_duration(text: str | int, seconds: float) -> None:
 def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
+
+
+def test_bad_yaml_is_one_line_with_the_problem_and_where(tmp_path: Path) -> None:
+    text = textwrap.dedent(GOOD.format(agent="demo", alert="DemoTravel"))
+    _write(tmp_path, text=text.replace("consumes: [traffic.card-taps]", "consumes: [traffic.card-taps"))
+    with pytest.raises(ManifestError) as info:
+        load_manifests(tmp_path)
+    assert str(info.value) == f"{tmp_path.name}/demo.yml: not valid YAML: expected ',' or ']', but got ':' at line 4, column 7"
+    _write(tmp_path, text="agent: [unclosed\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifests(tmp_path)
+    assert str(info.value) == (f"{tmp_path.name}/demo.yml: not valid YAML: expected ',' or ']', but got '<stream end>' "
+                               "at line 2, column 1")
+    _write(tmp_path, text="agent: demo\n\tdescription: tab\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifests(tmp_path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{tmp_path.name}/demo.yml: not valid YAML: ")
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ("{max_speed_kmh: 150, min_km: 1, max_sped: 3}",
+     "demo.yml: rules[0] (DemoTravel).params.max_sped: unknown parameter; known: horizon_s, max_speed_kmh, min_km, stream"),
+    ("{max_speed_kmh: lots, min_km: 1}", "demo.yml: rules[0] (DemoTravel).params.max_speed_kmh: expected float, "
+                                         "got 'lots'"),
+])
+def test_param_errors_name_file_and_key(tmp_path: Path, params: str, message: str) -> None:
+    from cityops.alerts.kinds import build
+
+    text = textwrap.dedent(GOOD.format(agent="demo", alert="DemoTravel"))
+    _write(tmp_path, text=text.replace("{max_speed_kmh: 150, min_km: 1}", params))
+    spec = load_manifests(tmp_path)["DemoTravel"]
+    assert spec.source == f"{tmp_path.name}/demo.yml: rules[0] (DemoTravel)"
+    with pytest.raises(ValueError) as info:
+        build(spec)
+    assert str(info.value) == f"{tmp_path.name}/{message}"

@@ -166,7 +166,8 @@ def test_an_invalid_manifest_is_refused_and_the_running_rules_still_fire(
     assert before is not None
     for bad, where in [
         (manifest(fast={"severity": "urgent"}), "reload-test.yml: rules[0] (FastCard).severity"),
-        (manifest(fast={"params": {"max_speed_kmh": -5, "min_km": 1}}), "param 'max_speed_kmh'"),
+        (manifest(fast={"params": {"max_speed_kmh": -5, "min_km": 1}}),
+         "reload-test.yml: rules[0] (FastCard).params.max_speed_kmh: must be > 0, got -5.0"),
         (manifest(fast={"kind": "no_such_kind"}), "rules[0] (FastCard).kind: unknown kind"),
         ("rules: [", "reload-test.yml: not valid YAML"),
     ]:
