@@ -104,3 +104,21 @@ def test_rule_param_errors_name_the_file_and_key(tmp_path: Path) -> None:
         r = cli(dict(GOOD, CITYOPS_RULES_DIR=str(rules)), tmp_path)
         assert r.returncode == 2, r.stdout + r.stderr
         assert r.stderr.strip().splitlines() == [f"cityops: CITYOPS_RULES_DIR ({rules}): {message}"]
+
+
+def test_a_manifest_that_consumes_no_stream_stops_check_config_in_one_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for p in (REPO / "agents").glob("*.yml"):
+        (rules / p.name).write_text(p.read_text())
+        (rules / p.with_suffix(".md").name).write_text(p.with_suffix(".md").read_text())
+    text = (rules / "health-security.yml").read_text()
+    assert "consumes: [health.card-events]" in text
+    (rules / "health-security.yml").write_text(text.replace("consumes: [health.card-events]",
+                                                            "consumes: [health.card-events, bike.readings]"))
+    r = cli(dict(GOOD, CITYOPS_RULES_DIR=str(rules), CITYOPS_PLUGINS="none"), tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"cityops: CITYOPS_RULES_DIR ({rules}): rules/health-security.yml: consumes: 'bike.readings' is no stream of "
+        "the built-in agents or a loaded plugin (streams: food.trace-events, health.card-events, traffic.card-taps, "
+        "traffic.road-detectors)"]

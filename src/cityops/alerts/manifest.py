@@ -152,6 +152,7 @@ def load_manifest(
     kinds: Collection[str] | None = None,
     require_runbook: bool = True,
     runbook_url: str | None = None,
+    topics: Collection[str] | None = None,
 ) -> AgentManifest:
     """Parse and validate one manifest; see the module doc for the format.
 
@@ -161,6 +162,7 @@ def load_manifest(
     ``require_runbook``: the file ``<agent>.md`` must exist beside it with a ``## <AlertName>`` heading per rule.
     ``runbook_url``: URL of the manifest's folder (a plugin's); ``runbook_url`` becomes
     ``{runbook_url}/<agent>.md#<alertname lowercased>`` (None = under ``runbook_base`` as above).
+    ``topics``: the stream topics of the loaded agents; each of ``consumes`` must be one (None = do not check).
     """
     path = Path(path)
     name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
@@ -186,6 +188,10 @@ def load_manifest(
     consumes = doc.get("consumes") or []
     if not isinstance(consumes, list) or not all(isinstance(t, str) and t for t in consumes):
         raise ManifestError(f"{name}: consumes: must be a list of topic names")
+    for topic in consumes if topics is not None else ():
+        if topic not in topics:
+            raise ManifestError(f"{name}: consumes: {topic!r} is no stream of the built-in agents or a loaded plugin "
+                                f"(streams: {', '.join(sorted(topics))})")
     labels = _labels(f"{name}: labels", doc.get("labels"))
     domain = labels.get("domain", "platform")
     rules_raw = doc.get("rules")
@@ -274,13 +280,14 @@ def load_manifests(
     runbook_url: str | None = None,
     defined: dict[str, str] | None = None,
     overridden: Collection[str] = (),
+    topics: Collection[str] | None = None,
 ) -> dict[str, RuleSpec]:
     """Every rule of every ``directory/*.yml`` manifest, by alertname; alertnames are unique across files.
 
     ``runbook_url``: see ``load_manifest``. ``defined``: alertname (and ``agent:<name>``) -> the file that
     defines it, from folders loaded before (updated): an alertname or agent another folder already has
     is an error naming both files (``load_manifest_folders``). ``overridden``: agents whose manifest here
-    is skipped (still validated) because a folder loaded before replaces it.
+    is skipped (still validated) because a folder loaded before replaces it. ``topics``: see ``load_manifest``.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -289,7 +296,7 @@ def load_manifests(
     origin: dict[str, str] = {} if defined is None else defined
     for path in sorted(directory.glob("*.yml")) + sorted(directory.glob("*.yaml")):
         manifest = load_manifest(path, runbook_base=runbook_base, kinds=kinds, require_runbook=require_runbook,
-                                 runbook_url=runbook_url)
+                                 runbook_url=runbook_url, topics=topics)
         here = f"{directory.name}/{path.name}"
         if manifest.agent in overridden:
             continue

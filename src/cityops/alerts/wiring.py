@@ -147,7 +147,8 @@ def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
     """(manifest folder, rule specs by alertname) from CITYOPS_RULES_DIR and the plugins' manifest folders
     (``cityops.plugins``, CITYOPS_PLUGINS); (None, {}) when rules are off (CITYOPS_RULES_DIR=none).
 
-    Alertnames are unique across all folders; rule kinds are every loaded plugin's. A manifest in
+    Alertnames are unique across all folders; rule kinds are every loaded plugin's, and so are the stream
+    topics a manifest's ``consumes`` may name. A manifest in
     CITYOPS_RULES_DIR whose ``agent`` is also a plugin's replaces the plugin's manifest: a city tunes a
     plugin's rules (thresholds, severities, routing) without changing the plugin, and ``cityops backtest
     --agents DIR`` tries such a change. Raises ConfigError naming CITYOPS_RULES_DIR, or the plugin, and the
@@ -160,8 +161,11 @@ def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
         return None, {}
     plugins = plugin_set(settings)
     kinds = plugins.kind_names
+    # What a manifest consumes must be a stream the worker reads (as `cityops agent test` checks a plugin's).
+    topics = {f.topic for _ld, f in plugins.factories}
     try:
-        specs = load_manifests(rules_dir, runbook_base=settings.runbook_base, kinds=kinds, defined=(defined := {}))
+        specs = load_manifests(rules_dir, runbook_base=settings.runbook_base, kinds=kinds, defined=(defined := {}),
+                               topics=topics)
     except ManifestError as exc:
         raise RulesDirError(rules_dir, str(exc)) from exc
     # Only a plugin's own agents can be replaced: one named like a built-in agent stays a collision.
@@ -174,7 +178,7 @@ def load_rules(settings: Any) -> tuple[Path | None, dict[str, Any]]:
                      loaded.label(), ",".join(replaced))
         try:
             specs.update(load_manifests(folder, runbook_base=settings.runbook_base, kinds=kinds, runbook_url=url,
-                                        defined=defined, overridden=local_agents))
+                                        defined=defined, overridden=local_agents, topics=topics))
         except ManifestError as exc:
             raise ConfigError(f"{loaded.label()} manifests ({folder}): {exc}") from exc
     return rules_dir, specs

@@ -237,3 +237,13 @@ def test_param_errors_name_file_and_key(tmp_path: Path, params: str, message: st
     with pytest.raises(ValueError) as info:
         build(spec)
     assert str(info.value) == f"{tmp_path.name}/{message}"
+
+
+def test_consumes_must_name_a_known_stream_when_topics_are_given(tmp_path: Path) -> None:
+    text = textwrap.dedent(GOOD.format(agent="demo", alert="DemoTravel"))
+    _write(tmp_path, text=text.replace("consumes: [traffic.card-taps]", "consumes: [traffic.card-taps, bike.readings]"))
+    assert "DemoTravel" in load_manifests(tmp_path)  # not checked without topics
+    with pytest.raises(ManifestError) as info:
+        load_manifests(tmp_path, topics={"traffic.card-taps", "food.trace-events"})
+    assert str(info.value) == (f"{tmp_path.name}/demo.yml: consumes: 'bike.readings' is no stream of the built-in "
+                               "agents or a loaded plugin (streams: food.trace-events, traffic.card-taps)")
