@@ -584,6 +584,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is not cmd_check_config:  # check-config reports them among every other problem
+        from cityops.settings import unknown_variables
+
+        # Every subcommand, also those that read no setting: a typo (CITYOPS_PSEUDONYM for
+        # CITYOPS_PSEUDONYM_KEY) must not leave a default silently in force. One line per variable.
+        unknown = unknown_variables(os.environ)
+        if unknown:
+            for problem in unknown:
+                print(f"cityops: {problem}", file=sys.stderr)
+            return 2
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -259,6 +259,8 @@ def load_kafka_settings(env: dict[str, str] | None = None, **overrides: Any) -> 
 OTHER_VARIABLES: dict[str, str] = {
     "CITYOPS_GRAFANA_URL": "`cityops dashboards push`: Grafana base URL",
     "CITYOPS_GRAFANA_TOKEN": "`cityops dashboards push`: Grafana service-account token",
+    # Read by cityops.engine.kafka_state (crash tests): documented in README, so it is no typo.
+    "CITYOPS_FAULT_KILL_AT": "test hook: SIGKILL the worker at a state kill point (point[@n])",
 }
 
 

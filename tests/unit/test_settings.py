@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cityops.errors import ConfigError
-from cityops.settings import load_settings
+from cityops.settings import load_settings, unknown_variables
 
 GOOD = {"CITYOPS_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "CITYOPS_INFLUX_URL": "http://127.0.0.1:8086",
         "CITYOPS_PSEUDONYM_KEY": "0123456789abcdef", "CITYOPS_DATA_DIR": "/tmp/cityops-test"}
@@ -158,3 +158,33 @@ def test_lateness_per_stream_and_future_guard_settings() -> None:
     for name in ("CITYOPS_FOOD_ALLOWED_LATENESS_S", "CITYOPS_MAX_FUTURE_S"):
         with pytest.raises(ConfigError, match=name):
             load_settings(dict(GOOD, **{name: "-1"}))
+
+
+@pytest.mark.parametrize(("variable", "args", "message"), [
+    ("CITYOPS_PSEUDONYM", ["simulate", "--to", "file", "--out", "{tmp}/events.jsonl", "--duration", "1m", "--speedup", "0"],
+     "cityops: CITYOPS_PSEUDONYM: unknown setting (did you mean CITYOPS_PSEUDONYM_KEY?)"),
+    ("CITYOPS_X", ["evaluate-alerts", "--truth", "{tmp}/truth.jsonl", "--alerts", "{tmp}/alerts.jsonl"],
+     "cityops: CITYOPS_X: unknown setting (did you mean CITYOPS_PLUGINS?)"),
+    ("CITYOPS_RULES_DIRS", ["dashboards", "validate"],
+     "cityops: CITYOPS_RULES_DIRS: unknown setting (did you mean CITYOPS_RULES_DIR?)"),
+    ("CITYOPS_DATADIR", ["topics", "--help"], None),  # argparse's --help exits before any command runs
+    ("CITYOPS_DATADIR", ["agent", "new", "bike-docks", "--dir", "{tmp}"],
+     "cityops: CITYOPS_DATADIR: unknown setting (did you mean CITYOPS_DATA_DIR?)"),
+])
+def test_every_subcommand_refuses_an_unknown_variable(variable: str, args: list[str], message: str | None,
+                                                      tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYOPS_")}
+    env[variable] = "1"
+    r = subprocess.run([sys.executable, "-m", "cityops.cli", *(a.format(tmp=tmp_path) for a in args)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    if message is None:
+        assert r.returncode == 0
+        return
+    assert (r.returncode, r.stderr) == (2, message + "\n")
+    assert list(tmp_path.iterdir()) == []  # refused before doing anything
+
+
+def test_the_documented_fault_hook_is_no_unknown_setting() -> None:
+    assert unknown_variables({"CITYOPS_FAULT_KILL_AT": "commit-produced@2"}) == []
+    env = dict(GOOD, CITYOPS_FAULT_KILL_AT="commit-produced@2")
+    assert load_settings(env).kafka_bootstrap == GOOD["CITYOPS_KAFKA_BOOTSTRAP"]
