@@ -275,7 +275,7 @@ def cmd_agent_new(args: argparse.Namespace) -> int:
     names = AgentNames.of(args.name)
     print(f"created {target}: plugin {names.name} (package {names.module}, entry point {names.name} in group "
           f"cityops.agents): stream {names.topic}, KPI {names.kpi}, rule kind {names.kind}, alert {names.alert}")
-    print(f"next: cd {target} && PYTHONPATH=src python -m pytest tests; pip install . && cityops agent test "
+    print(f"next: cd {target} && pip install -e '.[test]' && python -m pytest tests && cityops agent test "
           f"--plugin {names.name}")
     return 0
 

@@ -502,8 +502,19 @@ class Demo:
         self.say("")
 
     def evaluate_command(self) -> str:
-        """The exact `cityops evaluate-alerts` command for this demo after its stop (reads alerts.jsonl)."""
-        cmd = (f"cityops evaluate-alerts --env-file {shlex.quote(str(self.dir / ENV_FILE))} "
+        """The exact `cityops evaluate-alerts` command for this demo after its stop (reads alerts.jsonl).
+
+        ``cityops`` when PATH finds this interpreter's script; else that script's path (e.g.
+        ``/repo/.venv/bin/cityops``: after `make demo` the venv is not activated), or ``PYTHON -m cityops.cli``."""
+        script = Path(sys.executable).parent / "cityops"  # not resolved: a venv's python is a symlink
+        on_path = shutil.which("cityops")
+        if on_path is not None and (not script.is_file() or Path(on_path).resolve() == script.resolve()):
+            exe = "cityops"
+        elif script.is_file():
+            exe = shlex.quote(str(script))
+        else:
+            exe = f"{shlex.quote(sys.executable)} -m cityops.cli"
+        cmd = (f"{exe} evaluate-alerts --env-file {shlex.quote(str(self.dir / ENV_FILE))} "
                f"--truth {shlex.quote(str(self.dir / TRUTH_FILE))} --alerts {shlex.quote(str(self.dir / ALERTS_FILE))}")
         et = self.event_time()
         if et is not None:  # whole seconds, rounded up: an incident at the last event still counts

@@ -85,3 +85,33 @@ def test_relative_links_resolve(doc: Path) -> None:
         assert resolved.exists(), f"{doc.relative_to(REPO)}: link {target} points at nothing"
         if anchor and resolved.suffix == ".md":
             assert anchor in anchors(resolved), f"{doc.relative_to(REPO)}: link {target}: no such heading"
+
+
+def test_readme_commands_table_has_a_row_per_subcommand() -> None:
+    """Every `cityops` subcommand (and `agent` action) has its row; the demo row says how to stop it by itself."""
+    import argparse
+
+    from cityops.cli import build_parser
+
+    text = README.read_text()
+    section = text[text.index("## Commands"):]
+    section = section[:section.index("\n## ", 3)]
+    rows = re.findall(r"^\| `cityops ([^`]+)`", section, re.MULTILINE)
+    commands = {row.split()[0]: row for row in rows}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = sorted(set(sub.choices) - set(commands))
+    assert missing == [], f"README ## Commands has no row for: {missing}"
+    agent = next(a for a in sub.choices["agent"]._actions if isinstance(a, argparse._SubParsersAction))
+    for action in agent.choices:
+        assert any(r.startswith(f"agent {action}") for r in rows), f"no row `cityops agent {action} ...`"
+    assert "--for SECONDS" in commands["demo"]
+
+
+def test_agent_readme_step_1_installs_the_test_extra_the_template_declares() -> None:
+    import tomllib
+
+    template = REPO / "src" / "cityops" / "templates" / "agent" / "pyproject.toml.tmpl"
+    extras = tomllib.loads(template.read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("pytest") for dep in extras["test"])
+    step1 = (REPO / "agents" / "README.md").read_text().split("**2. Make it yours.**")[0]
+    assert "pip install -e '.[test]' && python -m pytest tests" in step1
