@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
+from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from cityops.localproc import LocalProcessError, ManagedProcess, free_port
@@ -66,7 +67,7 @@ class _Interrupted(Exception):
 
 @dataclass
 class Kpis:
-    """The latest complete minute of each KPI family, as plain values ready to print."""
+    """The latest complete minute of each KPI family (``query_kpis``), as plain values ready to print."""
 
     metro: tuple[int | None, list[tuple[str, float]]] = (None, [])
     bus: tuple[int | None, list[tuple[str, float]]] = (None, [])
@@ -98,13 +99,15 @@ class Kpis:
             out.append(f"hospital wait  {_hm(t)}  " + "  ".join(f"{k}={v / 60:.1f}min" for k, v in lines))
         t, rate, sold = self.food
         if t is not None and rate is not None:
-            out.append(f"food trace     {_hm(t)}  trace_rate={rate:.1%} of {sold or 0:,.0f} lots sold")
+            out.append(f"food trace     {_hm(t)}  trace_rate={rate:.1%} of {sold or 0:,.0f} lots sold  (so far: "
+                       "EPCIS uploads may add to a minute for 7 days)")
         t, q = self.quality
         if t is not None:
             out.append(f"stream_quality {_hm(t)}  " + "  ".join(f"{k}={v:,.0f}" for k, v in q.items())
                        + "  (wall-clock minute)")
         if not out:
-            out.append("KPIs: none yet (a minute is written once event time has passed it by 10 minutes)")
+            out.append("KPIs: none yet (a minute is shown once the streams it comes from are complete 10 minutes "
+                       "past it)")
         return out
 
 
@@ -226,20 +229,73 @@ def _line_key(name: str) -> tuple[int, str]:
     return (int(digits) if digits else 1 << 30, name)
 
 
-def query_kpis(influx_url: str, event_time: float | None) -> Kpis:
-    """The latest written minute of every KPI family (KPIs are written only once a minute is complete)."""
+# The measurements the demo shows; each is written by one stream (the built-in plugin's declarations).
+SHOWN = ("traffic_ridership", "traffic_road", "health_service", "food_chain")
+# Processing-time windows (stream_quality) close at the wall clock's window end + 5 s (Engine._due_windows) and
+# reach InfluxDB at the next commit (CITYOPS_FLUSH_INTERVAL_S, at most 5 s).
+QUALITY_CLOSE_S = 5.0 + 5.0
+
+
+def kpi_streams() -> dict[str, str]:
+    """Measurement -> the topic of the stream that writes it, for the built-in KPIs."""
+    from cityops.builtin import builtin_plugin
+
+    return {k.measurement: f.topic for f in builtin_plugin().streams for k in f.kpis}
+
+
+def complete_until(watermarks: Mapping[str, Any] | None, topics: Iterable[str], lateness_s: float,
+                   window_s: float) -> float | None:
+    """The start (epoch s) of the latest event-time window complete on every stream of ``topics``, from
+    /healthz ``watermarks`` (topic -> the event time up to which that stream is complete, epoch s).
+
+    A window [t, t + window_s) is final once the stream's watermark has passed its end by the allowed
+    lateness ``lateness_s``: the worker then closes it, and an event older than that is late, kept out of
+    it (``Engine._due_windows``; README "Event time you can trust"). So it is the slowest stream's
+    watermark - lateness - window: a value shown for that minute or an earlier one is the one InfluxDB keeps.
+    None while one of the streams has no watermark yet (nothing of it is known to be complete).
+    """
+    marks = []
+    for topic in topics:
+        wm = (watermarks or {}).get(topic)
+        if not isinstance(wm, (int, float)) or isinstance(wm, bool) or not math.isfinite(wm):
+            return None
+        marks.append(float(wm))
+    if not marks:
+        return None
+    return min(marks) - lateness_s - window_s
+
+
+def last_complete_wall_minute(now: float, window_s: float) -> float:
+    """The start of the latest processing-time window that is closed and written at wall clock ``now``
+    (epoch s): the minute still in progress, or one that closed in the last few seconds, is not."""
+    return math.floor((now - window_s - QUALITY_CLOSE_S) / window_s) * window_s
+
+
+def query_kpis(influx_url: str, watermarks: Mapping[str, Any] | None, *, lateness_s: float = 600.0,
+               window_s: float = 60.0, now: float | None = None) -> Kpis:
+    """The latest complete minute of every KPI family (``complete_until`` of the stream that writes it; the
+    worker writes open windows too, as they fill) and the latest complete wall-clock minute of
+    stream_quality. ``watermarks``: /healthz ``watermarks``; ``lateness_s``: the city streams' allowed
+    lateness; ``now``: wall clock (default time.time())."""
     k = Kpis()
-    # A minute is written when the watermark passes it by the allowed lateness (600 s), but an idle
-    # partition can let it close early and be rewritten later: stay one more minute behind.
-    bound = "" if event_time is None else f" AND time <= {int(event_time) - 720}s"
+    streams = kpi_streams()
+
+    def bound(measurement: str) -> str:
+        t = complete_until(watermarks, [streams[measurement]], lateness_s, window_s)
+        # No complete minute yet: none shown (time 0 is never a KPI's).
+        return " AND time <= 0s" if t is None else f" AND time <= {math.floor(t)}s"
+
+    quality_until = last_complete_wall_minute(time.time() if now is None else now, window_s)
     try:
         latest = _influx(influx_url, [
-            'SELECT last("taps_in") FROM "traffic_ridership" WHERE "mode" = \'metro\'' + bound,
-            'SELECT last("taps_in") FROM "traffic_ridership" WHERE "mode" = \'bus\'' + bound,
-            'SELECT last("speed_kmh") FROM "traffic_road" WHERE time > 0' + bound,
-            'SELECT last("wait_s_mean") FROM "health_service" WHERE time > 0' + bound,
-            'SELECT last("trace_rate") FROM "food_chain" WHERE time > 0' + bound,
-            'SELECT last("accepted") FROM "stream_quality"',
+            'SELECT last("taps_in") FROM "traffic_ridership" WHERE "mode" = \'metro\'' + bound("traffic_ridership"),
+            'SELECT last("taps_in") FROM "traffic_ridership" WHERE "mode" = \'bus\'' + bound("traffic_ridership"),
+            'SELECT last("speed_kmh") FROM "traffic_road" WHERE time > 0' + bound("traffic_road"),
+            'SELECT last("wait_s_mean") FROM "health_service" WHERE time > 0' + bound("health_service"),
+            # EPCIS is store-and-forward (7 days' lateness): a food minute is shown once the food stream's
+            # watermark has passed it by the city streams' lateness, and labelled "so far".
+            'SELECT last("trace_rate") FROM "food_chain" WHERE time > 0' + bound("food_chain"),
+            f'SELECT last("accepted") FROM "stream_quality" WHERE time > 0 AND time <= {int(quality_until)}s',
         ])
         times = [(_rows(s)[0]["time"] if _rows(s) else None) for s in latest]
         q: list[str] = []
@@ -305,6 +361,12 @@ class Demo:
         self.t0 = time.monotonic()
         self.web_port = 0
         self.health: dict[str, Any] = {}
+        # The worker's window and the city streams' allowed lateness: the demo starts it without CITYOPS_*
+        # settings of its own for these, so the defaults are the ones in force.
+        from cityops.settings import Settings
+
+        self.lateness_s = float(Settings.model_fields["allowed_lateness_s"].default)
+        self.window_s = float(Settings.model_fields["window_s"].default)
         self.sim_done = False
         self._last_total: tuple[float, int] | None = None
         self._rate = 0.0
@@ -602,7 +664,8 @@ class Demo:
                 break
             if now >= next_draw:
                 self.poll_health()
-                self.draw(query_kpis(self.procs["influxdb"].url, self.event_time()))
+                self.draw(query_kpis(self.procs["influxdb"].url, self.health.get("watermarks"),
+                                     lateness_s=self.lateness_s, window_s=self.window_s))
                 next_draw = now + refresh
             time.sleep(0.2)
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO
@@ -115,6 +116,46 @@ class Demo:
                     os.kill(pid, signal.SIGKILL)
 
 
+def _assert_shown_minutes_are_final(workdir: Path, stdout: str) -> None:
+    """The last metro and road minutes the demo showed hold, in InfluxDB after the run, the values shown: a
+    shown minute was complete (every stream it comes from past it by the allowed lateness), not in progress."""
+    from datetime import datetime
+
+    from cityops.localstack import start_influxdb
+
+    day = re.search(r"from (\d{4}-\d\d-\d\d) \d\d:\d\d([+-]\d{4})", stdout)
+    assert day, stdout
+    metro = re.findall(r"kpi metro taps_in +(\d\d:\d\d) +(.*)$", stdout, re.M)
+    road = re.findall(r"kpi road speed +(\d\d:\d\d) +([\d.]+) km/h mean of (\d+) segments", stdout)
+    assert metro or road, stdout
+
+    def epoch(hm: str) -> int:
+        return int(datetime.strptime(f"{day.group(1)} {hm}{day.group(2)}", "%Y-%m-%d %H:%M%z").timestamp())
+
+    influx = start_influxdb(workdir / "influxdb")  # the demo's data, its own server stopped
+    try:
+        def query(q: str) -> list[dict[str, object]]:
+            params = urllib.parse.urlencode({"db": "cityops", "q": q, "epoch": "s"})
+            with urllib.request.urlopen(f"{influx.url}/query?{params}", timeout=30) as r:
+                return json.loads(r.read())["results"][0].get("series", [])
+
+        if metro:
+            hm, values = metro[-1]
+            shown = {k: int(v.replace(",", "")) for k, v in re.findall(r"(\S+)=([\d,]+)", values)}
+            series = query('SELECT sum("taps_in") FROM "traffic_ridership" WHERE "mode" = \'metro\' AND '
+                           f'time = {epoch(hm)}s GROUP BY "line"')
+            final = {s["tags"]["line"]: int(s["values"][0][1]) for s in series}  # type: ignore[index]
+            assert shown == final, (hm, shown, final)
+        if road:
+            hm, speed, n = road[-1]
+            [series] = query(f'SELECT mean("speed_kmh"), count("speed_kmh") FROM "traffic_road" WHERE time = '
+                             f'{epoch(hm)}s')
+            _t, mean, count = series["values"][0]  # type: ignore[index]
+            assert (speed, int(n)) == (f"{mean:.1f}", count), (hm, speed, n, mean, count)
+    finally:
+        influx.stop()
+
+
 def test_demo_runs_shows_kpis_and_leaves_nothing_running(tmp_path: Path) -> None:
     # A missing server is a failure here, not a skip: CI must install them (see README set-up).
     assert not missing_prerequisites(), missing_prerequisites()
@@ -133,6 +174,7 @@ def test_demo_runs_shows_kpis_and_leaves_nothing_running(tmp_path: Path) -> None
     assert any(kpi.search(line) for line in proc.stdout.splitlines()), output
     assert "worker flushed cleanly" in proc.stdout, output
     assert "flushed cleanly" in (workdir / "worker.log").read_text(errors="replace")
+    _assert_shown_minutes_are_final(workdir, proc.stdout)
 
     # Working ways to see alerts, not Debian's placeholder UI page; the view lists the active ones.
     am = re.search(r"Alertmanager API (http://127\.0\.0\.1:\d+)/api/v2/alerts", proc.stdout)
