@@ -122,3 +122,22 @@ def test_a_manifest_that_consumes_no_stream_stops_check_config_in_one_line(tmp_p
         f"cityops: CITYOPS_RULES_DIR ({rules}): rules/health-security.yml: consumes: 'bike.readings' is no stream of "
         "the built-in agents or a loaded plugin (streams: food.trace-events, health.card-events, traffic.card-taps, "
         "traffic.road-detectors)"]
+
+
+def test_a_stream_rules_params_name_the_file_and_key(tmp_path: Path) -> None:
+    """The food stream evaluates cold_chain itself: its params' errors name file and key like a rule kind's."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for p in (REPO / "agents").glob("*.yml"):
+        (rules / p.name).write_text(p.read_text())
+        (rules / p.with_suffix(".md").name).write_text(p.with_suffix(".md").read_text())
+    text = (rules / "food-safety.yml").read_text()
+    index = next(i for i, line in enumerate(text.split("  - alert: ")[1:]) if line.startswith("FoodColdChainBreach"))
+    where = f"rules/food-safety.yml: rules[{index}] (FoodColdChainBreach).params"
+    for new, message in [("params: {min_c: cold, max_c: 4}", f"{where}.min_c: expected a number of °C, got 'cold'"),
+                         ("params: {min_c: 0}", f"{where}.max_c: required (kind cold_chain: the allowed range in °C)"),
+                         ("params: {min_c: 8, max_c: 4}", f"{where}.min_c: 8 must be below max_c (4)")]:
+        (rules / "food-safety.yml").write_text(text.replace("params: {min_c: 0, max_c: 4}", new, 1))
+        r = cli(dict(GOOD, CITYOPS_RULES_DIR=str(rules)), tmp_path)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert r.stderr.strip().splitlines() == [f"cityops: {message}"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -198,15 +199,18 @@ class FoodStream:
                                   f"the food stream evaluates one rule of each kind")
             names[spec.kind] = spec.name
             if spec.kind == "cold_chain":
-                try:
-                    kw["cold_min_c"] = float(spec.params["min_c"])
-                    kw["cold_max_c"] = float(spec.params["max_c"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise ConfigError(f"rule {spec.name!r} ({spec.agent}): kind cold_chain needs params min_c "
-                                      f"and max_c in °C, numbers ({exc!r})") from None
+                # A manifest's rule names its file and key (RuleSpec.source), as every manifest error does.
+                where = f"{spec.source}.params" if spec.source else f"rule {spec.name!r} ({spec.agent}): params"
+                for key in ("min_c", "max_c"):
+                    value = spec.params.get(key)
+                    if key not in spec.params:
+                        raise ConfigError(f"{where}.{key}: required (kind cold_chain: the allowed range in °C)")
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                        raise ConfigError(f"{where}.{key}: expected a number of °C, got {value!r}")
+                    kw[f"cold_{key}"] = float(value)
                 if kw["cold_min_c"] >= kw["cold_max_c"]:
-                    raise ConfigError(f"rule {spec.name!r} ({spec.agent}): params min_c ({kw['cold_min_c']:g}) "
-                                      f"must be below max_c ({kw['cold_max_c']:g})")
+                    raise ConfigError(f"{where}.min_c: {kw['cold_min_c']:g} must be below max_c "
+                                      f"({kw['cold_max_c']:g})")
         kw["alertnames"] = names
         return kw
 
