@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,16 @@ class Runtime:
         self.engine.process(topic, partition, offset, value, timestamp)
         if ack is not None:
             self._acks.append(ack)
+
+    def process_records(self, topic: str, partition: int, records: Sequence[Any], release: Any = None) -> None:
+        """Records of one partition in offset order, as aiokafka gives them (``.offset``, ``.value`` bytes,
+        ``.timestamp`` in epoch ms); ``release()`` is called after the commit that covers them."""
+        process = self.engine.process
+        for rec in records:
+            ts = rec.timestamp
+            process(topic, partition, rec.offset, rec.value, None if ts is None else ts / 1000.0)
+        if release is not None:
+            self._acks.append(release)
 
     async def wait_writable(self, topic: str) -> None:
         """Hold the agent until the runtime is ready (InfluxDB answered), and while the sink backlog is full."""
