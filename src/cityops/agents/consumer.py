@@ -54,13 +54,23 @@ class BatchConsumer(AIOKafkaConsumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # seeks so far per partition: a batch fetched before a seek of its partition is not applied
+        # Seeks so far per partition, and where the last one went: a batch of a partition that was moved
+        # while the batch was fetched or waited to be applied is not applied (it may be of the old
+        # position), and the partition is moved there again so that nothing of the new position is skipped.
         self._seeks: dict[TP, int] = {}
+        self._seek_to: dict[TP, int] = {}
+        self._seek_lock = asyncio.Lock()
 
     async def seek(self, partition: TP, offset: int) -> None:
         tp = TP(partition.topic, partition.partition)
         self._seeks[tp] = self._seeks.get(tp, 0) + 1
-        await super().seek(partition, offset)
+        self._seek_to[tp] = offset
+        async with self._seek_lock:
+            await super().seek(partition, offset)
+
+    async def _seek_again(self, tp: TP) -> None:
+        async with self._seek_lock:  # after a seek still under way
+            await super().seek(tp, self._seek_to[tp])
 
     def ack_range(self, tp: TP, first: int, last: int) -> int:
         """Acknowledge offsets ``first``..``last`` of ``tp`` as Faust's ``Consumer.ack`` does each message's:
@@ -138,8 +148,10 @@ class BatchConsumer(AIOKafkaConsumer):
                             if not self.flow_active or app.consumer_generation_id != generation:
                                 break
                             if seeks.get(tp) != self._seeks.get(tp):
-                                # the partition was moved with a seek since the fetch (its log went
-                                # backwards): this batch is of the old position; its records come again
+                                # the partition was moved with a seek (its log went backwards) while this
+                                # batch was fetched or waited: it may be of either position. Not applied;
+                                # moved to the new position again, whose records are fetched from there.
+                                await self._seek_again(tp)
                                 break
                             last = chunk[-1].offset
                             sink.apply(tp, chunk, _Release(self, tp, chunk[0].offset if start else first, last))
