@@ -142,6 +142,7 @@ class BatchConsumer(AIOKafkaConsumer):
                     if sink is not None and sink.claims(tp.topic):
                         # In chunks, so that a large fetch never holds the event loop (commit timer, web
                         # server) for long, and backpressure is checked as often as before.
+                        lo = first  # the release of a chunk covers the offsets since the previous chunk
                         for start in range(0, len(batch), CHUNK):
                             chunk = batch[start:start + CHUNK]
                             await sink.admit(tp)
@@ -154,8 +155,9 @@ class BatchConsumer(AIOKafkaConsumer):
                                 await self._seek_again(tp)
                                 break
                             last = chunk[-1].offset
-                            sink.apply(tp, chunk, _Release(self, tp, chunk[0].offset if start else first, last))
+                            sink.apply(tp, chunk, _Release(self, tp, lo, last))
                             read_offset[tp] = last
+                            lo = last + 1
                             await asyncio.sleep(0)
                         continue
                     for rec in batch:  # Faust's own path, one record at a time
