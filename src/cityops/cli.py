@@ -45,12 +45,12 @@ def _start(text: str) -> datetime:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    # Until the app loads the manifests (and installs the reload handler), a SIGHUP has nothing to reload:
+    # the load reads the files as they are then. It must not end the process as by default (set first).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from cityops.settings import load_settings
 
     settings = load_settings()
-    # Until the app loads the manifests (and installs the reload handler), a SIGHUP has nothing to reload:
-    # the load reads the files as they are then. It must not end the process as by default.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _logging(args.log_level or settings.log_level)
     from cityops.connections import kafka_client_security
     from cityops.engine.state import check_format

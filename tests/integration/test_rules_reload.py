@@ -104,6 +104,17 @@ def sample(metrics: str, name: str) -> float:
     return 0.0
 
 
+def _handles_sighup(pid: int) -> bool:
+    """Whether the process ignores or catches SIGHUP (signal 1: bit 0 of SigIgn/SigCgt in /proc/PID/status)."""
+    masks = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("SigIgn", "SigCgt"):
+                masks[key] = int(value.strip(), 16)
+    return bool((masks.get("SigIgn", 0) | masks.get("SigCgt", 0)) & 1)
+
+
 def test_sighup_adds_a_rule_that_alerts_while_a_firing_alert_is_not_notified_again_and_removal_resolves(
         kafka: Any, alertmanager: Any, worker_factory: Any, tmp_path: Path) -> None:
     rules = tmp_path / "rules"
@@ -115,8 +126,14 @@ def test_sighup_adds_a_rule_that_alerts_while_a_firing_alert_is_not_notified_aga
     journey = [tap(1, 0, TRAVELLER, 31.80, 119.97), tap(2, 2, TRAVELLER, 31.66, 119.95)]
     produce_taps(kafka.url, journey + clock_taps(100, 0, 5))
     w.start()
-    time.sleep(1.0)
-    w.proc.send_signal(signal.SIGHUP)  # while it starts: no reason to end the process
+    # While it starts, once the process handles SIGHUP at all (the interpreter's own start-up, before cityops
+    # runs a line, keeps the default action): no reason to end the process. (A fixed 1 s sleep raced with a
+    # slow interpreter start under load.)
+    deadline = time.monotonic() + 60
+    while not _handles_sighup(w.proc.pid):
+        assert w.proc.poll() is None and time.monotonic() < deadline, "the worker never handled SIGHUP"
+        time.sleep(0.02)
+    w.proc.send_signal(signal.SIGHUP)
     w.wait(lambda: any(a["labels"].get("card") == pseudo(TRAVELLER) for a in am_active(alertmanager, "FastCard")),
            what="FastCard firing at Alertmanager")
     before = [a for a in am_active(alertmanager, "FastCard") if a["labels"]["card"] == pseudo(TRAVELLER)][0]
