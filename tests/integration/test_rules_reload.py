@@ -21,6 +21,7 @@ import pytest
 from cityops.streams.city_streams import Pseudonymizer
 from tests.conftest import PSEUDONYM_KEY
 from tests.installed_plugins import plugin_rules
+from tests.integration.test_alert_durability import alert_records
 
 pytestmark = pytest.mark.integration
 CST = timezone(timedelta(hours=8))
@@ -80,16 +81,6 @@ def produce_taps(bootstrap: str, taps: list[dict[str, Any]]) -> None:
     p.send("traffic.card-taps", json.dumps(taps).encode(), partition=0)
     p.flush()
     p.close()
-
-
-def alert_records(bootstrap: str) -> list[dict[str, Any]]:
-    from kafka import KafkaConsumer
-
-    c = KafkaConsumer("cityops.alerts", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                      consumer_timeout_ms=3000)
-    out = [json.loads(r.value) for r in c]
-    c.close()
-    return out
 
 
 def am_active(am: Any, alertname: str) -> list[dict[str, Any]]:
