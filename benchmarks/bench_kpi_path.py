@@ -21,6 +21,8 @@ machine changes least).
     python benchmarks/bench_kpi_path.py --events 300000 --modes batch
     python benchmarks/bench_kpi_path.py --rules-off        # the KPI path alone: no rules, no registry
     python benchmarks/bench_kpi_path.py --modes food       # EPCIS documents of 20 events
+    python benchmarks/bench_kpi_path.py --modes batch --groups traffic --no-food-mix --latency-s 0
+                                                           # one task's input alone (issue 11: traffic task)
 """
 
 from __future__ import annotations
@@ -52,9 +54,30 @@ TAPS = "traffic.card-taps"
 WARMUP_S = 3.0  # the first seconds of the live phase: the jump of event time closes the preload's windows
 
 
+def input_start(hour: int | None) -> datetime:
+    """Event time of the preload's first event: ``hour``:00 in the city (UTC+8) of the latest day whose 6 h
+    of simulated input end 2 h before now (``None``: now - 8 h, whatever the hour).
+
+    The simulated city's mix depends on the hour (at night road detectors dominate and the clinics are
+    closed; from 07:00 card taps are ~80 % and health events ~10 %), so a fixed hour gives the same input
+    whenever the benchmark runs."""
+    now = datetime.now(CST)
+    if hour is None:
+        return (now - timedelta(hours=8)).replace(second=0, microsecond=0)
+    start = now.replace(hour=hour, minute=0, second=0, microsecond=0)
+    while start > now - timedelta(hours=8):
+        start -= timedelta(days=1)
+    return start
+
+
 def make_messages(n_events: int, batch: int, seed: int, food: bool = False, start: datetime | None = None,
-                  with_food: bool = True) -> tuple[dict[str, list[bytes]], int, list[tuple[str, dict[str, Any]]]]:
-    """(messages per topic, events, the events themselves) of ``n_events`` simulated events."""
+                  with_food: bool = True, groups: frozenset[str] = frozenset({"traffic", "health"}),
+                  ) -> tuple[dict[str, list[bytes]], int, list[tuple[str, dict[str, Any]]]]:
+    """(messages per topic, events, the events themselves) of ``n_events`` simulated events.
+
+    ``groups``: the city stream groups to simulate (``cityops.simulate.run.STREAM_GROUPS`` names: traffic =
+    card taps + road detectors, health); ``with_food`` mixes EPCIS documents in. ``food``: EPCIS alone.
+    """
     if food:  # EPCIS documents of `batch` events each, at a rate that yields n_events in a simulated day
         from cityops.simulate import food as food_sim
 
@@ -68,7 +91,7 @@ def make_messages(n_events: int, batch: int, seed: int, food: bool = False, star
             if n >= n_events:
                 break
         return out, n, []
-    streams = {"traffic", "health"} | ({"food"} if with_food else set())
+    streams = set(groups) | ({"food"} if with_food else set())
     it, _ = events(seed=seed, start=start or datetime(2026, 11, 24, 7, 0, tzinfo=CST), duration_s=6 * 3600,
                    rate=None, streams=streams, incidents=False, food_batch=max(1, min(batch, 50)))
     b = Batcher(batch)
@@ -154,7 +177,9 @@ def peak_rss_mib(pid: int) -> float:
 class Worker:
     """The real `cityops worker` as a child process with the benchmark's settings."""
 
-    def __init__(self, workdir: Path, kafka: str, influx: str, shipped: bool) -> None:
+    def __init__(self, workdir: Path, kafka: str, influx: str, shipped: bool,
+                 env_extra: dict[str, str] | None = None) -> None:
+        """``env_extra``: settings that override the benchmark's (e.g. CITYOPS_STATE_STORE, CITYOPS_LOG_LEVEL)."""
         self.port = free_port()
         env = dict(os.environ, CITYOPS_KAFKA_BOOTSTRAP=kafka, CITYOPS_INFLUX_URL=influx,
                    CITYOPS_PSEUDONYM_KEY="bench-pseudonym-key-0123456789", CITYOPS_DATA_DIR=str(workdir / "data"),
@@ -171,6 +196,7 @@ class Worker:
         else:
             env["CITYOPS_RULES_DIR"] = "none"
             env["CITYOPS_SOURCE_REGISTRY"] = "none"
+        env.update(env_extra or {})
         self.log_path = workdir / "worker.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "cityops.cli", "worker"], env=env,
                                      stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
@@ -350,6 +376,14 @@ def main() -> None:
     ap.add_argument("--food-events", type=int, default=30_000, help="EPCIS events in food mode")
     ap.add_argument("--rules-off", action="store_true",
                     help="the KPI path alone: no alert rules, no source registry, no food events mixed in")
+    ap.add_argument("--groups", default="traffic,health",
+                    help="city stream groups in batch/single modes (comma list of traffic, health): one group = "
+                         "what one task of that group sustains (issue 11's tasks; add --no-food-mix for it alone)")
+    ap.add_argument("--no-food-mix", action="store_true",
+                    help="shipped configuration without EPCIS documents mixed into batch/single input")
+    ap.add_argument("--start-hour", type=int, default=None,
+                    help="simulated input starts at this hour of the city's day (0-23; default: 8 h before now, "
+                         "so the mix depends on when the benchmark runs)")
     ap.add_argument("--latency-s", type=float, default=15.0,
                     help="seconds of live events at half the measured rate (0: no latency phase)")
     args = ap.parse_args()
@@ -369,9 +403,10 @@ def main() -> None:
                                                     "health.card-events", "food.trace-events",
                                                     "cityops.dead-letter", "cityops.alerts")])
                 # Event time of the preload ends well before now, so the live phase that follows is not late.
-                start = (datetime.now(CST) - timedelta(hours=8)).replace(second=0, microsecond=0)
+                start = input_start(args.start_hour)
                 msgs, n, template = make_messages(n_target, batch, seed=5, food=(mode == "food"), start=start,
-                                                  with_food=shipped)
+                                                  with_food=shipped and not args.no_food_mix,
+                                                  groups=frozenset(args.groups.split(",")))
                 n_msgs = sum(len(v) for v in msgs.values())
                 preload(kafka.url, msgs)
                 raw_s, raw_cpu = asyncio.run(raw_loop(kafka.url, list(msgs), n_msgs))
@@ -379,7 +414,7 @@ def main() -> None:
                 raw_cpu_eps = n / raw_cpu if raw_cpu > 0 else float("inf")
                 worker = Worker(work, kafka.url, influx.url, shipped)
                 eps, cpu_eps = worker.throughput(n)
-                if args.latency_s > 0 and template:
+                if args.latency_s > 0 and any(t == TAPS for t, _ in template):
                     lat = latency(kafka.url, influx.url, worker, template, eps / 2, args.latency_s, batch)
                 rss = peak_rss_mib(worker.proc.pid)
             finally:
@@ -388,6 +423,8 @@ def main() -> None:
                 kafka.stop()
                 influx.stop()
         config = "shipped (every rule, source registry, food stream)" if shipped else "KPI path only (rules off)"
+        if mode != "food":
+            config += f"; input: {'+'.join(sorted(msgs))}"
         print(f"mode={mode} batch={batch} events={n:,} messages={n_msgs:,} config={config}")
         print(f"  raw aiokafka consume+decode : {raw_eps:12,.0f} events/s ({n_msgs / raw_s:,.0f} msgs/s)")
         print(f"  cityops worker              : {eps:12,.0f} events/s")

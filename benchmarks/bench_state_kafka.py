@@ -1,0 +1,216 @@
+"""What keeping state in Kafka costs: the worker with CITYOPS_STATE_STORE=local vs =kafka on the same input.
+
+For each store the real `cityops worker` (as shipped: every alert rule of `agents/`, the source registry on,
+food documents mixed in — `bench_kpi_path.py`'s configuration and helpers) consumes the same preloaded
+simulated input on fresh Tansu + InfluxDB servers. Reported:
+
+* events/s and events per worker CPU second of each store (from /healthz, first to last event decided, so
+  group-join time is not counted) and the ratio kafka/local in the same run — the machine is shared, so
+  the ratio is the figure to compare across runs;
+* bytes written to the state topics per event, split by record kind (claim, commit, snapshot), read back
+  from every topic whose name starts with ``cityops.state`` (one topic today; per-task topics
+  ``cityops.state.<task>`` once state is split by task);
+* cold restore: after the kafka worker stopped (SIGTERM: final commit), a new worker with an empty data
+  directory restores from Kafka alone; its log's ``state restored from <topic>[<partition>] ... in X.XXs``
+  lines (one per task) and the wall time from its start to the last of them.
+
+    python benchmarks/bench_state_kafka.py                        # 100,000 events in 100-event messages
+    python benchmarks/bench_state_kafka.py --events 30000 --rounds 2
+    python benchmarks/bench_state_kafka.py --snapshot-bytes 4000000   # snapshots within the run
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_kpi_path import Worker, health, input_start, make_messages, preload  # noqa: E402
+
+from cityops.localstack import start_influxdb, start_kafka  # noqa: E402
+from cityops.topics import TopicSpec, ensure_topics  # noqa: E402
+
+STATE_PREFIX = "cityops.state"
+RESTORED = re.compile(r"state restored from (\S+?\[\d+\])[^\n]* in ([0-9.]+)s")
+INPUT_TOPICS = ("traffic.card-taps", "traffic.road-detectors", "health.card-events", "food.trace-events",
+                "cityops.dead-letter", "cityops.alerts")
+
+
+def state_topic_bytes(bootstrap: str) -> tuple[dict[str, dict[str, tuple[int, int]]], list[str]]:
+    """Per state topic and record kind (claim, commit, snapshot): (messages, bytes), every partition read;
+    and the partitions that hold anything (``topic[partition]``: one per task that ran)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from cityops.engine.kafka_state import _chunk_decoder
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in sorted(c.topics()) if t.startswith(STATE_PREFIX)
+               for p in sorted(c.partitions_for_topic(t) or ())]
+        out: dict[str, dict[str, tuple[int, int]]] = {}
+        if not tps:
+            return out, []
+        c.assign(tps)
+        ends = c.end_offsets(tps)
+        c.seek_to_beginning(*tps)
+        left = sum(ends.values())
+        deadline = time.monotonic() + 300
+        while left > 0 and time.monotonic() < deadline:
+            for tp, recs in c.poll(timeout_ms=1000).items():
+                per_kind = out.setdefault(tp.topic, {})
+                for r in recs:
+                    if r.offset >= ends[tp]:
+                        continue
+                    left -= 1
+                    kind = _chunk_decoder.decode(r.value).kind
+                    m, size = per_kind.get(kind, (0, 0))
+                    per_kind[kind] = (m + 1, size + len(r.value))
+        if left > 0:
+            raise SystemExit(f"could not read the state topics back: {left} messages missing")
+        return out, [f"{tp.topic}[{tp.partition}]" for tp in tps if ends[tp] > 0]
+    finally:
+        c.close()
+
+
+def events_in(topic: str, messages: list[bytes]) -> int:
+    """Events in a topic's messages (a message is one event, a JSON array of events, or an EPCIS document)."""
+    n = 0
+    for raw in messages:
+        v = orjson.loads(raw)
+        n += len(v["epcisBody"]["eventList"]) if topic == "food.trace-events" else len(v) if isinstance(v, list) else 1
+    return n
+
+
+def restore_lines(log_path: Path) -> list[tuple[str, float]]:
+    """(topic[partition], seconds) of each ``state restored from`` line in a worker's log."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    return [(m.group(1), float(m.group(2))) for m in RESTORED.finditer(text)]
+
+
+def run_store(store: str, msgs: dict[str, list[bytes]], n: int, work: Path, env: dict[str, str],
+              restore: bool) -> dict:
+    """One store on fresh servers: throughput; with kafka the state-topic bytes and a cold restore."""
+    kafka = start_kafka(work / "kafka")
+    influx = start_influxdb(work / "influx")
+    res: dict = {"store": store}
+    worker = None
+    try:
+        ensure_topics(kafka.url, [TopicSpec(t, 6 if "taps" in t else 3, {"retention.ms": "-1"})
+                                  for t in INPUT_TOPICS])
+        preload(kafka.url, msgs)
+        (work / "run").mkdir()
+        worker = Worker(work / "run", kafka.url, influx.url, shipped=True,
+                        env_extra=dict(env, CITYOPS_STATE_STORE=store))
+        res["eps"], res["cpu_eps"] = worker.throughput(n)
+        if res["eps"] <= 0:  # every event was decided between two polls of /healthz
+            raise SystemExit(f"{store}: too few events to time; run with more --events")
+        worker.stop()
+        res["exit"] = worker.proc.returncode
+        worker = None
+        if store != "kafka":
+            return res
+        res["topics"], res["partitions"] = state_topic_bytes(kafka.url)
+        if not restore:
+            return res
+        # A new machine: empty data directory; the state topics are all it has.
+        (work / "cold").mkdir()
+        t0 = time.perf_counter()
+        worker = Worker(work / "cold", kafka.url, influx.url, shipped=True,
+                        env_extra=dict(env, CITYOPS_STATE_STORE=store, CITYOPS_LOG_LEVEL="INFO"))
+        want = max(1, len(res["partitions"]))  # one restore line per task (state partition written)
+        deadline = time.monotonic() + 300
+        lines: list[tuple[str, float]] = []
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            worker.check()
+            now = restore_lines(worker.log_path)
+            if len(now) != len(lines):
+                lines, stable_since = now, time.monotonic()
+                res["restored_wall_s"] = time.perf_counter() - t0
+            # Every task restored: as many lines as state partitions written, or no new one for 15 s.
+            if lines and health(worker.port) and (len({tp for tp, _ in lines}) >= want
+                                                   or time.monotonic() - stable_since > 15):
+                break
+            time.sleep(0.1)
+        else:
+            raise SystemExit(f"no `state restored from` line in {worker.log_path} within 300 s")
+        res["restores"] = lines
+        worker.stop()
+        worker = None
+        return res
+    finally:
+        if worker is not None:
+            worker.stop()
+        kafka.stop()
+        influx.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000, help="events of simulated input (default 100,000)")
+    ap.add_argument("--batch", type=int, default=100, help="events per Kafka message (default 100)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="local/kafka pairs, the order alternating (default 1); medians are reported")
+    ap.add_argument("--snapshot-bytes", type=int, default=None,
+                    help="CITYOPS_STATE_SNAPSHOT_BYTES for the kafka worker (default: the shipped setting)")
+    ap.add_argument("--start-hour", type=int, default=7,
+                    help="the input's first hour of the simulated city's day (default 7: the morning mix)")
+    ap.add_argument("--no-restore", action="store_true", help="skip the cold restore")
+    args = ap.parse_args()
+    env = {}
+    if args.snapshot_bytes is not None:
+        env["CITYOPS_STATE_SNAPSHOT_BYTES"] = str(args.snapshot_bytes)
+    # A city morning (card taps ~80 %, road ~8 %, health ~10 %, food), whenever the benchmark runs.
+    start = input_start(args.start_hour)
+    msgs, n, _ = make_messages(args.events, args.batch, seed=5, start=start)
+    n_msgs = sum(len(v) for v in msgs.values())
+    mix = ", ".join(f"{t} {events_in(t, v):,}" for t, v in sorted(msgs.items()))
+    print(f"input: {n:,} events in {n_msgs:,} messages ({mix}), starting {start:%H:%M} city time; shipped configuration "
+          f"(every rule, source registry, food mixed in); snapshot bytes: "
+          f"{args.snapshot_bytes if args.snapshot_bytes is not None else 'shipped default'}")
+    runs: dict[str, list[dict]] = {"local": [], "kafka": []}
+    for r in range(args.rounds):
+        order = ("local", "kafka") if r % 2 == 0 else ("kafka", "local")
+        for store in order:
+            with tempfile.TemporaryDirectory() as d:
+                res = run_store(store, msgs, n, Path(d), env, restore=not args.no_restore and r == 0)
+            runs[store].append(res)
+            print(f"  round {r + 1} {store:5}: {res['eps']:10,.0f} events/s, {res['cpu_eps']:10,.0f} per worker "
+                  f"CPU s (exit {res['exit']})")
+            sys.stdout.flush()
+        pair = runs["kafka"][-1]["eps"] / runs["local"][-1]["eps"]
+        print(f"  round {r + 1} ratio kafka/local: {pair:.3f}")
+    med = {s: statistics.median(x["eps"] for x in v) for s, v in runs.items()}
+    med_cpu = {s: statistics.median(x["cpu_eps"] for x in v) for s, v in runs.items()}
+    print(f"events/s (median of {args.rounds}): local {med['local']:,.0f}, kafka {med['kafka']:,.0f}, "
+          f"ratio kafka/local {med['kafka'] / med['local']:.3f}")
+    print(f"per worker CPU second: local {med_cpu['local']:,.0f}, kafka {med_cpu['kafka']:,.0f}, "
+          f"ratio {med_cpu['kafka'] / med_cpu['local']:.3f}")
+    first = runs["kafka"][0]
+    total = 0
+    kinds: dict[str, tuple[int, int]] = {}
+    for topic, per_kind in first["topics"].items():
+        t_bytes = sum(b for _m, b in per_kind.values())
+        total += t_bytes
+        print(f"  {topic}: {t_bytes:,} bytes, " + ", ".join(f"{k} {m} messages {b:,} bytes" for k, (m, b)
+                                                          in sorted(per_kind.items())))
+        for k, (m, b) in per_kind.items():
+            km, kb = kinds.get(k, (0, 0))
+            kinds[k] = (km + m, kb + b)
+    print(f"state topics: {total:,} bytes over {n:,} events = {total / n:,.1f} bytes/event; "
+          + "; ".join(f"{k} {b / n:,.1f}" for k, (_m, b) in sorted(kinds.items())))
+    if "restores" in first:
+        print(f"cold restore (empty data dir): " + ", ".join(f"{tp} {s:.2f} s" for tp, s in first["restores"])
+              + f"; worker start to last task restored {first['restored_wall_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
