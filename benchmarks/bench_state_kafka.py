@@ -10,6 +10,10 @@ simulated input on fresh Tansu + InfluxDB servers. Reported:
 * bytes written to the state topics per event, split by record kind (claim, commit, snapshot), read back
   from every topic whose name starts with ``cityops.state`` (one topic today; per-task topics
   ``cityops.state.<task>`` once state is split by task);
+* the same bytes while events arrive live at a fixed rate (``--live-rate``, default 2,700 events/s, for
+  ``--live-s`` seconds, event time = send time), counted over the second half of that phase: a commit
+  carries each touched window and rule entry once per second, so bytes per event depend on the rate and
+  a preload replay alone would understate them;
 * cold restore: after the kafka worker stopped (SIGTERM: final commit), a new worker with an empty data
   directory restores from Kafka alone; its log's ``state restored from <topic>[<partition>] ... in X.XXs``
   lines (one per task) and the wall time from its start to the last of them.
@@ -17,6 +21,7 @@ simulated input on fresh Tansu + InfluxDB servers. Reported:
     python benchmarks/bench_state_kafka.py                        # 100,000 events in 100-event messages
     python benchmarks/bench_state_kafka.py --events 30000 --rounds 2
     python benchmarks/bench_state_kafka.py --snapshot-bytes 4000000   # snapshots within the run
+    python benchmarks/bench_state_kafka.py --live-rate 700 --live-s 60  # Shanghai's metro peak, live
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_kpi_path import Worker, health, input_start, make_messages, preload  # noqa: E402
+from bench_kpi_path import Worker, decided, health, input_start, live_messages, make_messages, preload  # noqa: E402
 
 from cityops.localstack import start_influxdb, start_kafka  # noqa: E402
 from cityops.topics import TopicSpec, ensure_topics  # noqa: E402
@@ -44,9 +50,25 @@ INPUT_TOPICS = ("traffic.card-taps", "traffic.road-detectors", "health.card-even
                 "cityops.dead-letter", "cityops.alerts")
 
 
-def state_topic_bytes(bootstrap: str) -> tuple[dict[str, dict[str, tuple[int, int]]], list[str]]:
-    """Per state topic and record kind (claim, commit, snapshot): (messages, bytes), every partition read;
-    and the partitions that hold anything (``topic[partition]``: one per task that ran)."""
+def state_end_offsets(bootstrap: str) -> dict[tuple[str, int], int]:
+    """End offset of every partition of every state topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in sorted(c.topics()) if t.startswith(STATE_PREFIX)
+               for p in sorted(c.partitions_for_topic(t) or ())]
+        return {(tp.topic, tp.partition): end for tp, end in c.end_offsets(tps).items()} if tps else {}
+    finally:
+        c.close()
+
+
+def state_topic_bytes(bootstrap: str, since: dict[tuple[str, int], int] | None = None,
+                      until: dict[tuple[str, int], int] | None = None,
+                      ) -> tuple[dict[str, dict[str, tuple[int, int]]], list[str]]:
+    """Per state topic and record kind (claim, commit, snapshot): (messages, bytes), every partition read
+    (only offsets in [``since``, ``until``) where given); and the partitions that hold anything
+    (``topic[partition]``: one per task that ran)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from cityops.engine.kafka_state import _chunk_decoder
@@ -60,8 +82,12 @@ def state_topic_bytes(bootstrap: str) -> tuple[dict[str, dict[str, tuple[int, in
             return out, []
         c.assign(tps)
         ends = c.end_offsets(tps)
-        c.seek_to_beginning(*tps)
-        left = sum(ends.values())
+        if until is not None:
+            ends = {tp: min(end, until.get((tp.topic, tp.partition), 0)) for tp, end in ends.items()}
+        starts = {tp: min(ends[tp], (since or {}).get((tp.topic, tp.partition), 0)) for tp in tps}
+        for tp in tps:
+            c.seek(tp, starts[tp])
+        left = sum(ends[tp] - starts[tp] for tp in tps)
         deadline = time.monotonic() + 300
         while left > 0 and time.monotonic() < deadline:
             for tp, recs in c.poll(timeout_ms=1000).items():
@@ -95,9 +121,49 @@ def restore_lines(log_path: Path) -> list[tuple[str, float]]:
     return [(m.group(1), float(m.group(2))) for m in RESTORED.finditer(text)]
 
 
+def live_phase(kafka: str, worker: Worker, n_before: int, template: list[tuple[str, dict[str, Any]]],
+               rate: float, seconds: float, batch: int) -> dict[str, Any]:
+    """Send events live at ``rate`` for ``seconds`` (event time = send time; bench_kpi_path.live_messages);
+    state-topic end offsets and events decided at half time and once every live event is committed."""
+    from kafka import KafkaProducer
+
+    plan = live_messages(template, rate, seconds, batch, time.time() + 3.0)
+    total = sum(len(orjson.loads(raw)) if raw[:1] == b"[" else 1 for _at, _t, raw, _taps in plan)
+    shift = max(0.0, time.time() + 0.5 - plan[0][0])
+    half = plan[0][0] + seconds / 2
+    p = KafkaProducer(bootstrap_servers=kafka, linger_ms=5, batch_size=1 << 20, max_request_size=16 << 20)
+    mid: dict[tuple[str, int], int] | None = None
+    n_mid = 0
+    behind = 0.0
+    for at, topic, raw, _taps in plan:
+        due = at + shift
+        now = time.time()
+        if due > now:
+            time.sleep(due - now)
+        else:
+            behind = max(behind, now - due)
+        if mid is None and at >= half:
+            mid, n_mid = state_end_offsets(kafka), decided(health(worker.port))
+        p.send(topic, raw)
+    p.flush()
+    p.close()
+    deadline = time.monotonic() + 180
+    while decided(health(worker.port)) < n_before + total:
+        worker.check()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the worker did not decide the {total:,} live events within 180 s")
+        time.sleep(0.1)
+    n_end = decided(health(worker.port))
+    time.sleep(3.0)  # the commit that covers the last events (flush interval 1 s) and its read-back
+    return {"rate": rate, "seconds": seconds, "events": total, "mid": mid or {}, "n_mid": n_mid,
+            "n_end": n_end, "end": state_end_offsets(kafka), "sender_behind_s": behind}
+
+
 def run_store(store: str, msgs: dict[str, list[bytes]], n: int, work: Path, env: dict[str, str],
-              restore: bool) -> dict:
-    """One store on fresh servers: throughput; with kafka the state-topic bytes and a cold restore."""
+              restore: bool, live: tuple[list[tuple[str, dict[str, Any]]], float, float, int] | None = None,
+              ) -> dict:
+    """One store on fresh servers: throughput; with kafka the state-topic bytes, a live phase at a fixed
+    rate (``live``: template events, events/s, seconds, events per message) and a cold restore."""
     kafka = start_kafka(work / "kafka")
     influx = start_influxdb(work / "influx")
     res: dict = {"store": store}
@@ -112,12 +178,21 @@ def run_store(store: str, msgs: dict[str, list[bytes]], n: int, work: Path, env:
         res["eps"], res["cpu_eps"] = worker.throughput(n)
         if res["eps"] <= 0:  # every event was decided between two polls of /healthz
             raise SystemExit(f"{store}: too few events to time; run with more --events")
+        if store == "kafka" and live is not None:
+            before = state_end_offsets(kafka.url)
+            res["live"] = live_phase(kafka.url, worker, decided(health(worker.port)), *live)
+            res["live"]["before"] = before
         worker.stop()
         res["exit"] = worker.proc.returncode
         worker = None
         if store != "kafka":
             return res
-        res["topics"], res["partitions"] = state_topic_bytes(kafka.url)
+        if "live" in res:
+            lv = res["live"]
+            res["topics"], res["partitions"] = state_topic_bytes(kafka.url, until=lv["before"])
+            lv["topics"], _ = state_topic_bytes(kafka.url, since=lv["mid"], until=lv["end"])
+        else:
+            res["topics"], res["partitions"] = state_topic_bytes(kafka.url)
         if not restore:
             return res
         # A new machine: empty data directory; the state topics are all it has.
@@ -163,6 +238,11 @@ def main() -> None:
                     help="CITYOPS_STATE_SNAPSHOT_BYTES for the kafka worker (default: the shipped setting)")
     ap.add_argument("--start-hour", type=int, default=7,
                     help="the input's first hour of the simulated city's day (default 7: the morning mix)")
+    ap.add_argument("--live-rate", type=float, default=2700.0,
+                    help="events/s of the live phase after the preload (kafka store, first round); default "
+                         "2,700: the traffic task of a Beijing-size city at its busiest minute (docs/scaling.md)")
+    ap.add_argument("--live-s", type=float, default=30.0,
+                    help="seconds of the live phase (0: none); state-topic bytes are counted over its second half")
     ap.add_argument("--no-restore", action="store_true", help="skip the cold restore")
     args = ap.parse_args()
     env = {}
@@ -170,7 +250,7 @@ def main() -> None:
         env["CITYOPS_STATE_SNAPSHOT_BYTES"] = str(args.snapshot_bytes)
     # A city morning (card taps ~80 %, road ~8 %, health ~10 %, food), whenever the benchmark runs.
     start = input_start(args.start_hour)
-    msgs, n, _ = make_messages(args.events, args.batch, seed=5, start=start)
+    msgs, n, template = make_messages(args.events, args.batch, seed=5, start=start)
     n_msgs = sum(len(v) for v in msgs.values())
     mix = ", ".join(f"{t} {events_in(t, v):,}" for t, v in sorted(msgs.items()))
     print(f"input: {n:,} events in {n_msgs:,} messages ({mix}), starting {start:%H:%M} city time; shipped configuration "
@@ -181,7 +261,8 @@ def main() -> None:
         order = ("local", "kafka") if r % 2 == 0 else ("kafka", "local")
         for store in order:
             with tempfile.TemporaryDirectory() as d:
-                res = run_store(store, msgs, n, Path(d), env, restore=not args.no_restore and r == 0)
+                live = (template, args.live_rate, args.live_s, args.batch) if args.live_s > 0 and r == 0 else None
+                res = run_store(store, msgs, n, Path(d), env, restore=not args.no_restore and r == 0, live=live)
             runs[store].append(res)
             print(f"  round {r + 1} {store:5}: {res['eps']:10,.0f} events/s, {res['cpu_eps']:10,.0f} per worker "
                   f"CPU s (exit {res['exit']})")
@@ -207,6 +288,19 @@ def main() -> None:
             kinds[k] = (km + m, kb + b)
     print(f"state topics: {total:,} bytes over {n:,} events = {total / n:,.1f} bytes/event; "
           + "; ".join(f"{k} {b / n:,.1f}" for k, (_m, b) in sorted(kinds.items())))
+    if "live" in first:
+        lv = first["live"]
+        n_live = lv["n_end"] - lv["n_mid"]
+        kinds = {}
+        for per_kind in lv["topics"].values():
+            for k, (m, b) in per_kind.items():
+                km, kb = kinds.get(k, (0, 0))
+                kinds[k] = (km + m, kb + b)
+        live_bytes = sum(b for _m, b in kinds.values())
+        print(f"live at {lv['rate']:,.0f} events/s for {lv['seconds']:g} s ({lv['events']:,} events; sender behind "
+              f"by at most {lv['sender_behind_s']:.2f} s): second half {n_live:,} events, state topics "
+              f"{live_bytes:,} bytes = {live_bytes / max(1, n_live):,.1f} bytes/event; "
+              + "; ".join(f"{k} {m} messages {b / max(1, n_live):,.1f}/event" for k, (m, b) in sorted(kinds.items())))
     if "restores" in first:
         print(f"cold restore (empty data dir): " + ", ".join(f"{tp} {s:.2f} s" for tp, s in first["restores"])
               + f"; worker start to last task restored {first['restored_wall_s']:.1f} s")
