@@ -253,8 +253,8 @@ def main() -> None:
     msgs, n, template = make_messages(args.events, args.batch, seed=5, start=start)
     n_msgs = sum(len(v) for v in msgs.values())
     mix = ", ".join(f"{t} {events_in(t, v):,}" for t, v in sorted(msgs.items()))
-    print(f"input: {n:,} events in {n_msgs:,} messages ({mix}), starting {start:%H:%M} city time; shipped configuration "
-          f"(every rule, source registry, food mixed in); snapshot bytes: "
+    print(f"input: {n:,} events in {n_msgs:,} messages ({mix}), starting {start:%H:%M} city time; shipped "
+          f"configuration (every rule, source registry, food mixed in); snapshot bytes: "
           f"{args.snapshot_bytes if args.snapshot_bytes is not None else 'shipped default'}")
     runs: dict[str, list[dict]] = {"local": [], "kafka": []}
     for r in range(args.rounds):
