@@ -38,13 +38,14 @@ def builtin_plugin() -> AgentPlugin:
     return AgentPlugin(
         name="builtin",
         streams=(
-            StreamFactory.json("traffic.card-taps", CardTaps),
-            StreamFactory.json("traffic.road-detectors", RoadDetectors, partitions=half),
-            StreamFactory.json("health.card-events", HealthEvents, partitions=half),
+            # Three tasks (stream groups that share no state), so three workers can run them in parallel.
+            StreamFactory.json("traffic.card-taps", CardTaps, task="traffic"),
+            StreamFactory.json("traffic.road-detectors", RoadDetectors, partitions=half, task="traffic"),
+            StreamFactory.json("health.card-events", HealthEvents, partitions=half, task="health"),
             # One partition: a lot's history must be read in the order it was written (a sale judged before
             # its receiving would be a false FoodUntracedSale), and a replay must read it in the same order.
             # EPCIS volume for a city (~20k events/day) is far below one partition's capacity.
-            StreamFactory(FoodStream.topic, _food, tuple(FOOD_KPIS.values()), partitions=1),
+            StreamFactory(FoodStream.topic, _food, tuple(FOOD_KPIS.values()), partitions=1, task="food"),
         ),
         rule_kinds=dict(KINDS),
         stream_rule_kinds=dict(RULE_KINDS),

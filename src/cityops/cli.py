@@ -71,25 +71,44 @@ def cmd_worker(args: argparse.Namespace) -> int:
         build_rules(rules_dir, rule_specs, plugins.rule_kinds)
     load_registry_gate(settings)
     # Then, before the heavy imports: without the broker the worker cannot go on.
+    from cityops.runtime import check_task
+
+    check_task(settings, plugins)  # CITYOPS_TASK names a task of the loaded agents
+    if args.standby and (settings.task is None or settings.state_store != "kafka"):
+        raise ConfigError("--standby needs CITYOPS_STATE_STORE=kafka and CITYOPS_TASK (the worker starts its "
+                          "standbys itself)")
     specs = topic_specs(settings.topic_partitions, plugins)
     if settings.state_store == "kafka":
-        from cityops.topics import state_topic_spec
+        from cityops.topics import lease_topic_spec, state_topic_spec
 
-        specs.append(state_topic_spec())
+        for task in [settings.task] if settings.task else plugins.tasks():
+            specs += [state_topic_spec(task), lease_topic_spec(task)]
     ensure_topics(settings.kafka_bootstrap, specs, security=kafka_client_security(settings))
     from cityops.plugins import describe_loaded
 
     logging.getLogger("cityops.plugins").info("agent plugins: %s", describe_loaded(plugins))
-    import faust
-
-    from cityops.agents.app import create_app
     from cityops.connections import run_preflight
 
     run_preflight(settings)  # refused credentials / bad certificates stop here, naming the setting
+    if settings.state_store == "kafka" and settings.task is None:
+        # The service's member: the lease group says which tasks this worker runs (cityops.ha).
+        from cityops.ha import run_supervisor
+
+        return run_supervisor(settings, plugins.tasks(), args.log_level or settings.log_level)
+    import faust
+
+    from cityops.agents.app import create_app
     from cityops.engine.kafka_state import Fenced
 
     try:
-        app, runtime = create_app(settings)
+        store = None
+        if args.standby:
+            from cityops.ha import run_standby
+
+            store = run_standby(settings)
+            if store is None:
+                return 0  # stopped while standing by
+        app, runtime = create_app(settings, store=store)
     except Fenced as exc:  # CITYOPS_STATE_STORE=kafka: another worker claimed the task as we did
         print(f"cityops: error: {exc}", file=sys.stderr)
         return 4
@@ -389,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Consume every stream, write KPIs to InfluxDB, send alerts; serves "
                                    "/metrics and /healthz on CITYOPS_WEB_PORT. SIGTERM flushes, then exits.")
     w.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default CITYOPS_LOG_LEVEL or INFO)")
+    w.add_argument("--standby", action="store_true", help="(started by the worker itself) a warm standby of "
+                   "CITYOPS_TASK: tail its state topic until the worker activates it, then claim it and run")
     w.set_defaults(func=cmd_worker)
 
     c = sub.add_parser("check-config", help="load settings, rules, source registry and data files; print what "

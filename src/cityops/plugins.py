@@ -137,11 +137,12 @@ def collisions(loaded: Sequence[Loaded]) -> list[str]:
     """One message per name two plugins (or a plugin and the core) both claim, in load order.
 
     Checked: plugin names, stream topics (also against the core's topics), KPI measurements (also against
-    ``stream_quality`` and ``alerts``), rule kind names (and their spelling), and a rule kind class whose
-    ``kind`` names another kind.
+    ``stream_quality`` and ``alerts``), rule kind names (and their spelling), a rule kind class whose
+    ``kind`` names another kind, and task names (a task's streams are one plugin's: its state is one engine's).
     """
     problems: list[str] = []
     names: dict[str, Loaded] = {}
+    tasks: dict[str, str] = {}
     topics: dict[str, str] = dict(RESERVED_TOPICS)
     measurements: dict[str, str] = dict(RESERVED_MEASUREMENTS)
     kinds: dict[str, str] = {}
@@ -169,7 +170,25 @@ def collisions(loaded: Sequence[Loaded]) -> list[str]:
             if cls.kind and cls.kind != kind:
                 problems.append(f"{ld.label()}: rule_kinds[{kind!r}] is {cls.__name__}, the code of rule kind "
                                 f"{cls.kind!r}")
+        own: set[str] = set()
+        for f in p.streams:
+            task = task_of(p, f)
+            if not isinstance(task, str) or not _TASK.match(task):
+                problems.append(f"{ld.label()}: stream {f.topic!r} has task {task!r}: a task name is "
+                                "[a-z][a-z0-9_-]* (it names the topics cityops.state.<task> and cityops.leases.<task>)")
+            elif task in tasks and task not in own:
+                problems.append(f"{ld.label()}: task {task!r} is also a task of {tasks[task]}")
+            own.add(task)
+            tasks.setdefault(task, ld.label())
     return problems
+
+
+_TASK = re.compile(r"^[a-z][a-z0-9_-]{0,100}$")
+
+
+def task_of(plugin: AgentPlugin, factory: StreamFactory) -> str:
+    """The task of a plugin's stream: the one it declares, or the plugin's name."""
+    return factory.task if factory.task is not None else plugin.name
 
 
 def _folder(ld: Loaded, key: str) -> Path | None:
@@ -239,18 +258,27 @@ class PluginSet:
         """The plugin whose stream reads ``topic``."""
         return next((ld for ld, f in self.factories if f.topic == topic), None)
 
+    def tasks(self) -> dict[str, list[str]]:
+        """Task name -> its stream topics, in load order (``StreamFactory.task``; default the plugin's name)."""
+        out: dict[str, list[str]] = {}
+        for ld, f in self.factories:
+            out.setdefault(task_of(ld.plugin, f), []).append(f.topic)
+        return out
+
     def topic_partitions(self, default: int) -> list[tuple[str, int]]:
         """(topic, partitions) of every stream, with ``CITYOPS_TOPIC_PARTITIONS`` = ``default``."""
         return [(f.topic, f.partitions_for(default)) for _, f in self.factories]
 
-    def build_streams(self, setup: StreamSetup) -> list[Stream]:
-        """Every plugin's streams, built from ``setup``, in load order.
+    def build_streams(self, setup: StreamSetup, task: str | None = None) -> list[Stream]:
+        """Every plugin's streams (those of ``task`` only, if given), built from ``setup``, in load order.
 
         Raises ConfigError naming the plugin when a factory fails (a ConfigError of its own is kept as it
         is: it names the setting or rule) or builds a stream whose topic or KPIs are not the declared ones.
         """
         out: list[Stream] = []
         for ld, f in self.factories:
+            if task is not None and task_of(ld.plugin, f) != task:
+                continue
             try:
                 stream = f.build(setup)
             except ConfigError:

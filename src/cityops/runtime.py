@@ -69,28 +69,46 @@ def build_streams(settings: Settings, rules: Mapping[str, RuleSpec] | None = Non
     """All streams the worker consumes: every loaded plugin's (``cityops.plugins``: the built-in agents, then
     the installed plugins CITYOPS_PLUGINS selects), built from settings; ``rules`` (alert name -> RuleSpec,
     the loaded manifests; None = alerting off) give streams that evaluate rules their names and thresholds.
-    Raises ConfigError naming the plugin or setting."""
+    With ``CITYOPS_TASK``, only that task's streams. Raises ConfigError naming the plugin or setting."""
     from cityops.plugins import plugin_set
 
+    plugins = plugin_set(settings)
+    check_task(settings, plugins)
     pseudo = Pseudonymizer(settings.pseudonym_key.get_secret_value().encode())
-    return list(plugin_set(settings).build_streams(StreamSetup(settings, pseudo, dict(rules or {}))))
+    return list(plugins.build_streams(StreamSetup(settings, pseudo, dict(rules or {})), settings.task))
+
+
+def check_task(settings: Settings, plugins: Any) -> None:
+    """``CITYOPS_TASK`` names a task of the loaded plugins (ConfigError naming the setting otherwise)."""
+    if settings.task is not None and settings.task not in plugins.tasks():
+        raise ConfigError(f"CITYOPS_TASK: {settings.task!r} is no task of the loaded agents "
+                          f"({', '.join(sorted(plugins.tasks()))})")
 
 
 def open_state_store(settings: Settings) -> StateStore:
     """The engine's state store, restored: local (``CITYOPS_DATA_DIR``) or on ``cityops.state`` (Kafka).
 
-    Kafka: the task's partition is read from its latest complete snapshot and claimed for this worker;
-    raises ``Fenced`` if another worker claims it first.
+    Kafka: the task's topic (``cityops.state.<task>``, CITYOPS_TASK) is read from its latest complete
+    snapshot and claimed for this worker; raises ``Fenced`` if another worker claims it first.
     """
     if settings.state_store == "kafka":
-        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # a cache (Faust's own files); may be empty
-        from cityops.connections import kafka_client_security
-        from cityops.engine.kafka_state import KafkaStateStore
-
-        return KafkaStateStore(settings.kafka_bootstrap, security=kafka_client_security(settings),
-                               chunk_bytes=settings.state_chunk_bytes,
-                               snapshot_bytes=settings.state_snapshot_bytes).open()
+        return kafka_state_store(settings).open()
     return StateStore(Path(settings.data_dir) / "state").open()
+
+
+def kafka_state_store(settings: Settings) -> KafkaStateStore:
+    """The (unopened) ``KafkaStateStore`` of ``CITYOPS_TASK``'s state topic. ConfigError without a task: the
+    tasks' workers are started by ``cityops worker`` (``cityops.ha``), each with its task."""
+    if settings.task is None:
+        raise ConfigError("CITYOPS_STATE_STORE=kafka keeps state per task: set CITYOPS_TASK (`cityops worker` "
+                          "without it runs every task under the lease group)")
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # a cache (Faust's own files); may be empty
+    from cityops.connections import kafka_client_security
+    from cityops.engine.kafka_state import state_topic
+
+    return KafkaStateStore(settings.kafka_bootstrap, topic=state_topic(settings.task),
+                           security=kafka_client_security(settings), chunk_bytes=settings.state_chunk_bytes,
+                           snapshot_bytes=settings.state_snapshot_bytes)
 
 
 class Runtime:
@@ -256,6 +274,8 @@ class Runtime:
         await self.influx.close()
         if self.alertmanager is not None:
             await self.alertmanager.close()
+        if isinstance(self.store, KafkaStateStore):
+            self.store.handover()  # after the last commit: standbys may take the task over at once
         self.store.close()
         (log.info if self.shutdown.clean else log.warning)("%s", self.shutdown.line())
         return self.shutdown
@@ -435,7 +455,7 @@ class Runtime:
             os._exit(EXIT_STATE_UNAVAILABLE)
         self.metrics.checkpoint_duration.observe(time.perf_counter() - t0)
         if isinstance(self.store, KafkaStateStore):
-            task = str(self.store.partition)
+            task = self.settings.task or str(self.store.partition)
             self.metrics.state_epoch.labels(task=task, role="active").set(self.store.epoch)
             self.metrics.state_bytes.labels(task=task).set(self.store.bytes_written)
         self._last_commit = self.clock()
@@ -468,7 +488,7 @@ class Runtime:
         store = self.store
         if not isinstance(store, KafkaStateStore):
             return {"store": "local"}
-        return {"store": "kafka", "topic": store.topic, "task": store.partition, "role": "active",
+        return {"store": "kafka", "topic": store.topic, "task": self.settings.task, "role": "active",
                 "epoch": store.epoch, "claim_offset": store.claim_offset, "snapshot_offset": store.base,
                 "bytes_written": store.bytes_written, "restore_s": round(store.restore_s, 3)}
 

@@ -168,6 +168,10 @@ class Settings(KafkaSettings):
                                    "(snapshots and big commits are split into chunks of this size)")
     state_snapshot_bytes: int = Field(64 << 20, ge=1 << 10, description="bytes of commits after which a snapshot "
                                       "is written (bounds what a restore reads)")
+    task: str | None = Field(None, description="run one task (a stream group: traffic, health, food, or a "
+                             "plugin's) as its active worker, without the lease group; unset = all tasks (with "
+                             "CITYOPS_STATE_STORE=kafka: the worker joins the lease group and runs its share, "
+                             "warm standbys for the rest)")
     gc_threshold: int = Field(50_000, ge=0, description="the worker's generation-0 threshold for Python's cyclic "
                               "garbage collector (0 = Python's default, 700): the engine keeps hundreds of "
                               "thousands of live objects, and frequent full scans of them cost a third of the "
@@ -188,6 +192,11 @@ class Settings(KafkaSettings):
     food_retention_s: float = Field(7 * 86400.0, gt=0)
     alert_resend_s: float = Field(60.0, gt=0)
     log_level: str = "INFO"
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _empty_task_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("source_registry", "rules_dir", mode="before")
     @classmethod

@@ -37,15 +37,32 @@ def topic_specs(partitions: int = 6, plugins: Any = None) -> list[TopicSpec]:
     ]
 
 
-def state_topic_spec(tasks: int = 1) -> TopicSpec:
-    """``cityops.state`` (CITYOPS_STATE_STORE=kafka): one partition per task, kept forever.
+def state_topic_spec(task: str | None = None) -> TopicSpec:
+    """The state topic of ``task`` (CITYOPS_STATE_STORE=kafka; ``cityops.state.<task>``, one partition;
+    None: ``cityops.state``), kept forever.
 
     Never deleted by time: a restore reads from the latest complete snapshot, which may be old. Nothing
     needs compaction or DeleteRecords for correctness (the topic grows until a broker that has
     DeleteRecords trims what lies before the last complete snapshot).
     """
-    return TopicSpec("cityops.state", tasks, {"retention.ms": "-1", "retention.bytes": "-1",
-                                              "cleanup.policy": "delete", "max.message.bytes": str(8 << 20)})
+    from cityops.engine.kafka_state import state_topic
+
+    return TopicSpec(state_topic(task), 1, {"retention.ms": "-1", "retention.bytes": "-1",
+                                            "cleanup.policy": "delete", "max.message.bytes": str(8 << 20)})
+
+
+LEASE_TOPIC = "cityops.leases"
+
+
+def lease_topic(task: str) -> str:
+    """The lease topic of ``task``: one empty partition whose assignment in the ``cityops-leases`` consumer
+    group says which worker should run the task (``cityops.ha``)."""
+    return f"{LEASE_TOPIC}.{task}"
+
+
+def lease_topic_spec(task: str) -> TopicSpec:
+    """``cityops.leases.<task>``: never written to; only its group assignment matters."""
+    return TopicSpec(lease_topic(task), 1, {"retention.ms": str(DAY_MS), "cleanup.policy": "delete"})
 
 
 def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0, *,

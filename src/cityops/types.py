@@ -254,20 +254,24 @@ class StreamFactory:
     ``topic``: the Kafka topic; ``build(setup)``: the ``Stream`` (its ``topic`` and ``kpis`` must be these);
     ``kpis``: the ``Kpi`` declarations it writes (measurement names are unique across all plugins);
     ``partitions``: the topic's partitions — a number, a function of ``CITYOPS_TOPIC_PARTITIONS``, or None
-    for ``CITYOPS_TOPIC_PARTITIONS`` itself. ``build`` may raise ``ConfigError`` (bad settings or rules).
+    for ``CITYOPS_TOPIC_PARTITIONS`` itself. ``task``: the *task* the stream belongs to (``[a-z][a-z0-9_-]*``;
+    None = the plugin's name): the streams of one task share one engine and its state, and each task runs
+    on one worker at a time (``cityops.ha``); streams that share no state belong in different tasks, so
+    that workers can run them in parallel. ``build`` may raise ``ConfigError`` (bad settings or rules).
     """
 
     topic: str
     build: Callable[[StreamSetup], Stream]
     kpis: tuple[Kpi, ...] = ()
     partitions: int | Callable[[int], int] | None = None
+    task: str | None = None
 
     @classmethod
-    def json(cls, topic: str, stream_class: Any, *,
-             partitions: int | Callable[[int], int] | None = None) -> "StreamFactory":
+    def json(cls, topic: str, stream_class: Any, *, partitions: int | Callable[[int], int] | None = None,
+             task: str | None = None) -> "StreamFactory":
         """The factory of a ``JsonStream`` subclass (``model``, ``kpis``, ``apply``) on ``topic``."""
         return cls(topic, lambda setup: stream_class(topic, topic, setup.pseudonymize),
-                   tuple(stream_class.kpis.values()), partitions)
+                   tuple(stream_class.kpis.values()), partitions, task)
 
     def partitions_for(self, default: int) -> int:
         """The topic's partitions given ``CITYOPS_TOPIC_PARTITIONS`` = ``default`` (at least 1)."""

@@ -70,8 +70,13 @@ class _RuntimeSink:
         counter.inc(len(records))
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faust.App, Runtime]:
-    """Build the Faust app and its runtime. Settings come only from ``settings`` (``env={}``)."""
+def create_app(settings: Settings, metrics: Metrics | None = None, *,
+               store: Any = None) -> tuple[faust.App, Runtime]:
+    """Build the Faust app and its runtime. Settings come only from ``settings`` (``env={}``).
+
+    ``store``: an opened state store (a warm standby's, once claimed); default ``open_state_store``. With
+    ``CITYOPS_TASK`` the app is ``cityops-<task>`` (its consumer group) and reads that task's streams only.
+    """
     from cityops.connections import describe_security, faust_broker_credentials
 
     metrics = metrics or Metrics()
@@ -83,12 +88,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> tuple[faus
     early: list[str] = []
     signal.signal(signal.SIGHUP, lambda signum, frame: hup[0].request_reload("SIGHUP") if hup
                   else early.append("SIGHUP"))
-    runtime = Runtime(settings, metrics)
+    runtime = Runtime(settings, metrics, store=store)
     hup.append(runtime)
     if early:
         runtime.request_reload("SIGHUP during start-up")
     app = _App(
-        "cityops",
+        # One consumer group per task: a task's input partitions all go to the one worker that owns it.
+        "cityops" if settings.task is None else f"cityops-{settings.task}",
         env={},  # Faust would otherwise let BROKER_URL & co. in the environment override our settings
         broker=settings.kafka_broker_url,
         # SASL and/or TLS for Faust's consumer, producer and topic admin (None = PLAINTEXT).

@@ -57,7 +57,16 @@ __all__ = ["STATE_TOPIC", "Fenced", "KafkaStateStore", "StateUnavailable"]
 log = logging.getLogger("cityops.state.kafka")
 
 STATE_TOPIC = "cityops.state"
-CLAIM, COMMIT, SNAPSHOT = "claim", "commit", "snapshot"
+CLAIM, COMMIT, SNAPSHOT, HANDOVER = "claim", "commit", "snapshot", "handover"
+
+
+def state_topic(task: str | None) -> str:
+    """The state topic of ``task`` (``cityops.state.<task>``, one partition); None: ``cityops.state``.
+
+    A topic per task rather than a partition per task: the tasks come from the installed plugins, and a
+    plugin installed later must not move an existing task's state to another partition.
+    """
+    return STATE_TOPIC if task is None else f"{STATE_TOPIC}.{task}"
 
 
 class StateUnavailable(RuntimeError):
@@ -71,9 +80,9 @@ class Fenced(RuntimeError):
 
 class _Chunk(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
     format: int
-    kind: str  # claim | commit | snapshot
+    kind: str  # claim | commit | snapshot | handover
     epoch: int
-    seq: int  # commit: its sequence number; snapshot: the last commit it covers; claim: 0
+    seq: int  # commit: its sequence number; snapshot and handover: the last commit it covers; claim: 0
     index: int
     count: int
     base: int  # offset of the first chunk of the latest complete valid snapshot; -1 = none
@@ -118,6 +127,8 @@ class _Reader:
         self.first: dict[tuple[str, int, int], int] = {}  # offset of a logical record's first chunk seen
         self.need_snapshot_at: int | None = None  # restore from a snapshot: load it before any commit
         self.claims: list[tuple[int, int, str]] = []  # (offset, epoch, owner) of claims read
+        self.handover_offset = -1  # the current owner's hand-over record (it stopped cleanly); -1: none
+        self.last_claim_handed_over = False  # the latest valid claim followed a hand-over of the owner before
 
     def feed(self, offset: int, raw: bytes) -> tuple[str, _Chunk] | None:
         """One message; returns (kind, last chunk) when it completes a valid logical record."""
@@ -133,7 +144,9 @@ class _Reader:
             self.max_epoch = max(self.max_epoch, ch.epoch)
             self.claims.append((offset, ch.epoch, ch.owner))
             if ch.epoch > self.epoch:
+                self.last_claim_handed_over = self.handover_offset >= 0
                 self.epoch, self.owner, self.claim_offset = ch.epoch, ch.owner, offset
+                self.handover_offset = -1
                 return CLAIM, ch
             return None
         if self.epoch == -1 and ch.kind == SNAPSHOT and offset == self.need_snapshot_at:
@@ -142,6 +155,10 @@ class _Reader:
             self.max_epoch = max(self.max_epoch, ch.epoch)
         if ch.epoch != self.epoch or ch.owner != self.owner:
             return None  # a fenced writer's record (or one of an invalid claim): never happened
+        if ch.kind == HANDOVER:
+            # The owner stopped cleanly after its last commit (``seq``): the task is free to be claimed.
+            self.handover_offset = offset
+            return HANDOVER, ch
         key = (ch.kind, ch.epoch, ch.seq)
         parts = self.partial.setdefault(key, {})
         if not parts:
@@ -208,6 +225,7 @@ class KafkaStateStore(StateStore):
         self._producer: Any = None
         self._consumer: Any = None
         self._tp: Any = None
+        self._tailing = False  # the consumer's position is last_offset + 1 (tail), not after a range read
 
     # -- clients -------------------------------------------------------------------------------------
     def _clients(self) -> None:
@@ -228,6 +246,7 @@ class KafkaStateStore(StateStore):
 
     def _read(self, start: int, end: int, reader: _Reader) -> None:
         """Feed records [start, end) of the partition to ``reader``."""
+        self._tailing = False
         if start >= end:
             return
         consumer = self._consumer
@@ -249,6 +268,7 @@ class KafkaStateStore(StateStore):
         self.last_offset = max(self.last_offset, end - 1)
 
     def _record_at(self, offset: int) -> _Chunk:
+        self._tailing = False
         consumer = self._consumer
         consumer.seek(self._tp, offset)
         deadline = time.monotonic() + self.timeout_s
@@ -264,6 +284,13 @@ class KafkaStateStore(StateStore):
         Raises ``Fenced`` if another worker's claim lands first; ``StateFormatError`` for records this
         release cannot read.
         """
+        self.restore()
+        self.claim()
+        return self
+
+    def restore(self) -> "KafkaStateStore":
+        """Read the partition from its latest complete valid snapshot to the end, without claiming: the
+        start of an active worker (``claim`` next) and of a warm standby (``tail`` next)."""
         t0 = time.perf_counter()
         self._clients()
         start = self._consumer.beginning_offsets([self._tp])[self._tp]
@@ -276,11 +303,67 @@ class KafkaStateStore(StateStore):
             self._read(begin, end, reader)
         self.restore_s = time.perf_counter() - t0
         self._reader = reader
-        self._claim()
-        log.info("state restored from %s[%d] records=%d commits=%d epoch=%d base=%d in %.2fs",
-                 self.topic, self.partition, self.restored_records, self.commits, self.epoch, self.base,
-                 self.restore_s)
+        log.info("state restored from %s[%d] records=%d commits=%d in %.2fs", self.topic, self.partition,
+                 self.restored_records, self.commits, self.restore_s)
         return self
+
+    def claim(self) -> None:
+        """Claim the task: a claim record with epoch = the highest epoch read + 1, read back as valid.
+
+        Everything that landed before the claim (the previous owner's last commits, a standby's lag) is
+        applied first. Raises ``Fenced`` when another worker's claim lands before ours.
+        """
+        t0 = time.perf_counter()
+        self._claim()
+        log.info("state claimed %s[%d] epoch=%d base=%d commits=%d after=%s in %.2fs", self.topic,
+                 self.partition, self.epoch, self.base, self.commits,
+                 "hand-over" if self._reader.last_claim_handed_over else
+                 ("no owner" if self.epoch == 0 else "owner lost"), time.perf_counter() - t0)
+
+    def tail(self, timeout_s: float = 0.5) -> int:
+        """A standby's step: apply what landed on the partition since the last read (at most ``timeout_s``
+        waiting for it); returns the records read. The state stays what a restore at that offset gives."""
+        if not self._tailing:
+            # A read of a range may have fetched past its end: go on from the last record applied.
+            self._consumer.seek(self._tp, self.last_offset + 1)
+            self._tailing = True
+        got = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=10_000)
+        n = 0
+        for rec in got.get(self._tp, ()):
+            self._reader.feed(rec.offset, rec.value)
+            self.last_offset = rec.offset
+            n += 1
+        self.restored_records += n
+        return n
+
+    def lag(self) -> int:
+        """Records on the partition not read yet (a standby's lag; 0 when caught up)."""
+        end = self._consumer.end_offsets([self._tp])[self._tp]
+        return max(0, end - (self.last_offset + 1))
+
+    def standby_status(self) -> dict[str, Any]:
+        """What a standby knows of the task: the owner's epoch, whether it handed over, commits applied."""
+        r = self._reader
+        return {"epoch": r.epoch, "owner": r.owner, "handed_over": r.handover_offset >= 0,
+                "commits": self.commits, "offset": self.last_offset}
+
+    def handover(self) -> None:
+        """After the final commit of a clean stop: a hand-over record tells standbys the owner is gone and
+        its last commit is final. Best effort: a claim needs none (a lost owner is fenced all the same)."""
+        if self._broken is not None or self.epoch < 0 or self._producer is None:
+            return
+        try:
+            landed = self._produce(HANDOVER, self.commits, b"")
+            self._check_landed(landed)
+        except Fenced as exc:
+            log.warning("no hand-over: %s", exc)
+            return
+        except Exception as exc:  # the next owner claims without it
+            log.warning("hand-over not written to %s[%d]: %s: %s", self.topic, self.partition,
+                        type(exc).__name__, exc)
+            return
+        log.info("state handed over %s[%d] epoch=%d commits=%d offset=%d", self.topic, self.partition,
+                 self.epoch, self.commits, landed[0])
 
     def _restore_start(self, start: int, end: int) -> int:
         """Where a restore starts reading: the latest complete valid snapshot (or the log start).
@@ -301,6 +384,7 @@ class KafkaStateStore(StateStore):
         return base if base >= start else start
 
     def _scan_claims(self, begin: int, end: int, scan: "_ClaimScan") -> None:
+        self._tailing = False
         consumer = self._consumer
         consumer.seek(self._tp, begin)
         pos = begin
