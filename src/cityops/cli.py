@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -108,13 +109,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
             store = run_standby(settings)
             if store is None:
                 return 0  # stopped while standing by
+        t0 = time.perf_counter()
         app, runtime = create_app(settings, store=store)
+        logging.getLogger("cityops.agents").info("worker built in %.2fs (tables declared: %d)",
+                                                 time.perf_counter() - t0, len(runtime.store.tables))
     except Fenced as exc:  # CITYOPS_STATE_STORE=kafka: another worker claimed the task as we did
         print(f"cityops: error: {exc}", file=sys.stderr)
         return 4
     tune_gc(settings.gc_threshold)
+    t0 = time.perf_counter()
     worker = faust.Worker(app, loglevel=args.log_level or settings.log_level, quiet=True,
                           redirect_stdouts=False, override_logging=False)
+    logging.getLogger("cityops.agents").info("faust worker made in %.2fs", time.perf_counter() - t0)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode's Worker always ends with sys.exit

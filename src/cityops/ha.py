@@ -7,8 +7,8 @@ processes with the same settings form one service:
 
 * **Which worker should run a task** comes from Kafka's group membership: every worker is a member of the
   consumer group ``cityops-leases`` subscribed to one empty topic per task, ``cityops.leases.<task>``; the
-  group's round-robin assignment of those partitions spreads the tasks over the live workers (three tasks,
-  three workers: one each). A worker that dies leaves the group when its session times out
+  group's sticky assignment of those partitions spreads the tasks over the live workers (three tasks,
+  three workers: one each) and moves only what must move when a worker joins or leaves. A worker that dies leaves the group when its session times out
   (``CITYOPS_CONSUMER_SESSION_TIMEOUT_S``); one that stops leaves at once.
 * **Which worker may write** is decided by the claim epoch (``KafkaStateStore.claim``), not by the group: a
   group that briefly assigns a task twice (a paused worker, an extra rebalance on a weak broker) makes two
@@ -76,6 +76,12 @@ def run_standby(settings: Settings) -> Any:
     another worker's claim lands before ours.
     """
     from cityops.runtime import kafka_state_store
+
+    # Imported now, not at the takeover: the worker's modules take seconds to import on a busy machine.
+    import faust.worker  # noqa: F401
+
+    import cityops.agents.app  # noqa: F401
+    import cityops.alerts.wiring  # noqa: F401
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda s, f: stop.set())
@@ -322,6 +328,7 @@ class Supervisor:
         from aiohttp import web
         from aiokafka import AIOKafkaConsumer
         from aiokafka.abc import ConsumerRebalanceListener
+        from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 
         from cityops.connections import kafka_client_security
         from cityops.topics import lease_topic
@@ -372,8 +379,12 @@ class Supervisor:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=LEASE_GROUP, client_id=f"cityops-{self.worker_id}",
             enable_auto_commit=False, auto_offset_reset="latest",
+            # Sticky: a member joining or leaving moves only the tasks it must (round-robin reshuffles
+            # them all, and every move is a hand-over).
+            partition_assignment_strategy=(StickyPartitionAssignor,),
             session_timeout_ms=int(s.consumer_session_timeout_s * 1000),
-            heartbeat_interval_ms=int(min(3.0, s.consumer_session_timeout_s / 3) * 1000),
+            # Frequent heartbeats: a member learns of a rebalance (a worker gone) at its next heartbeat.
+            heartbeat_interval_ms=int(min(0.5, s.consumer_session_timeout_s / 6) * 1000),
             **kafka_client_security(s))
         await consumer.start()
         consumer.subscribe(topics=[lease_topic(t) for t in self.tasks], listener=Leases())
@@ -384,8 +395,10 @@ class Supervisor:
                 # The lease topics are never written: getmany only keeps this member in the group.
                 poll = asyncio.ensure_future(consumer.getmany(timeout_ms=500))
                 stop = asyncio.ensure_future(self._stop.wait())
-                await asyncio.wait({poll, stop}, return_when=asyncio.FIRST_COMPLETED)
+                changed = asyncio.ensure_future(self._changed.wait())  # an assignment: act on it at once
+                await asyncio.wait({poll, stop, changed}, return_when=asyncio.FIRST_COMPLETED)
                 stop.cancel()
+                changed.cancel()
                 if not poll.done():
                     poll.cancel()
                 self._reap()
