@@ -107,11 +107,15 @@ def run_standby(settings: Settings) -> Any:
     t0 = time.perf_counter()
     lag = store.lag()
     store.tail(0.0)
+    # A clean hand-over (the owner's worker got SIGTERM and left the group first) ends with a hand-over
+    # record within about a commit interval: wait that long for it rather than fence its final commit.
+    before = store.await_handover(alive_s=2 * settings.flush_interval_s + 1.0,
+                                  wait_s=2 * settings.flush_interval_s + 3.0)
     store.claim()
     status_path.unlink(missing_ok=True)
     activate.unlink(missing_ok=True)
-    log.info("takeover task=%s epoch=%d lag_at_activation=%d claim_s=%.3f", settings.task, store.epoch, lag,
-             time.perf_counter() - t0)
+    log.info("takeover task=%s epoch=%d lag_at_activation=%d owner=%s claim_s=%.3f", settings.task, store.epoch,
+             lag, before, time.perf_counter() - t0)
     return store
 
 
@@ -359,6 +363,16 @@ class Supervisor:
 
         for task in self.tasks:  # every task starts as a standby here; the assignment activates some
             await self._spawn(task, STANDBY)
+        # Join the lease group only once the standbys are warm (restored, tailing): a worker that joins
+        # earlier can be given a task it would then take seconds to start.
+        t0 = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - t0 < 180:
+            warm = [t for t, c in self.children.items()
+                    if c.proc.returncode is not None or (c.data_dir / STANDBY_STATUS).exists()]
+            if len(warm) == len(self.tasks):
+                break
+            await asyncio.sleep(0.1)
+        log.info("standbys warm in %.1fs; joining %s", time.monotonic() - t0, LEASE_GROUP)
 
         class Leases(ConsumerRebalanceListener):  # type: ignore[misc]
             async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -414,9 +428,12 @@ class Supervisor:
                 child.proc.send_signal(signal.SIGHUP)
 
     async def _shutdown(self, consumer: Any, runner: Any) -> None:
-        """SIGTERM: stop the active children first (final commit, flush, hand-over record), the standbys,
-        then leave the lease group, so the tasks' new owners are assigned them only once handed over."""
-        log.info("stopping: %d children", len(self.children))
+        """SIGTERM: leave the lease group first, so the rebalance that gives this worker's tasks to others
+        runs while its active task processes make their final commit, flush and write their hand-over
+        record (the new owners' standbys wait for it: ``KafkaStateStore.await_handover``); then the
+        standbys stop."""
+        log.info("stopping: leaving %s, then %d children", LEASE_GROUP, len(self.children))
+        await _leave_group(consumer)
         actives = [c for c in self.children.values() if c.role in (ACTIVE, STARTING, STOPPING)]
         for c in actives:
             c.role = STOPPING
@@ -434,12 +451,32 @@ class Supervisor:
                 code = await c.proc.wait()
             if code == 3:
                 self._undelivered = True
-        try:
-            await asyncio.wait_for(consumer.stop(), 10)  # leaves the group: the rebalance starts now
-        except Exception as exc:  # the session times out instead
-            log.warning("leaving the lease group: %s: %s", type(exc).__name__, exc)
         await runner.cleanup()
         log.info("stopped worker %s", self.worker_id)
+
+
+async def _leave_group(consumer: Any) -> None:
+    """Leave the lease group now, so the rebalance starts at once rather than after the session timeout,
+    and close the lease consumer.
+
+    aiokafka's close sends LeaveGroup only when its generation is above 0 (``_maybe_leave_group``), but
+    Tansu numbers a group's first generation 0: for that case the same request (aiokafka's own
+    ``LeaveGroupRequest``, through its coordinator) is sent here first.
+    """
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    coordinator = getattr(consumer, "_coordinator", None)
+    try:
+        if coordinator is not None and coordinator.generation == 0 and coordinator.member_id:
+            await asyncio.wait_for(coordinator._send_req(LeaveGroupRequest(coordinator.group_id,
+                                                                           coordinator.member_id)), 5)
+            log.info("left %s (generation 0)", LEASE_GROUP)
+    except Exception as exc:  # the session times out instead
+        log.warning("leaving %s: %s: %s", LEASE_GROUP, type(exc).__name__, exc)
+    try:
+        await asyncio.wait_for(consumer.stop(), 10)
+    except Exception as exc:
+        log.warning("closing the lease consumer: %s: %s", type(exc).__name__, exc)
 
 
 class _ChildCollector:

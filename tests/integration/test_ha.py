@@ -192,6 +192,8 @@ def test_rolling_restart_of_three_workers_hands_over_and_loses_or_doubles_nothin
     ws = start_workers(worker_factory, tmp_path, 3)
     own = wait_spread(ws)
     handovers: list[float] = []
+    claim_after: list[float] = []  # s from a task's hand-over record to the new owner's claim
+    active_after: list[float] = []  # ... to the new owner's task process consuming (ready)
     for i, w in enumerate(ws):
         mine = [t for t, o in own.items() if o == i]
         t_term = time.time()
@@ -213,11 +215,62 @@ def test_rolling_restart_of_three_workers_hands_over_and_loses_or_doubles_nothin
             claims = [c for x in others for c in re.findall(rf".*state claimed cityops\.state\.{task}\[0\][^\n]*",
                                                             x.log_tail(10**8))]
             assert claims and "after=hand-over" in claims[-1], claims
+            handed = re.findall(rf".*state handed over cityops\.state\.{task}\[0\][^\n]*", log)[-1]
+            actives = [a for x in others for a in re.findall(rf".*task={task} active pid=[^\n]*", x.log_tail(10**8))]
+            claim_after.append(log_time(claims[-1]) - log_time(handed))
+            active_after.append(log_time(actives[-1]) - log_time(handed))
         w.start()
         own = wait_spread(ws)
     print(f"\nrolling restart: tasks active on another worker {', '.join(f'{s:.1f}' for s in handovers)} s "
-          "after each SIGTERM")
+          f"after each SIGTERM; from each hand-over record to the new owner's claim "
+          f"{', '.join(f'{s:.1f}' for s in claim_after)} s, to its task consuming "
+          f"{', '.join(f'{s:.1f}' for s in active_after)} s")
     n = sum(len(p[1]) for p in parts)
     wait_all_written(ws, influx, n)
     assert quality_total(influx) == n
     assert_kpis_equal(expected([e for p in parts for e in p[1]]), stored(influx))
+
+
+def test_alerts_exactly_once_across_a_failover(kafka: Any, influx: Any, worker_factory: Any, tmp_path: Path) -> None:
+    """A firing alert committed by the traffic task's worker, which is then killed (-9, disk lost): the standby
+    that takes over does not fire it again as new, and delivers its resolve once, to Kafka and Alertmanager."""
+    import json
+    import urllib.request
+
+    from cityops.localproc import free_port
+    from cityops.localstack import start_alertmanager
+    from tests.integration.test_alert_durability import alert_records, clock_taps, tap, travel
+
+    am = start_alertmanager(tmp_path / "am", free_port())
+    try:
+        ws = []
+        for i in range(2):
+            w = worker_factory(**HA, CITYOPS_DATA_DIR=str(tmp_path / f"w{i}-data"), CITYOPS_ALERTMANAGER_URL=am.url)
+            w.log_path = tmp_path / f"w{i}.log"
+            ws.append(w.start())
+        own = wait_spread(ws)
+        # 15 km in 2 minutes: CardImpossibleTravel.
+        first = [tap(1, 0, "cz-metro-l1-s01", 31.80, 119.97), tap(2, 2, "cz-metro-l1-s25", 31.66, 119.95)]
+        produce(kafka.url, [("traffic.card-taps", json.dumps(first + clock_taps(100, 0, 5)).encode())])
+
+        def am_active() -> list[dict[str, Any]]:
+            with urllib.request.urlopen(f"{am.url}/api/v2/alerts?active=true", timeout=5) as r:
+                return [a for a in json.loads(r.read()) if a["labels"].get("alertname") == "CardImpossibleTravel"]
+
+        victim = ws[own["traffic"]]
+        victim.wait(lambda: len(am_active()) == 1, what="Alertmanager has the firing alert", timeout_s=90)
+        victim.kill9()
+        shutil.rmtree(tmp_path / f"w{own['traffic']}-data")
+        other = ws[1 - own["traffic"]]
+        other.wait(lambda: "traffic" in ((other.health() or {}).get("active") or []), timeout_s=SESSION_S + 40,
+                   what="the standby's takeover")
+        # Event time moves 40 minutes on (resolve_after is 30 m): the resolve must come, once.
+        produce(kafka.url, [("traffic.card-taps", json.dumps(clock_taps(200, 6, 46)).encode())])
+        other.wait(lambda: len(travel(alert_records(kafka.url), "resolved")) >= 1, what="resolved", timeout_s=90)
+        other.wait(lambda: not am_active(), what="resolved in Alertmanager", timeout_s=60)
+        records = alert_records(kafka.url)
+        # A takeover may repeat a delivery of the same transition (same id), never create a new firing.
+        assert len({r["id"] for r in travel(records, "firing")}) == 1, travel(records, "firing")
+        assert len({r["id"] for r in travel(records, "resolved")}) == 1
+    finally:
+        am.stop()

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,55 @@ def test_a_dropped_table_restores_from_kafka_as_gone_and_redeclared_with_another
     b = _store(kafka)
     assert b.table("rule:X", new).data == {"k0": "new"}
     assert b.table("other").data == {"kept": 1} and b.undeclared() == []
+
+
+def test_a_warm_standby_tails_the_writer_and_takes_over_after_its_hand_over(kafka: Any) -> None:
+    a = _store(kafka)
+    _fill(a, 0, 30)
+    s = KafkaStateStore(kafka.url, chunk_bytes=4096, timeout_s=20.0).restore()  # a standby: no claim
+    assert dict(s.table("counts").items()) == _expected(0, 30) and s.epoch == -1
+    _fill(a, 30, 40)  # the writer goes on; the standby follows by tailing
+    deadline = time.monotonic() + 20
+    while (s.lag() or s.commits < a.commits) and time.monotonic() < deadline:
+        s.tail(0.2)
+    assert s.lag() == 0 and s.commits == a.commits
+    assert s.standby_status()["handed_over"] is False and s.standby_status()["epoch"] == a.epoch
+    a.handover()  # a clean stop: final commit done, then the hand-over record
+    assert s.await_handover(alive_s=30, wait_s=10) == "handed over"
+    s.claim()
+    assert s.epoch == a.epoch + 1 and s._reader.last_claim_handed_over
+    # The standby's state is the writer's, then it writes on; the old writer is fenced.
+    s.table("counts")  # (declared as restored)
+    s.meta["n"] = 70
+    s.commit({("traffic.card-taps", 0): 70})
+    with pytest.raises(Fenced):
+        _fill(a, 70, 1)
+    c = _store(kafka)
+    assert dict(c.table("counts").items()) == _expected(0, 70) and c.meta["n"] == 70
+
+
+def test_a_standby_waits_for_a_recently_alive_owner_but_not_for_a_silent_one(kafka: Any) -> None:
+    a = _store(kafka)
+    _fill(a, 0, 5)
+    s = KafkaStateStore(kafka.url, chunk_bytes=4096, timeout_s=20.0).restore()
+    t0 = time.monotonic()
+    assert s.await_handover(alive_s=30, wait_s=1.5) == "waited"  # alive, no hand-over: waits, then claims
+    assert time.monotonic() - t0 >= 1.5
+    t0 = time.monotonic()
+    assert s.await_handover(alive_s=0.0, wait_s=10) == "owner silent"  # killed or paused: no wait
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_history_before_the_previous_snapshot_is_trimmed_where_the_broker_can(kafka: Any) -> None:
+    """DeleteRecords: Tansu has none, so the store keeps everything (logged once) and goes on; a broker that
+    has it drops what lies before the snapshot preceding the latest. A restore is exact either way."""
+    a = _store(kafka, snapshot_bytes=2000, chunk_bytes=1024)
+    t = a.table("big")
+    for i in range(300):
+        t[i] = "x" * 10
+    a.commit({})
+    _fill(a, 0, 200)  # several snapshots
+    assert a.base > 0
+    assert a._trim_refused or a.trimmed_before > 0
+    b = _store(kafka)
+    assert dict(b.table("counts").items()) == _expected(0, 200) and len(b.table("big")) == 300

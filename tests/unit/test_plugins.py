@@ -445,3 +445,43 @@ def test_backtest_names_a_broken_plugin_as_the_plugins_problem(site: Path, tmp_p
     assert line.startswith("cityops: plugin entry point levels = broken_plugin:PLUGIN (broken_plugin 0.1) in group "
                            "cityops.agents: ")
     assert "manifests" not in line and "CITYOPS_RULES_DIR" not in line
+
+
+# ---------------------------------------------------------------------------------- tasks (cityops.ha)
+def test_tasks_are_the_declared_stream_groups_and_a_plugin_is_its_own_task(site: Path) -> None:
+    install(site, "levels_plugin")
+    tasks = load_plugins().tasks()
+    assert {t: tasks[t] for t in ("traffic", "health", "food")} == {
+        "traffic": ["traffic.card-taps", "traffic.road-detectors"], "health": ["health.card-events"],
+        "food": ["food.trace-events"]}
+    assert tasks["levels"] == ["levels.readings"]  # no task declared: the plugin's name
+
+
+def test_a_plugin_task_named_like_another_plugins_task_stops_start(site: Path) -> None:
+    install(site, "traffic_plugin", name="traffic", topic="more.readings", kpi="more_kpi", kind="more_kind",
+            alert="MoreHigh")
+    with pytest.raises(ConfigError) as exc:
+        load_plugins()
+    assert exc.value.problems == [
+        "plugin 'traffic' (entry point traffic = traffic_plugin:PLUGIN (traffic_plugin 0.1)): task 'traffic' is "
+        "also a task of plugin 'builtin' (built-in)"]
+
+
+def test_cityops_task_builds_only_that_tasks_streams_and_must_name_a_task() -> None:
+    assert [s.topic for s in build_streams(settings(CITYOPS_TASK="traffic", CITYOPS_PLUGINS="none"))] == [
+        "traffic.card-taps", "traffic.road-detectors"]
+    assert [s.topic for s in build_streams(settings(CITYOPS_TASK="food", CITYOPS_PLUGINS="none"))] == [
+        "food.trace-events"]
+    with pytest.raises(ConfigError, match=r"^CITYOPS_TASK: 'transit' is no task of the loaded agents "
+                                          r"\(food, health, traffic\)$"):
+        build_streams(settings(CITYOPS_TASK="transit", CITYOPS_PLUGINS="none"))
+
+
+def test_state_in_kafka_is_per_task(tmp_path: Path) -> None:
+    from cityops.runtime import kafka_state_store
+
+    with pytest.raises(ConfigError, match="CITYOPS_STATE_STORE=kafka keeps state per task: set CITYOPS_TASK"):
+        kafka_state_store(settings(CITYOPS_STATE_STORE="kafka"))
+    store = kafka_state_store(settings(CITYOPS_STATE_STORE="kafka", CITYOPS_TASK="health",
+                                       CITYOPS_DATA_DIR=str(tmp_path / "data")))
+    assert (store.topic, store.partition) == ("cityops.state.health", 0)

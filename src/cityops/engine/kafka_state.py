@@ -6,12 +6,11 @@ offsets they cover, exactly the local log record) is produced to the task's stat
 ``acks=all``; a worker with an empty data directory restores from Kafka alone. No Kafka transactions,
 compaction or DeleteRecords are needed (the test broker, Tansu, has none of them).
 
-One task today: every stream shares engine state (the rule buffer and the rules' clock are the slowest
-stream's; the dead-letter outbox, sequence numbers and meta are global), so the whole engine is one task on
-partition 0. Splitting it needs those per stream group first.
+Tasks. Each task (a set of streams sharing engine state: ``StreamFactory.task``) has its own topic
+``cityops.state.<task>`` with one partition (``state_topic``); ``cityops.ha`` decides which worker runs it.
 
 Records. Each Kafka message on the partition is one *chunk* (MessagePack ``_Chunk``): a logical record
-(a commit, a snapshot, a claim) is split into chunks below ``chunk_bytes`` (Kafka's message size limit);
+(a commit, a snapshot, a claim, a hand-over) is split into chunks below ``chunk_bytes`` (Kafka's message size limit);
 it is complete when all its ``count`` chunks of one ``(kind, epoch, seq)`` were read (a retried produce may
 repeat a chunk: it is the same chunk). A commit or snapshot cut short by a crash never completes and so
 never happened, like a torn tail of the local log.
@@ -30,6 +29,11 @@ The writer checks each commit as it lands: if anything else was written between 
 this one, it reads that gap back; a newer claim there means it is fenced (``Fenced``): it writes nothing
 more and releases nothing of that commit (no acks, no outputs). Since ``commit()`` returns only after that
 check, everything the runtime delivers comes from commits read back as valid.
+
+Standbys and hand-over. ``restore()`` without ``claim()`` and then ``tail()`` keeps a warm copy of the state
+(a standby); ``claim()`` later makes it the writer. A writer that stops cleanly writes a hand-over record
+after its final commit (``handover()``): a standby that sees it knows that commit is the last one, and one
+whose owner wrote very recently waits briefly for it before claiming (``await_handover``).
 
 Fault injection (tests): ``CITYOPS_FAULT_KILL_AT=point[@n]`` kills the process with SIGKILL the n-th time
 (default 1st) it passes ``point``: ``snapshot-chunk`` (after the first chunk of a snapshot),
@@ -128,10 +132,18 @@ class _Reader:
         self.need_snapshot_at: int | None = None  # restore from a snapshot: load it before any commit
         self.claims: list[tuple[int, int, str]] = []  # (offset, epoch, owner) of claims read
         self.handover_offset = -1  # the current owner's hand-over record (it stopped cleanly); -1: none
+        self.owner_seen_ms: int | None = None  # Kafka timestamp of the current owner's latest valid record
         self.last_claim_handed_over = False  # the latest valid claim followed a hand-over of the owner before
 
-    def feed(self, offset: int, raw: bytes) -> tuple[str, _Chunk] | None:
-        """One message; returns (kind, last chunk) when it completes a valid logical record."""
+    def feed(self, offset: int, raw: bytes, ts_ms: int | None = None) -> tuple[str, _Chunk] | None:
+        """One message (``ts_ms``: its Kafka timestamp); returns (kind, last chunk) when it completes a valid
+        logical record."""
+        got = self._feed(offset, raw)
+        if got is not None and ts_ms is not None:
+            self.owner_seen_ms = ts_ms  # the owner was alive when it wrote this
+        return got
+
+    def _feed(self, offset: int, raw: bytes) -> tuple[str, _Chunk] | None:
         try:
             ch = _chunk_decoder.decode(raw)
         except msgspec.DecodeError as exc:
@@ -226,6 +238,9 @@ class KafkaStateStore(StateStore):
         self._consumer: Any = None
         self._tp: Any = None
         self._tailing = False  # the consumer's position is last_offset + 1 (tail), not after a range read
+        self._admin: Any = None  # for DeleteRecords (``_trim``), made on first use
+        self._trim_refused = False
+        self.trimmed_before = 0  # the log start this store asked for (DeleteRecords), 0: none
 
     # -- clients -------------------------------------------------------------------------------------
     def _clients(self) -> None:
@@ -259,7 +274,7 @@ class KafkaStateStore(StateStore):
                 if rec.offset >= end:
                     pos = end
                     break
-                reader.feed(rec.offset, rec.value)
+                reader.feed(rec.offset, rec.value, rec.timestamp)
                 self.restored_records += 1
                 pos = rec.offset + 1
                 deadline = time.monotonic() + self.timeout_s
@@ -330,7 +345,7 @@ class KafkaStateStore(StateStore):
         got = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=10_000)
         n = 0
         for rec in got.get(self._tp, ()):
-            self._reader.feed(rec.offset, rec.value)
+            self._reader.feed(rec.offset, rec.value, rec.timestamp)
             self.last_offset = rec.offset
             n += 1
         self.restored_records += n
@@ -345,7 +360,23 @@ class KafkaStateStore(StateStore):
         """What a standby knows of the task: the owner's epoch, whether it handed over, commits applied."""
         r = self._reader
         return {"epoch": r.epoch, "owner": r.owner, "handed_over": r.handover_offset >= 0,
-                "commits": self.commits, "offset": self.last_offset}
+                "commits": self.commits, "offset": self.last_offset,
+                "owner_seen_s_ago": None if r.owner_seen_ms is None else round(time.time() - r.owner_seen_ms / 1000, 1)}
+
+    def await_handover(self, alive_s: float, wait_s: float) -> str:
+        """Before a standby claims: if the owner wrote within ``alive_s`` seconds it is probably stopping
+        cleanly (its final commit and hand-over come within a commit interval): tail up to ``wait_s`` for
+        its hand-over, so the claim follows it instead of fencing that final commit. An owner silent for
+        longer (killed, paused, gone) is not waited for. Returns "handed over", "owner silent" or "waited"."""
+        r = self._reader
+        deadline = time.monotonic() + wait_s
+        while r.handover_offset < 0:
+            if r.epoch < 0 or r.owner_seen_ms is None or time.time() - r.owner_seen_ms / 1000 > alive_s:
+                return "owner silent"
+            if time.monotonic() >= deadline:
+                return "waited"
+            self.tail(0.1)
+        return "handed over"
 
     def handover(self) -> None:
         """After the final commit of a clean stop: a hand-over record tells standbys the owner is gone and
@@ -533,13 +564,40 @@ class KafkaStateStore(StateStore):
                         self.partition, type(exc).__name__, exc)
             return
         self._check_landed(landed)
-        self.base = min(landed)
+        previous, self.base = self.base, min(landed)
         self._since_snapshot = 0
         self._last_snapshot_bytes = len(body)
+        self._trim(previous)
         log.info("state snapshot at %s[%d] offset=%d chunks=%d bytes=%d", self.topic, self.partition,
                  self.base, len(landed), len(body))
 
+    def _trim(self, before: int) -> None:
+        """On a broker with DeleteRecords: drop the history before ``before``, the snapshot preceding the one
+        just written (a restore starts at the latest one; the one before stays, so a restore that read the
+        previous ``base`` just before this snapshot landed still finds it). A broker without DeleteRecords
+        (Tansu) keeps everything: logged once, nothing else changes."""
+        if before <= 0 or self._trim_refused:
+            return
+        try:
+            from kafka import KafkaAdminClient
+
+            if self._admin is None:
+                self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
+            self._admin.delete_records({self._tp: before}, timeout_ms=int(self.timeout_s * 1000))
+            self.trimmed_before = before
+            log.info("state history of %s[%d] before offset %d deleted", self.topic, self.partition, before)
+        except Exception as exc:
+            self._trim_refused = True
+            log.warning("state history of %s[%d] is kept whole: DeleteRecords failed (%s: %s); restores read from "
+                        "the latest snapshot all the same", self.topic, self.partition, type(exc).__name__, exc)
+
     def close(self) -> None:
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            except Exception:  # (closing a client that failed)
+                pass
+            self._admin = None
         if self._producer is not None:
             try:
                 self._producer.flush(timeout=self.timeout_s)
