@@ -19,6 +19,9 @@ processes with the same settings form one service:
   Kafka and keeps tailing the state topic, so taking over is a claim plus the records since its last read,
   not a cold restore. Activation is a file the supervisor creates; SIGTERM on an active child is a clean stop (final commit,
   flush, hand-over record).
+* A worker joins the lease group only once its standbys are warm, so a task it is given starts at once;
+  its ``/healthz`` is ready once it has joined and every task assigned to it is active (a rolling restart
+  moves to the next worker then).
 * The supervisor (this module) serves ``/healthz`` (each task's role, epoch, standby lag, the active
   child's own health) and ``/metrics`` (its own plus the active children's, labelled by task) on
   ``CITYOPS_WEB_PORT``. Children die with it (``PR_SET_PDEATHSIG``): a ``kill -9`` of the worker is the loss
@@ -192,6 +195,7 @@ class Supervisor:
         data_dir = Path(self.settings.data_dir) / "tasks" / task
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / ACTIVATE).unlink(missing_ok=True)
+        (data_dir / STANDBY_STATUS).unlink(missing_ok=True)  # a previous run's: not this standby's
         port = free_port("127.0.0.1")
         env = dict(os.environ)
         env.update({"CITYOPS_TASK": task, "CITYOPS_DATA_DIR": str(data_dir), "CITYOPS_WEB_PORT": str(port),
@@ -404,6 +408,7 @@ class Supervisor:
         consumer.subscribe(topics=[lease_topic(t) for t in self.tasks], listener=Leases())
         log.info("worker %s in lease group %s for tasks %s web=http://%s:%d", self.worker_id, LEASE_GROUP,
                  ",".join(self.tasks), s.web_host, s.web_port)
+        checked = 0.0
         try:
             while not self._stop.is_set():
                 # The lease topics are never written: getmany only keeps this member in the group.
@@ -418,6 +423,10 @@ class Supervisor:
                 self._reap()
                 self._changed.clear()
                 await self._reconcile()
+                if any(c.role == STARTING for c in self.children.values()) and time.monotonic() - checked >= 1.0:
+                    checked = time.monotonic()
+                    await self.health()  # a starting task process that answers ready becomes active
+
         finally:
             await self._shutdown(consumer, runner)
         return 3 if self._undelivered else 0

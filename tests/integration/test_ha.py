@@ -212,14 +212,18 @@ def test_rolling_restart_of_three_workers_hands_over_and_loses_or_doubles_nothin
         assert all(any(t in ((x.health() or {}).get("active") or []) for x in others) for t in mine), owners(ws)
         handovers.append(took)
         for task in mine:
-            claims = [c for x in others for c in re.findall(rf".*state claimed cityops\.state\.{task}\[0\][^\n]*",
-                                                            x.log_tail(10**8))]
+            claims = sorted((c for x in others for c in re.findall(rf".*state claimed cityops\.state\.{task}\[0\][^\n]*",
+                                                                   x.log_tail(10**8))), key=log_time)
             assert claims and "after=hand-over" in claims[-1], claims
             handed = re.findall(rf".*state handed over cityops\.state\.{task}\[0\][^\n]*", log)[-1]
-            actives = [a for x in others for a in re.findall(rf".*task={task} active pid=[^\n]*", x.log_tail(10**8))]
+            actives = sorted((a for x in others for a in re.findall(rf".*task={task} active pid=[^\n]*",
+                                                                    x.log_tail(10**8))), key=log_time)
             claim_after.append(log_time(claims[-1]) - log_time(handed))
             active_after.append(log_time(actives[-1]) - log_time(handed))
         w.start()
+        # As an orchestrator does: the next worker is restarted once this one is ready (its standbys warm,
+        # in the group, its share of the tasks active).
+        w.wait(lambda: (w.health() or {}).get("ready") is True, timeout_s=180, what="the restarted worker ready")
         own = wait_spread(ws)
     print(f"\nrolling restart: tasks active on another worker {', '.join(f'{s:.1f}' for s in handovers)} s "
           f"after each SIGTERM; from each hand-over record to the new owner's claim "
