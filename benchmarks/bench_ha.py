@@ -7,8 +7,9 @@ traffic, health and food events in 100-event messages, the mix `bench_kpi_path.p
 service from the first event decided to the last (summed over the workers' /healthz). The 1-worker round
 is the baseline of the same run: it runs every task (and no standby), as one machine would.
 
-Also printed: the time until every task was active after the start, and the bytes written to the state
-topics per event. On this 2-core machine three workers share two cores, so the figure to read is how the
+Also printed: the time until every task was active after the start, the bytes written to the state
+topics per event, and the standbys' lag (state-topic records not read yet, sampled from /healthz while
+the input is processed). On this 2-core machine three workers share two cores, so the figure to read is how the
 rate changes with workers, not the absolute rate.
 
     python benchmarks/bench_ha.py                   # 1, 2, 3 workers, 120,000 events each
@@ -94,8 +95,12 @@ def round_(n_workers: int, messages: dict[str, list[bytes]], n_events: int, work
         preload(kafka.url, messages)
         t_first = None
         n_first = 0
+        lags: list[int] = []  # standby lag samples (state-topic records not read yet), every standby
         while True:
-            done = sum(decided(health(port)) for _, port in procs)
+            hs = [health(port) for _, port in procs]
+            done = sum(decided(h) for h in hs)
+            lags += [int(e["standby_lag_records"]) for h in hs for e in (h.get("tasks") or {}).values()
+                     if e.get("role") == "standby" and e.get("standby_lag_records") is not None]
             now = time.perf_counter()
             if done and t_first is None:
                 t_first, n_first = now, done
@@ -107,8 +112,11 @@ def round_(n_workers: int, messages: dict[str, list[bytes]], n_events: int, work
         wall = time.perf_counter() - t_first
         rate = (n_events - n_first) / wall if wall > 0 else float("nan")
         sb = state_bytes(kafka.url)
+        lags.sort()
         return {"workers": n_workers, "tasks_per_worker": spread, "all_active_s": round(ready_s, 1),
-                "events_per_s": round(rate), "wall_s": round(wall, 1), "state_bytes_per_event": round(sb / n_events, 1)}
+                "events_per_s": round(rate), "wall_s": round(wall, 1), "state_bytes_per_event": round(sb / n_events, 1),
+                "standby_lag_records": {"samples": len(lags), "median": lags[len(lags) // 2] if lags else None,
+                                        "max": lags[-1] if lags else None}}
     finally:
         for p, _ in procs:
             p.terminate()
@@ -138,7 +146,8 @@ def main() -> None:
     for r in results:
         print(f"{r['workers']} worker(s): {r['events_per_s']:,} events/s ({r['events_per_s'] / base:.2f}x of "
               f"{results[0]['workers']}), tasks per worker {r['tasks_per_worker']}, every task active "
-              f"{r['all_active_s']} s after start, {r['state_bytes_per_event']} state bytes/event")
+              f"{r['all_active_s']} s after start, {r['state_bytes_per_event']} state bytes/event, standby lag "
+              f"(records) median {r['standby_lag_records']['median']} max {r['standby_lag_records']['max']}")
 
 
 if __name__ == "__main__":

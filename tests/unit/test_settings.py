@@ -164,7 +164,7 @@ def test_lateness_per_stream_and_future_guard_settings() -> None:
     ("CITYOPS_PSEUDONYM", ["simulate", "--to", "file", "--out", "{tmp}/events.jsonl", "--duration", "1m", "--speedup", "0"],
      "cityops: CITYOPS_PSEUDONYM: unknown setting (did you mean CITYOPS_PSEUDONYM_KEY?)"),
     ("CITYOPS_X", ["evaluate-alerts", "--truth", "{tmp}/truth.jsonl", "--alerts", "{tmp}/alerts.jsonl"],
-     "cityops: CITYOPS_X: unknown setting (did you mean CITYOPS_PLUGINS?)"),
+     "cityops: CITYOPS_X: unknown setting (did you mean CITYOPS_TASK?)"),
     ("CITYOPS_RULES_DIRS", ["dashboards", "validate"],
      "cityops: CITYOPS_RULES_DIRS: unknown setting (did you mean CITYOPS_RULES_DIR?)"),
     ("CITYOPS_DATADIR", ["topics", "--help"], None),  # argparse's --help exits before any command runs
