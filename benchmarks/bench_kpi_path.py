@@ -13,7 +13,8 @@ Then, with the same worker and state, events are sent live at half the measured 
 tap is the time from the send of its message to the first poll whose `traffic_ridership` counts include
 it (taps_in + taps_out + declined + errors, which count every tap once). Reported: p50/p99/max over
 the taps sent after the first ``WARMUP_S`` seconds (the live phase starts once the preload's points are
-written; its first seconds pay for the jump of event time). Peak RSS is the worker's VmHWM at the end.
+written; its first seconds pay for the jump of event time). Peak RSS is the worker's VmHWM at the end (summed
+over its processes when it runs tasks as child processes; so is its CPU time).
 Also printed: events per CPU second of the worker and of the raw loop (the rate the load of a shared
 machine changes least).
 
@@ -160,18 +161,46 @@ def decided(h: dict) -> int:
     return sum(h.get("events", {}).values()) if h else 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a worker may run its tasks as child processes)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
 def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system) a live process and its descendants have used (children that exited and
+    were waited for included)."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
-    """VmHWM (peak resident set size) of a live process, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """VmHWM (peak resident set size) of a live process, summed over it and its descendants, MiB."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in lines if line.startswith("VmHWM:")), 0)
+    return total / 1024 if total else float("nan")
 
 
 class Worker:

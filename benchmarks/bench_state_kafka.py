@@ -5,8 +5,10 @@ food documents mixed in — `bench_kpi_path.py`'s configuration and helpers) con
 simulated input on fresh Tansu + InfluxDB servers. Reported:
 
 * events/s and events per worker CPU second of each store (from /healthz, first to last event decided, so
-  group-join time is not counted) and the ratio kafka/local in the same run — the machine is shared, so
-  the ratio is the figure to compare across runs;
+  group-join time is not counted; CPU of the worker's whole process tree) and the ratio kafka/local in the
+  same run — the machine is shared, so the ratio is the figure to compare across runs. Where the kafka
+  store runs each task in a process of its own (issue 11's supervisor) and the local store one engine for
+  everything, the ratio also holds that parallelism: per CPU second is then the cost comparison;
 * bytes written to the state topics per event, split by record kind (claim, commit, snapshot), read back
   from every topic whose name starts with ``cityops.state`` (one topic today; per-task topics
   ``cityops.state.<task>`` once state is split by task);
