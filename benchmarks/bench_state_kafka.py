@@ -20,8 +20,8 @@ simulated input on fresh Tansu + InfluxDB servers. Reported:
   directory restores from Kafka alone; its log's ``state restored from <topic>[<partition>] ... in X.XXs``
   lines (one per task) and the wall time from its start to the last of them.
 
-    python benchmarks/bench_state_kafka.py                        # 100,000 events in 100-event messages
-    python benchmarks/bench_state_kafka.py --events 30000 --rounds 2
+    python benchmarks/bench_state_kafka.py                        # 200,000 events in 100-event messages
+    python benchmarks/bench_state_kafka.py --events 300000 --rounds 3
     python benchmarks/bench_state_kafka.py --snapshot-bytes 4000000   # snapshots within the run
     python benchmarks/bench_state_kafka.py --live-rate 700 --live-s 60  # Shanghai's metro peak, live
 """
@@ -232,7 +232,10 @@ def run_store(store: str, msgs: dict[str, list[bytes]], n: int, work: Path, env:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=100_000, help="events of simulated input (default 100,000)")
+    ap.add_argument("--events", type=int, default=200_000,
+                    help="events of simulated input (default 200,000). The worker hands the engine 500 records "
+                         "at a time (50,000 events in 100-event messages) and /healthz answers between them: "
+                         "fewer than ~200,000 events are timed over too few steps")
     ap.add_argument("--batch", type=int, default=100, help="events per Kafka message (default 100)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="local/kafka pairs, the order alternating (default 1); medians are reported")
@@ -244,7 +247,8 @@ def main() -> None:
                     help="events/s of the live phase after the preload (kafka store, first round); default "
                          "2,700: the traffic task of a Beijing-size city at its busiest minute (docs/scaling.md)")
     ap.add_argument("--live-s", type=float, default=30.0,
-                    help="seconds of the live phase (0: none); state-topic bytes are counted over its second half")
+                    help="seconds of the live phase (0: none; at least 20: its first seconds close the "
+                         "preload's windows); state-topic bytes are counted over its second half")
     ap.add_argument("--no-restore", action="store_true", help="skip the cold restore")
     args = ap.parse_args()
     env = {}
