@@ -521,5 +521,23 @@ class _ChildCollector:
 
 def run_supervisor(settings: Settings, tasks: Mapping[str, list[str]], log_level: str = "INFO") -> int:
     """Run the worker as lease-group member and task supervisor until SIGTERM; the exit code is 3 when a
-    child's final flush left committed outputs undelivered (as the single worker's), else 0."""
-    return asyncio.run(Supervisor(settings, tasks, log_level=log_level).run())
+    child's final flush left committed outputs undelivered (as the single worker's), else 0.
+
+    Raises ConfigError when another worker runs on the same CITYOPS_DATA_DIR (their task processes would
+    share files: each worker needs its own directory)."""
+    import fcntl
+
+    from cityops.errors import ConfigError
+
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / ".worker.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"CITYOPS_DATA_DIR: {data_dir} is in use by another running worker; give each worker "
+                          "its own data directory") from None
+    try:
+        return asyncio.run(Supervisor(settings, tasks, log_level=log_level).run())
+    finally:
+        lock.close()

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -278,3 +279,17 @@ def test_alerts_exactly_once_across_a_failover(kafka: Any, influx: Any, worker_f
         assert len({r["id"] for r in travel(records, "resolved")}) == 1
     finally:
         am.stop()
+
+
+def test_a_second_worker_on_the_same_data_dir_stops_naming_the_setting(kafka: Any, influx: Any,
+                                                                       worker_factory: Any, tmp_path: Path) -> None:
+    import subprocess
+
+    a = worker_factory(**HA, CITYOPS_DATA_DIR=str(tmp_path / "shared")).start()
+    a.wait(lambda: (a.health() or {}).get("worker") is not None, what="the first worker serving /healthz")
+    b = worker_factory(**HA, CITYOPS_DATA_DIR=str(tmp_path / "shared"))
+    r = subprocess.run([sys.executable, "-m", "cityops.cli", "worker"], env=b.env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"cityops: CITYOPS_DATA_DIR: {tmp_path / 'shared'} is in use by another running worker" in r.stderr
+    assert a.proc is not None and a.proc.poll() is None  # the first one runs on
