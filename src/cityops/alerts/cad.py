@@ -1,0 +1,316 @@
+"""Streaming CAD OSE: the Contextual Anomaly Detector, open-source edition (Smirnov 2016), one series, point by point.
+
+Source: Mikhail Smirnov, "Contextual Anomaly Detector - Open Source Edition" (2016, github.com/smirmik/CAD; the NAB
+detector `context_ose`, AGPL-3.0). Its published result on the full 58-series Numenta Anomaly Benchmark: standard
+69.9, reward_low_FP 67.0, reward_low_FN 73.2, with the parameters kept here. Written here from its description; no
+code is copied.
+
+What it does, point by point:
+
+1. Encode: the value is placed on one of 2**`value_bits` (8) levels of its range; each bit of the level is a
+   *fact* (bit number, bit value), so a point is 3 facts.
+2. Contexts: a context is a pair (left facts, right facts): the left facts are the previous point's facts plus
+   the *active neurons* of the previous step (contexts that fired, as facts of their own); the right facts are
+   what followed. Every new (previous left facts, current facts) pair is remembered as a zero-level context;
+   where a new zero-level context appears, partial overlaps of remembered zero-level contexts with the present
+   (at most `max_left_facts` left facts) are remembered as new contexts too.
+3. Each context counts how often its left part was present (selected), how many of its right facts then came,
+   and how often all of them came (it was active). Up to `max_active_neurons` active contexts (most often
+   active first) become the next step's neuron facts; the contexts whose left part is present and whose
+   right part came most reliably predict the next point's facts.
+4. Score: 0 when every fact of the point was predicted; otherwise (1 - share of the selected contexts that
+   were active + share of the potential new contexts that were new) / 2. A score is reported only if no score
+   of the last `rest_pts` points reached `base_threshold` (one alert per episode); the scores of the first
+   `rest_pts` points are not reported.
+
+The published detector is handed each file's minimum and maximum (NAB gives every detector the file's range)
+and rests `probationary period / 5` points (150 on a file of 5,000 points or more). This one sees only the past:
+with `min_value`/`max_value` unset its range is the range seen so far, the current point included (so a new
+record lands on the top or bottom level; the levels of later points are relative to the widened range). Two
+literal details of the published code are kept because its score was measured with them: context 0 (the first
+one ever made) is left out of the counting in steps that make no new zero-level context, and ties in
+"most often active" are broken by the hash of the context's facts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CadDetector", "CAD_STATE_VERSION"]
+
+CAD_STATE_VERSION = "cad-1"
+
+_SENSOR = 65536      # sensor facts: _SENSOR + 2 * bit number + bit value (the published encoding)
+_NEURON = 2 ** 31    # neuron facts: _NEURON + context id
+
+
+class CadDetector:
+    """CAD OSE over one series: `update(ts, value)` returns the anomaly score in [0, 1] of that point.
+
+    Parameters (the published ones are the defaults):
+
+    * `base_threshold` (0.75): a score of at least this starts a rest: the next `rest_pts` scores are reported as 0.
+    * `rest_pts` (150): the rest, in points; published as NAB's probationary period / 5, which is 150 for every
+      file of 5,000 points or more (NAB's probation is 15 % of a file, at most 750 points). The first `rest_pts`
+      points are also reported as 0 (the detector starts resting).
+    * `max_left_facts` (7, published `maxLeftSemiContextsLenght`): the most left facts a context derived from an
+      overlap may have; bounds how many contexts a novel step creates.
+    * `max_active_neurons` (15, `maxActiveNeuronsNum`): active contexts fed back as facts of the next step.
+    * `value_bits` (3, `numNormValueBits`): the value is one of 2**value_bits levels of its range.
+    * `min_value`, `max_value` (None): a fixed range (as NAB hands the published detector); None: the range seen
+      so far (see the module doc). A value outside a fixed range is clipped to it.
+
+    Time stamps are not used (the method is order-based); `update` takes one for the channel interface.
+    State grows with the number of distinct contexts met (repetitive series stop growing; `n_contexts`).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_threshold: float = 0.75,
+        rest_pts: int = 150,
+        max_left_facts: int = 7,
+        max_active_neurons: int = 15,
+        value_bits: int = 3,
+        min_value: float | None = None,
+        max_value: float | None = None,
+        range_pts: int | None = None,
+        range_margin: float = 0.0,
+    ) -> None:
+        if not 0.0 < base_threshold <= 1.0:
+            raise ValueError(f"base_threshold must be in (0, 1], got {base_threshold}")
+        if rest_pts < 0 or max_left_facts < 1 or max_active_neurons < 1 or not 1 <= value_bits <= 16:
+            raise ValueError("need rest_pts >= 0, max_left_facts >= 1, max_active_neurons >= 1, 1 <= value_bits <= 16")
+        if (min_value is None) != (max_value is None) or (min_value is not None and max_value < min_value):  # type: ignore[operator]
+            raise ValueError("min_value and max_value: both or neither, min_value <= max_value")
+        self.base_threshold = float(base_threshold)
+        self.rest_pts = int(rest_pts)
+        self.max_left_facts = int(max_left_facts)
+        self.max_active_neurons = int(max_active_neurons)
+        self.value_bits = int(value_bits)
+        self.min_value = None if min_value is None else float(min_value)
+        self.max_value = None if max_value is None else float(max_value)
+        self.range_pts = None if range_pts is None else int(range_pts)
+        self.range_margin = float(range_margin)
+        self._top = (1 << self.value_bits) - 1
+        # The facts of each level, sorted (bit 0 first): the published encoding of a level's binary digits.
+        self._level_facts = [
+            tuple(_SENSOR + 2 * b + ((lvl >> b) & 1) for b in range(self.value_bits)) for lvl in range(self._top + 1)
+        ]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.i = 0                      # points seen
+        self.last_ts: float | None = None
+        self.lo = self.min_value        # the range the levels divide (fixed, or seen so far)
+        self.hi = self.max_value
+        # Left semi-contexts (a facts tuple shared by contexts): id by facts, their sizes, their contexts by right
+        # semi-context id, the zero-level ones apart (the only ones a partial overlap can derive from).
+        self._lkey: dict[tuple[int, ...], int] = {}
+        self._llen: list[int] = []
+        self._lctx: list[dict[int, int]] = []
+        self._lzero: list[dict[int, int]] = []
+        self._lfacts: dict[int, list[int]] = {}   # fact -> left semi-contexts holding it
+        # Right semi-contexts likewise.
+        self._rkey: dict[tuple[int, ...], int] = {}
+        self._rlen: list[int] = []
+        self._rfacts: dict[int, list[int]] = {}
+        self._rtup: list[tuple[int, ...]] = []
+        # Contexts, column-wise: times selected (weighted by right size), right facts that came, times active,
+        # zero-level flag, right semi-context id, tie-break key.
+        self._c_sel: list[int] = []
+        self._c_hit: list[int] = []
+        self._c_act: list[int] = []
+        self._c_zero: list[bool] = []
+        self._c_right: list[int] = []
+        self._c_tie: list[tuple[int, int]] = []
+        self._new_ctx = 0               # the published `newContextID`, False (== 0) when no new context
+        self._left: tuple[int, ...] = ()  # this step's left facts (current facts + active neurons)
+        self._lcross: dict[int, list[int]] = {}  # left semi-contexts overlapping `_left`: their facts present
+        self._predicted: frozenset[int] = frozenset()
+        # The published rest looks back over the last `rest_pts` scores, seeded with a 1.0: points up to
+        # `_rest_until` (1-based) report 0.
+        self._rest_until = self.rest_pts
+
+    @property
+    def n_contexts(self) -> int:
+        return len(self._c_sel)
+
+    # ------------------------------------------------------------------ memory
+    def _context(self, left: tuple[int, ...], right: tuple[int, ...], zero: bool) -> bool:
+        """Remember context (left, right) unless known; True if it is new. A known one is marked zero-level if `zero`."""
+        lid = self._lkey.get(left)
+        if lid is None:
+            lid = self._lkey[left] = len(self._llen)
+            self._llen.append(len(left))
+            self._lctx.append({})
+            self._lzero.append({})
+            lf = self._lfacts
+            for f in left:
+                p = lf.get(f)
+                if p is None:
+                    lf[f] = [lid]
+                else:
+                    p.append(lid)
+        rid = self._rkey.get(right)
+        if rid is None:
+            rid = self._rkey[right] = len(self._rlen)
+            self._rlen.append(len(right))
+            self._rtup.append(right)
+            rf = self._rfacts
+            for f in right:
+                p = rf.get(f)
+                if p is None:
+                    rf[f] = [rid]
+                else:
+                    p.append(rid)
+        ctxs = self._lctx[lid]
+        cid = ctxs.get(rid)
+        if cid is None:
+            cid = ctxs[rid] = len(self._c_sel)
+            self._c_sel.append(0)
+            self._c_hit.append(0)
+            self._c_act.append(0)
+            self._c_zero.append(zero)
+            self._c_right.append(rid)
+            self._c_tie.append((hash(left), hash(right)))
+            if zero:
+                self._lzero[lid][rid] = cid
+                self._new_ctx = cid
+            return True
+        if zero and not self._c_zero[cid]:
+            self._c_zero[cid] = True
+            self._lzero[lid][rid] = cid
+        return False
+
+    # ------------------------------------------------------------------ one step
+    def _step(self, facts: tuple[int, ...]) -> tuple[float, float]:
+        """Learn this point's facts; returns (share of selected contexts active, share of potential contexts new)."""
+        uniq: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+        left = self._left
+        new_flag = False
+        if left:
+            uniq.add((left, facts))
+            new_flag = self._context(left, facts, True)
+        # Which right semi-contexts the present facts overlap, and with which facts.
+        rmatch: dict[int, list[int]] = {}
+        rf = self._rfacts
+        for f in facts:
+            for rid in rf.get(f, ()):
+                m = rmatch.get(rid)
+                if m is None:
+                    rmatch[rid] = [f]
+                else:
+                    m.append(f)
+        # Contexts whose left part was present at the previous step: count them; derive potential new contexts.
+        new_id = self._new_ctx
+        llen, lctx, lzero, rlen = self._llen, self._lctx, self._lzero, self._rlen
+        c_sel, c_hit, c_act, c_zero = self._c_sel, self._c_hit, self._c_act, self._c_zero
+        maxl = self.max_left_facts
+        n_sel = 0
+        active: list[int] = []
+        pot: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+        for lid, lm in self._lcross.items():
+            nl = len(lm)
+            if nl == llen[lid]:
+                ctxs = lctx[lid]
+                n_sel += len(ctxs)
+                for rid, cid in ctxs.items():
+                    if cid == new_id:
+                        n_sel -= 1
+                        continue
+                    rl = rlen[rid]
+                    c_sel[cid] += rl
+                    rm = rmatch.get(rid)
+                    if rm is not None:
+                        nr = len(rm)
+                        c_hit[cid] += nr
+                        if nr == rl:
+                            c_act[cid] += 1
+                            active.append(cid)
+                        elif new_flag and nl <= maxl and c_zero[cid]:
+                            pot.append((tuple(lm), tuple(rm)))
+            elif new_flag and nl <= maxl:
+                zs = lzero[lid]
+                if zs:
+                    lt = None
+                    for rid, cid in zs.items():
+                        if cid != new_id:
+                            rm = rmatch.get(rid)
+                            if rm is not None:
+                                if lt is None:
+                                    lt = tuple(lm)
+                                pot.append((lt, tuple(rm)))
+        self._new_ctx = 0
+        uniq.update(pot)
+        sel_active = len(active) / n_sel if n_sel else 0.0
+        # The most often active contexts become facts of the next step.
+        if len(active) > self.max_active_neurons:
+            tie = self._c_tie
+            active.sort(key=lambda c: (c_act[c], tie[c]))
+            active = active[-self.max_active_neurons:]
+        active.sort()
+        left = facts + tuple(_NEURON + c for c in active)
+        self._left = left
+        n_new = 0
+        for lf_, rf_ in pot:
+            if self._context(lf_, rf_, False):
+                n_new += 1
+        # Left semi-contexts the new left facts overlap; the fully present ones predict the next facts.
+        lmatch: dict[int, list[int]] = {}
+        lfd = self._lfacts
+        for f in left:
+            for lid in lfd.get(f, ()):
+                m = lmatch.get(lid)
+                if m is None:
+                    lmatch[lid] = [f]
+                else:
+                    m.append(f)
+        self._lcross = lmatch
+        best = 0.0
+        pred: list[int] = []
+        for lid, lm in lmatch.items():
+            if len(lm) == llen[lid]:
+                for rid, cid in lctx[lid].items():
+                    s = c_sel[cid]
+                    w = c_hit[cid] / s if s > 0 else 0.0
+                    if w > best:
+                        best = w
+                        pred = [rid]
+                    elif w == best:
+                        pred.append(rid)
+        rt = self._rtup
+        self._predicted = frozenset(f for rid in set(pred) for f in rt[rid])
+        if new_flag:
+            n_new += 1
+        added = n_new / len(uniq) if new_flag and uniq else 0.0
+        return sel_active, added
+
+    def _level(self, value: float) -> int:
+        lo, hi = self.lo, self.hi
+        if self.min_value is None and (self.range_pts is None or self.i <= self.range_pts):
+            if lo is None or value < lo:
+                lo = self.lo = value
+            if hi is None or value > hi:
+                hi = self.hi = value
+            if self.i == self.range_pts and self.range_margin:
+                w = self.range_margin * (hi - lo)
+                lo = self.lo = lo - w
+                hi = self.hi = hi + w
+        rng = hi - lo  # type: ignore[operator]
+        step = (rng if rng > 0.0 else float(self._top)) / self._top
+        k = int((value - lo) / step)  # type: ignore[operator]
+        return 0 if k < 0 else self._top if k > self._top else k
+
+    def update(self, ts: float, value: float) -> float:
+        """Score of `value` (the point at `ts`), then learn it: in [0, 1], 0 while resting (see the class doc)."""
+        self.last_ts = ts
+        self.i += 1
+        facts = self._level_facts[self._level(value)]
+        surprised = not self._predicted.issuperset(facts)
+        sel_active, added = self._step(facts)
+        score = (1.0 - sel_active + added) / 2.0 if surprised else 0.0
+        out = score if self.i > self._rest_until else 0.0
+        if score >= self.base_threshold:
+            self._rest_until = self.i + self.rest_pts
+        return out
