@@ -2,6 +2,7 @@
 
     python benchmarks/nab_holdout.py                 # the protocol below, then the shipped defaults on all files
     python benchmarks/nab_holdout.py --defaults-only # only the shipped defaults (all files, halves A and B)
+    python benchmarks/nab_holdout.py --cad           # also CAD OSE, alone and combined with the detector (slow)
 
 The 25 NAB series in ../shared/data/nab are a sample of the 58-series benchmark; a detector tuned on them can
 score far lower on the rest. So every parameter is chosen on a tuning half and judged on the other:
@@ -14,6 +15,13 @@ score far lower on the rest. So every parameter is chosen on a tuning half and j
   Direction B->A: the same with the halves swapped.
 * A parameter is kept in the shipped defaults only if both directions choose it (or the halves disagree only
   between candidates whose scores on both halves are within noise; the report prints every candidate).
+
+With `--cad`, the same protocol for CAD OSE (src/cityops/alerts/cad.py, published parameters kept): its published
+NAB setup for reference (each file's minimum and maximum and length handed over: look-ahead, not streamable); the
+streaming candidates in `CAD_GRID` (the range rule: the range seen so far, or the first `range_pts` points' range
+widened by `range_margin`), one chosen on the tuning half, scored on the held-out half; and the combination
+max(detector score, w * CAD score) with the detector's ART parameters chosen on the tuning half above and the CAD
+candidate and w chosen on the tuning half too. Every direction reports the held-out half's three profiles.
 
 Scores are NAB's (nabscore.py, the independent scorer in ../shared/tools): 100 = perfect, 0 = no detection.
 """
@@ -31,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from cityops.alerts.art import ArtDetector
+from cityops.alerts.cad import CadDetector
 from cityops.alerts.detector import KpiDetector
 from cityops.alerts.nab import _epoch_s
 
@@ -48,6 +57,29 @@ GRID: list[dict[str, Any]] = [
     {"art_learn_pts": lp, "art_range_margin": m, "art_threshold": t}
     for lp in LEARN_PTS for m in MARGINS for t in ART_THRESHOLDS
 ]
+
+
+# CAD OSE's streaming candidates: how its value range is known without look-ahead (see CadDetector). The published
+# detector's other parameters are kept; its rest (NAB probation / 5) is 150 points, the value for any file of 5,000
+# points or more.
+CAD_GRID: list[dict[str, Any]] = [{}] + [
+    {"range_pts": lp, "range_margin": m} for lp in (312, 750) for m in (0.0, 1.0, 2.0)
+]
+CAD_WEIGHTS = (0.5, 0.75, 1.0)  # w in the combination max(detector score, w * CAD score)
+
+
+def cad_scores(files: list[Any], cfg: dict[str, Any] | None, probation: Any = None) -> dict[str, np.ndarray]:
+    """CAD OSE's scores per file: streaming with `cfg`, or (cfg None) the published NAB setup (look-ahead)."""
+    out = {}
+    for df in files:
+        vals = [float(v) for v in df.values]
+        if cfg is None:
+            det = CadDetector(min_value=min(vals), max_value=max(vals), rest_pts=int(probation(df.n) / 5.0))
+        else:
+            det = CadDetector(**cfg)
+        upd = det.update
+        out[df.relpath] = np.asarray([upd(0.0, v) for v in vals])
+    return out
 
 
 def load_nabscore(path: Path) -> Any:
@@ -149,6 +181,7 @@ def main() -> int:
     ap.add_argument("--nab-dir", type=Path, default=SHARED / "data" / "nab")
     ap.add_argument("--nabscore", type=Path, default=SHARED / "tools" / "nabscore.py")
     ap.add_argument("--defaults-only", action="store_true", help="skip the parameter search")
+    ap.add_argument("--cad", action="store_true", help="also CAD OSE, alone and combined (slow: pure Python)")
     ap.add_argument("--json", type=Path, help="also write every number here")
     args = ap.parse_args()
     ns = load_nabscore(args.nabscore)
@@ -159,9 +192,12 @@ def main() -> int:
     print("half B:", ", ".join(df.relpath for df in half_b))
     report: dict[str, Any] = {"A": [df.relpath for df in half_a], "B": [df.relpath for df in half_b]}
 
+    chosen: dict[str, dict[str, np.ndarray]] = {}  # the detector's scores with the parameters chosen on each half
+    led: dict[str, np.ndarray] = {}  # per file: the points where the profile leads (the CAD channel stays out)
     if not args.defaults_only:
         rows = []
         comp = Composed(files)
+        led = {k: v[1] for k, v in comp.led.items()}
         print(f"composition check (largest score difference vs the real detector): {comp.check(GRID[0]):.2e}")
         for cfg in GRID:
             sc = comp.scores(cfg)
@@ -190,9 +226,13 @@ def main() -> int:
             print(f"tuned on {tune}: {fmt(cfg)}; {tune} {best[ti]['standard']['score']:.2f}; held-out {held}: "
                   + " ".join(f"{p} {r['score']:.2f}" for p, r in own.items())
                   + f"; at {tune}'s threshold: standard {fixed['standard']['score']:.2f}")
+            chosen[tune] = sc
             report[f"tuned_on_{tune}"] = {"cfg": cfg, "tune_score": best[ti]["standard"]["score"],
                                           "held_out": {p: r["score"] for p, r in own.items()},
                                           "held_out_at_tuning_threshold": fixed["standard"]["score"]}
+
+    if args.cad:
+        report["cad"] = cad_study(ns, files, half_a, half_b, profiles, chosen, led)
 
     sc, pps = run(files, {})
     print("shipped defaults (KpiDetector()):")
@@ -205,6 +245,73 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def _line(res: dict[str, Any]) -> str:
+    return " / ".join(f"{r['score']:.2f}" for r in res.values())
+
+
+def cad_study(ns: Any, files: list[Any], half_a: list[Any], half_b: list[Any], profiles: dict[str, Any],
+              chosen: dict[str, dict[str, np.ndarray]], led: dict[str, np.ndarray]) -> dict[str, Any]:
+    """CAD OSE alone (published setup; streaming candidates chosen per half) and combined with the detector."""
+    rep: dict[str, Any] = {}
+    halves = {"A": half_a, "B": half_b}
+    print("CAD OSE (profiles standard / reward_low_FP / reward_low_FN):")
+    t0 = time.perf_counter()
+    ref = cad_scores(files, None, ns.probation_rows)
+    rep["published_setup"] = {h: {p: r["score"] for p, r in ns.evaluate(f, ref, profiles).items()}
+                              for h, f in (("all", files), ("A", half_a), ("B", half_b))}
+    print("  published NAB setup (file range and length handed over: look-ahead): "
+          + "  ".join(f"{h} {_line(ns.evaluate(f, ref, profiles))}" for h, f in (("all 25", files), ("A", half_a),
+                                                                             ("B", half_b))))
+    cands = []
+    for cfg in CAD_GRID:
+        sc = cad_scores(files, cfg)
+        ra, rb = ns.evaluate(half_a, sc, profiles), ns.evaluate(half_b, sc, profiles)
+        cands.append((cfg, sc, {"A": ra, "B": rb}))
+        print(f"  streaming {fmt(cfg) if cfg else 'range seen so far':40s} A {_line(ra)}   B {_line(rb)}", flush=True)
+    pts = sum(df.n for df in files) * (len(CAD_GRID) + 1)
+    print(f"  ({pts / (time.perf_counter() - t0):,.0f} points/s over these runs)")
+    rep["streaming"] = [{"cfg": c, "A": r["A"]["standard"]["score"], "B": r["B"]["standard"]["score"]}
+                        for c, _, r in cands]
+    for tune, held in (("A", "B"), ("B", "A")):
+        cfg, _, r = max(cands, key=lambda c: c[2][tune]["standard"]["score"])
+        print(f"  alone, chosen on {tune}: {fmt(cfg) if cfg else 'range seen so far'}; {tune} "
+              f"{r[tune]['standard']['score']:.2f}; held-out {held}: {_line(r[held])}")
+        rep[f"alone_tuned_on_{tune}"] = {"cfg": cfg, "held_out": {p: x["score"] for p, x in r[held].items()}}
+    for tune, held in (("A", "B"), ("B", "A")):
+        if tune not in chosen:
+            continue
+        kpi = chosen[tune]
+        best = None
+        for cfg, sc, _ in cands:
+            for w in CAD_WEIGHTS:
+                comb = {k: np.where(led[k], kpi[k], np.maximum(kpi[k], w * sc[k])) for k in kpi}
+                st = ns.evaluate(halves[tune], comb, profiles)["standard"]["score"]
+                if best is None or st > best[0]:
+                    best = (st, cfg, w, comb)
+        assert best is not None
+        st, cfg, w, comb = best
+        res = ns.evaluate(halves[held], comb, profiles)
+        alone = ns.evaluate(halves[held], kpi, profiles)
+        print(f"  detector + CAD channel (max(detector, w*CAD) where the profile does not lead), chosen on {tune}: {fmt(cfg) if cfg else 'range seen so far'} w={w}; {tune} "
+              f"{st:.2f}; held-out {held}: {_line(res)} (the detector alone: {_line(alone)})")
+        rep[f"combined_tuned_on_{tune}"] = {"cfg": cfg, "w": w, "tune_score": st,
+                                            "held_out": {p: x["score"] for p, x in res.items()},
+                                            "detector_alone_held_out": {p: x["score"] for p, x in alone.items()}}
+    # The composition is what KpiDetector's "cad" channel computes: check it on the shipped ART parameters.
+    cfg = {"cad_range_pts": 312, "cad_range_margin": 1.0, "cad_weight": 0.5}
+    sc = next(c[1] for c in cands if c[0] == {"range_pts": 312, "range_margin": 1.0})
+    real, pps = run(files, {"channels": KpiDetector.DEFAULT_CHANNELS + ("cad",), **cfg})
+    base, _ = run(files, {})
+    comp = {k: np.where(led[k], base[k], np.maximum(base[k], 0.5 * sc[k])) for k in base} if led else real
+    print(f"  KpiDetector(channels=art, seasonal, profile, cad), shipped ART parameters, {fmt(cfg)}: "
+          + "  ".join(f"{h} {_line(ns.evaluate(f, real, profiles))}" for h, f in (("all 25", files), ("A", half_a),
+                                                                              ("B", half_b)))
+          + f"; {pps:,.0f} points/s; composition check {max(float(np.abs(real[k] - comp[k]).max()) for k in real):.1e}")
+    rep["kpi_with_cad_channel"] = {h: {p: r["score"] for p, r in ns.evaluate(f, real, profiles).items()}
+                                   for h, f in (("all", files), ("A", half_a), ("B", half_b))}
+    return rep
 
 
 if __name__ == "__main__":

@@ -34,12 +34,14 @@ one ever made) is left out of the counting in steps that make no new zero-level 
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 __all__ = ["CadDetector", "CAD_STATE_VERSION"]
 
 CAD_STATE_VERSION = "cad-1"
 
+_first = itemgetter(0)
 _SENSOR = 65536      # sensor facts: _SENSOR + 2 * bit number + bit value (the published encoding)
 _NEURON = 2 ** 31    # neuron facts: _NEURON + context id
 
@@ -104,13 +106,18 @@ class CadDetector:
         self.last_ts: float | None = None
         self.lo = self.min_value        # the range the levels divide (fixed, or seen so far)
         self.hi = self.max_value
-        # Left semi-contexts (a facts tuple shared by contexts): id by facts, their sizes, their contexts by right
-        # semi-context id, the zero-level ones apart (the only ones a partial overlap can derive from).
+        # Left semi-contexts (a facts tuple shared by contexts): id by facts, their facts as a set, their contexts by
+        # right semi-context id, the zero-level ones apart (the only ones a partial overlap derives new contexts from).
+        # Two indexes instead of the published scan over every semi-context: by its largest fact (a semi-context
+        # lies within the left facts only if its largest fact does: the candidates for a full match), and, for the
+        # ones with a zero-level context, by every fact (for the overlaps, needed only in steps that make a new
+        # zero-level context). Same outputs, far less work per point.
         self._lkey: dict[tuple[int, ...], int] = {}
-        self._llen: list[int] = []
+        self._lset: list[frozenset[int]] = []
         self._lctx: list[dict[int, int]] = []
         self._lzero: list[dict[int, int]] = []
-        self._lfacts: dict[int, list[int]] = {}   # fact -> left semi-contexts holding it
+        self._anchor: dict[int, list[int]] = {}   # largest fact -> left semi-contexts
+        self._zpost: dict[int, list[int]] = {}    # fact -> left semi-contexts with a zero-level context
         # Right semi-contexts likewise.
         self._rkey: dict[tuple[int, ...], int] = {}
         self._rlen: list[int] = []
@@ -126,7 +133,8 @@ class CadDetector:
         self._c_tie: list[tuple[int, int]] = []
         self._new_ctx = 0               # the published `newContextID`, False (== 0) when no new context
         self._left: tuple[int, ...] = ()  # this step's left facts (current facts + active neurons)
-        self._lcross: dict[int, list[int]] = {}  # left semi-contexts overlapping `_left`: their facts present
+        self._left_set: frozenset[int] = frozenset()
+        self._full: list[int] = []        # left semi-contexts lying within `_left`
         self._predicted: frozenset[int] = frozenset()
         # The published rest looks back over the last `rest_pts` scores, seeded with a 1.0: points up to
         # `_rest_until` (1-based) report 0.
@@ -134,24 +142,100 @@ class CadDetector:
 
     @property
     def n_contexts(self) -> int:
+        """Contexts remembered so far (the state grows with them)."""
         return len(self._c_sel)
+
+    # ------------------------------------------------------------------- state
+    _PARAMS = ("base_threshold", "rest_pts", "max_left_facts", "max_active_neurons", "value_bits", "min_value",
+               "max_value", "range_pts", "range_margin")
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain dict (numbers, lists, None) that survives MessagePack/JSON; `from_state` restores it.
+
+        The contexts: each left semi-context's facts, its contexts and its zero-level ones as [right id, context id]
+        pairs, each right semi-context's facts, the per-context counters; the indexes are rebuilt on restore.
+        """
+        ctx = [[[rid, cid] for rid, cid in c.items()] for c in self._lctx]
+        zero = [[[rid, cid] for rid, cid in z.items()] for z in self._lzero]
+        st = {
+            "i": self.i, "last_ts": self.last_ts, "lo": self.lo, "hi": self.hi, "rest_until": self._rest_until,
+            "new_ctx": self._new_ctx, "left": list(self._left), "full": list(self._full),
+            "predicted": sorted(self._predicted), "lsets": [sorted(x) for x in self._lset], "lctx": ctx, "lzero": zero,
+            "rights": [list(r) for r in self._rtup], "c_sel": list(self._c_sel), "c_hit": list(self._c_hit),
+            "c_act": list(self._c_act),
+        }
+        return {"version": CAD_STATE_VERSION, "params": {k: getattr(self, k) for k in self._PARAMS}, "state": st}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> CadDetector:
+        if state.get("version") != CAD_STATE_VERSION:
+            raise ValueError(f"unsupported CAD detector state version {state.get('version')!r}")
+        det = cls(**state["params"])
+        st = state["state"]
+        n = len(st["c_sel"])
+        det._c_zero = [False] * n
+        det._c_right = [0] * n
+        det._c_tie = [(0, 0)] * n
+        for r in st["rights"]:
+            det._right_id(tuple(r))
+        for facts, ctxs, zeros in zip(st["lsets"], st["lctx"], st["lzero"]):
+            left = tuple(facts)
+            lid = det._left_id(left)
+            for rid, cid in ctxs:
+                det._lctx[lid][rid] = cid
+                det._c_right[cid] = rid
+                det._c_tie[cid] = (hash(left), hash(det._rtup[rid]))
+            for rid, cid in zeros:
+                det._c_zero[cid] = True
+                det._mark_zero(lid, rid, cid, left)
+        det._c_sel, det._c_hit, det._c_act = list(st["c_sel"]), list(st["c_hit"]), list(st["c_act"])
+        det.i, det.last_ts, det.lo, det.hi = int(st["i"]), st["last_ts"], st["lo"], st["hi"]
+        det._rest_until, det._new_ctx = int(st["rest_until"]), int(st["new_ctx"])
+        det._left = tuple(st["left"])
+        det._left_set = frozenset(det._left)
+        det._full = list(st["full"])
+        det._predicted = frozenset(st["predicted"])
+        return det
 
     # ------------------------------------------------------------------ memory
     def _context(self, left: tuple[int, ...], right: tuple[int, ...], zero: bool) -> bool:
         """Remember context (left, right) unless known; True if it is new. A known one is marked zero-level if `zero`."""
+        lid = self._left_id(left)
+        rid = self._right_id(right)
+        ctxs = self._lctx[lid]
+        cid = ctxs.get(rid)
+        if cid is None:
+            cid = ctxs[rid] = len(self._c_sel)
+            self._c_sel.append(0)
+            self._c_hit.append(0)
+            self._c_act.append(0)
+            self._c_zero.append(zero)
+            self._c_right.append(rid)
+            self._c_tie.append((hash(left), hash(right)))
+            if zero:
+                self._mark_zero(lid, rid, cid, left)
+                self._new_ctx = cid
+            return True
+        if zero and not self._c_zero[cid]:
+            self._c_zero[cid] = True
+            self._mark_zero(lid, rid, cid, left)
+        return False
+
+    def _left_id(self, left: tuple[int, ...]) -> int:
         lid = self._lkey.get(left)
         if lid is None:
-            lid = self._lkey[left] = len(self._llen)
-            self._llen.append(len(left))
+            lid = self._lkey[left] = len(self._lset)
+            self._lset.append(frozenset(left))
             self._lctx.append({})
             self._lzero.append({})
-            lf = self._lfacts
-            for f in left:
-                p = lf.get(f)
-                if p is None:
-                    lf[f] = [lid]
-                else:
-                    p.append(lid)
+            p = self._anchor.get(left[-1])
+            if p is None:
+                self._anchor[left[-1]] = [lid]
+            else:
+                p.append(lid)
+        return lid
+
+    def _right_id(self, right: tuple[int, ...]) -> int:
         rid = self._rkey.get(right)
         if rid is None:
             rid = self._rkey[right] = len(self._rlen)
@@ -164,24 +248,19 @@ class CadDetector:
                     rf[f] = [rid]
                 else:
                     p.append(rid)
-        ctxs = self._lctx[lid]
-        cid = ctxs.get(rid)
-        if cid is None:
-            cid = ctxs[rid] = len(self._c_sel)
-            self._c_sel.append(0)
-            self._c_hit.append(0)
-            self._c_act.append(0)
-            self._c_zero.append(zero)
-            self._c_right.append(rid)
-            self._c_tie.append((hash(left), hash(right)))
-            if zero:
-                self._lzero[lid][rid] = cid
-                self._new_ctx = cid
-            return True
-        if zero and not self._c_zero[cid]:
-            self._c_zero[cid] = True
-            self._lzero[lid][rid] = cid
-        return False
+        return rid
+
+    def _mark_zero(self, lid: int, rid: int, cid: int, left: tuple[int, ...]) -> None:
+        zs = self._lzero[lid]
+        if not zs:
+            zp = self._zpost
+            for f in left:
+                p = zp.get(f)
+                if p is None:
+                    zp[f] = [lid]
+                else:
+                    p.append(lid)
+        zs[rid] = cid
 
     # ------------------------------------------------------------------ one step
     def _step(self, facts: tuple[int, ...]) -> tuple[float, float]:
@@ -204,45 +283,54 @@ class CadDetector:
                     m.append(f)
         # Contexts whose left part was present at the previous step: count them; derive potential new contexts.
         new_id = self._new_ctx
-        llen, lctx, lzero, rlen = self._llen, self._lctx, self._lzero, self._rlen
+        lctx, rlen = self._lctx, self._rlen
         c_sel, c_hit, c_act, c_zero = self._c_sel, self._c_hit, self._c_act, self._c_zero
         maxl = self.max_left_facts
         n_sel = 0
         active: list[int] = []
-        pot: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
-        for lid, lm in self._lcross.items():
-            nl = len(lm)
-            if nl == llen[lid]:
-                ctxs = lctx[lid]
-                n_sel += len(ctxs)
-                for rid, cid in ctxs.items():
-                    if cid == new_id:
-                        n_sel -= 1
-                        continue
-                    rl = rlen[rid]
-                    c_sel[cid] += rl
-                    rm = rmatch.get(rid)
-                    if rm is not None:
-                        nr = len(rm)
-                        c_hit[cid] += nr
-                        if nr == rl:
-                            c_act[cid] += 1
-                            active.append(cid)
-                        elif new_flag and nl <= maxl and c_zero[cid]:
-                            pot.append((tuple(lm), tuple(rm)))
-            elif new_flag and nl <= maxl:
-                zs = lzero[lid]
-                if zs:
+        pot: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = []
+        lset = self._lset
+        for lid in self._full:
+            ctxs = lctx[lid]
+            n_sel += len(ctxs)
+            for rid, cid in ctxs.items():
+                if cid == new_id:
+                    n_sel -= 1
+                    continue
+                rl = rlen[rid]
+                c_sel[cid] += rl
+                rm = rmatch.get(rid)
+                if rm is not None:
+                    nr = len(rm)
+                    c_hit[cid] += nr
+                    if nr == rl:
+                        c_act[cid] += 1
+                        active.append(cid)
+                    elif new_flag and c_zero[cid] and len(lset[lid]) <= maxl:
+                        pot.append((lid, tuple(sorted(lset[lid])), tuple(rm)))
+        if new_flag and left:
+            # Zero-level contexts whose left part overlapped the previous left facts in part (at most maxl facts).
+            cnt: dict[int, int] = {}
+            zp = self._zpost
+            for f in left:
+                for lid in zp.get(f, ()):
+                    cnt[lid] = cnt.get(lid, 0) + 1
+            lzero, prev = self._lzero, self._left_set
+            for lid, n in cnt.items():
+                if n <= maxl and n != len(lset[lid]):
                     lt = None
-                    for rid, cid in zs.items():
+                    for rid, cid in lzero[lid].items():
                         if cid != new_id:
                             rm = rmatch.get(rid)
                             if rm is not None:
                                 if lt is None:
-                                    lt = tuple(lm)
-                                pot.append((lt, tuple(rm)))
+                                    lt = tuple(sorted(lset[lid] & prev))
+                                pot.append((lid, lt, tuple(rm)))
+        # In the order the semi-contexts were made (as the published scan meets them): the new contexts' ids
+        # do not depend on how the indexes were built (restored states continue exactly).
+        pot.sort(key=_first)
         self._new_ctx = 0
-        uniq.update(pot)
+        uniq.update((lt, rt) for _, lt, rt in pot)
         sel_active = len(active) / n_sel if n_sel else 0.0
         # The most often active contexts become facts of the next step.
         if len(active) > self.max_active_neurons:
@@ -253,32 +341,31 @@ class CadDetector:
         left = facts + tuple(_NEURON + c for c in active)
         self._left = left
         n_new = 0
-        for lf_, rf_ in pot:
+        for _, lf_, rf_ in pot:
             if self._context(lf_, rf_, False):
                 n_new += 1
-        # Left semi-contexts the new left facts overlap; the fully present ones predict the next facts.
-        lmatch: dict[int, list[int]] = {}
-        lfd = self._lfacts
+        # Left semi-contexts lying within the new left facts: their contexts predict the next facts.
+        left_set = frozenset(left)
+        self._left_set = left_set
+        full: list[int] = []
+        anchor = self._anchor
         for f in left:
-            for lid in lfd.get(f, ()):
-                m = lmatch.get(lid)
-                if m is None:
-                    lmatch[lid] = [f]
-                else:
-                    m.append(f)
-        self._lcross = lmatch
+            for lid in anchor.get(f, ()):
+                if lset[lid] <= left_set:
+                    full.append(lid)
+        full.sort()
+        self._full = full
         best = 0.0
         pred: list[int] = []
-        for lid, lm in lmatch.items():
-            if len(lm) == llen[lid]:
-                for rid, cid in lctx[lid].items():
-                    s = c_sel[cid]
-                    w = c_hit[cid] / s if s > 0 else 0.0
-                    if w > best:
-                        best = w
-                        pred = [rid]
-                    elif w == best:
-                        pred.append(rid)
+        for lid in full:
+            for rid, cid in lctx[lid].items():
+                s = c_sel[cid]
+                w = c_hit[cid] / s if s > 0 else 0.0
+                if w > best:
+                    best = w
+                    pred = [rid]
+                elif w == best:
+                    pred.append(rid)
         rt = self._rtup
         self._predicted = frozenset(f for rid in set(pred) for f in rt[rid])
         if new_flag:

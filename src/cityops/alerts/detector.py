@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from cityops.alerts.art import ART_STATE_VERSION, ArtDetector
+from cityops.alerts.cad import CadDetector
 
 __all__ = ["KpiDetector", "ProfileDetector", "SeasonalDetector", "detector_from_state"]
 
@@ -782,7 +783,7 @@ class KpiDetector:
     enabled are accepted and kept (so a rule can switch channels) but unused.
     """
 
-    CHANNELS: tuple[str, ...] = ("art", "seasonal", "range", "profile")
+    CHANNELS: tuple[str, ...] = ("art", "cad", "seasonal", "range", "profile")
     DEFAULT_CHANNELS: tuple[str, ...] = ("art", "seasonal", "profile")
     # This class's own arguments and their defaults (see the class doc).
     LEAD_DEFAULTS: dict[str, float] = {
@@ -793,6 +794,10 @@ class KpiDetector:
     # The ART channel's arguments (ArtDetector's, prefixed) and its flag threshold.
     _ART = {"art_learn_pts": "learn_pts", "art_range_margin": "range_margin", "art_max_categories": "max_categories"}
     ART_THRESHOLD = 0.4
+    # The CAD OSE channel's arguments (CadDetector's, prefixed) and its weight (chosen by benchmarks/nab_holdout.py
+    # --cad on each half alone: both halves chose these).
+    _CAD = {"cad_range_pts": "range_pts", "cad_range_margin": "range_margin"}
+    CAD_DEFAULTS: dict[str, float] = {"cad_range_pts": 312, "cad_range_margin": 1.0, "cad_weight": 0.5}
     _PROFILE_ONLY = ("noise", "bin_s", "cap_pts", "min_bin_pts", "min_days", "strong", "persist", "persist_s",
                      "run_min_z", "run_threshold", "run_cap", "rel_floor", "min_expected", "step_unc",
                      "weekend", "utc_offset_s", "cal_tau_pts", "cal_min_pts", "cal_max_rate")
@@ -811,7 +816,7 @@ class KpiDetector:
         if bad or not chans:
             raise ValueError(f"channels must be a non-empty subset of {list(self.CHANNELS)}, got {list(channels)!r}")
         known = (set(self._SHARED) | set(self._PROFILE_ONLY) | set(self._PROFILE_PREFIXED) | set(self._SEASONAL_ONLY)
-                 | set(self.LEAD_DEFAULTS) | set(self._ART) | {"art_threshold"})
+                 | set(self.LEAD_DEFAULTS) | set(self._ART) | {"art_threshold"} | set(self.CAD_DEFAULTS))
         unknown = sorted(set(kw) - known)
         if unknown:
             raise TypeError(f"unexpected detector argument(s) {unknown}")
@@ -846,6 +851,12 @@ class KpiDetector:
         self._art_warmup = int(kw.get("warmup_pts", 30))
         ad = ArtDetector(**a_kw)
         self._a: ArtDetector | None = ad if "art" in chans else None
+        cad = {k: kw.get(k, v) for k, v in self.CAD_DEFAULTS.items()}
+        self.cad_weight = float(cad.pop("cad_weight"))
+        if not 0 < self.cad_weight <= 1:
+            raise ValueError(f"cad_weight must be in (0, 1], got {self.cad_weight}")
+        cd = CadDetector(range_pts=int(cad["cad_range_pts"]), range_margin=float(cad["cad_range_margin"]))
+        self._c: CadDetector | None = cd if "cad" in chans else None
         use_s, use_r = "seasonal" in chans, "range" in chans
         if not use_r:
             s_kw["ext_frac"] = 0.0
@@ -856,23 +867,25 @@ class KpiDetector:
         self._p: ProfileDetector | None = pd if "profile" in chans else None
         # One score scale for every channel: the seasonal z threshold's score (z = 5 -> 0.41) is the flag line, and
         # the ART channel's confidence is mapped onto it (`_art_score`), its `art_threshold` landing on the line.
-        self.threshold = sd.threshold if (use_s or use_r or self._a is not None) else pd.threshold
+        self.threshold = sd.threshold if (use_s or use_r or self._a is not None or self._c is not None) else pd.threshold
         self.decided_by = ""  # which channel's rule gave the last output (per point, not state)
         # Running mean absolute one-step error of each model's prediction, over points both predicted.
         self.err_s = 0.0
         self.err_p = 0.0
         self.err_n = 0
+        self._cad_score = 0.0  # the CAD channel's score of the current point (per point, not state)
+        self._cad_expect = 0.0
 
     # ------------------------------------------------------------------ state
     @property
     def n(self) -> int:
         """Points learned (by the channel that learned most)."""
-        return max([d.n for d in (self._s, self._p) if d is not None] + ([self._a.i] if self._a is not None else []))
+        return max([d.n for d in (self._s, self._p) if d is not None] + [d.i for d in (self._a, self._c) if d is not None])
 
     @property
     def last_ts(self) -> float | None:
         """Time of the last point seen (None before the first)."""
-        ts = [d.last_ts for d in (self._s, self._p, self._a) if d is not None and d.last_ts is not None]
+        ts = [d.last_ts for d in (self._s, self._p, self._a, self._c) if d is not None and d.last_ts is not None]
         return max(ts) if ts else None
 
     def to_state(self) -> dict[str, Any]:
@@ -882,6 +895,7 @@ class KpiDetector:
             "seasonal": self._s.to_state()["state"] if self._s is not None else None,
             "profile": self._p.to_state()["state"] if self._p is not None else None,
             "art": self._a.to_state()["state"] if self._a is not None else None,
+            "cad": self._c.to_state()["state"] if self._c is not None else None,
             "err": {"err_s": self.err_s, "err_p": self.err_p, "err_n": self.err_n},
         }
         return {"version": _KPI_VERSION, "params": params, "state": state}
@@ -914,6 +928,8 @@ class KpiDetector:
             a = det._a
             params = {"learn_pts": a.learn_pts, "range_margin": a.range_margin, "max_categories": a.max_categories}
             det._a = ArtDetector.from_state({"version": ART_STATE_VERSION, "params": params, "state": subs["art"]})
+        if det._c is not None and subs.get("cad") is not None:
+            det._c = CadDetector.from_state({**det._c.to_state(), "state": subs["cad"]})
         if det._p is not None:
             det._p._check_size()
         err = subs.get("err")
@@ -968,15 +984,46 @@ class KpiDetector:
         sc = c * thr / fl if c < fl else thr + (c - fl) * (1.0 - thr) / (1.0 - fl) if fl < 1.0 else thr
         return sc, d, flag
 
+    def _cad(self, ts: float, yv: float, res: tuple[float, str, bool]) -> tuple[float, str, bool]:
+        """`res` (a decision outside the profile's lead) combined with the CAD OSE channel's: the larger score.
+
+        The CAD score c (learned from every point, before this call) counts as `cad_weight` * c on the common scale;
+        it is a flag from `threshold` up, after `warmup_pts` points; its direction is the point's side of the
+        seasonal model's expectation (high without a seasonal model).
+        """
+        c = self._cad_score
+        sc = self.cad_weight * c
+        if sc <= 0.0:
+            return res
+        s = self._s
+        d = _HIGH if s is None or not s.seasonal or s.n == 0 or yv >= self._cad_expect else _LOW
+        flag = sc >= self.threshold and self._c.i > self._art_warmup  # type: ignore[union-attr]
+        if flag and d == _LOW and self._few_expected(ts):
+            flag = False
+        if sc > res[0]:
+            self.decided_by = "cad"
+            return sc, d, res[2] or flag
+        return res[0], res[1], res[2] or flag
+
     def update(self, ts: float, value: float) -> tuple[float, str, bool]:
         """Score with every channel, each learning by its own rule; returns (score, direction, is_anomaly)."""
+        res = self._update(ts, value)
+        if self._c is not None and self.decided_by != "profile":
+            return self._cad(ts, self._ys(value), res)
+        return res
+
+    def _update(self, ts: float, value: float) -> tuple[float, str, bool]:
         s, p = self._s, self._p
         yv = self._ys(value)
+        if self._c is not None:
+            self._cad_score = self._c.update(ts, yv)
+            if self._cad_score > 0.0 and s is not None and s.seasonal and s.n:
+                self._cad_expect = s.predict(ts)  # before the seasonal model learns this point
         art = self._art(ts, yv) if self._a is not None else None
-        self.decided_by = "art" if art is not None else "seasonal" if s is not None else "profile"
+        self.decided_by = "art" if art is not None else "seasonal" if s is not None else "cad" if p is None else "profile"
         if p is None:
             if s is None:
-                return art  # type: ignore[return-value]
+                return art if art is not None else (0.0, _HIGH, False)
             few = self._few_expected(ts)
             ss, sd, sf = s.update(ts, yv)
             return art if art is not None else (ss, sd, sf and not (few and sd == _LOW))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -77,3 +78,18 @@ def test_learning_period_range_clips_later_values() -> None:
 def test_bad_parameters_fail(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         CadDetector(**kw)  # type: ignore[arg-type]
+
+
+def test_state_round_trip_through_json_continues_exactly() -> None:
+    rng = random.Random(11)
+    xs = [5 * math.sin(i / 7.0) + rng.gauss(0, 0.7) + (9.0 if i == 700 else 0.0) for i in range(900)]
+    live = CadDetector(rest_pts=20, range_pts=100, range_margin=1.0)
+    for i, v in enumerate(xs[:400]):
+        live.update(float(i), v)
+    restored = CadDetector.from_state(json.loads(json.dumps(live.to_state())))
+    assert restored.n_contexts == live.n_contexts > 0
+    a = [live.update(float(i), v) for i, v in enumerate(xs[400:], 400)]
+    b = [restored.update(float(i), v) for i, v in enumerate(xs[400:], 400)]
+    assert a == b and max(a) > 0.0
+    with pytest.raises(ValueError):
+        CadDetector.from_state({**live.to_state(), "version": "cad-0"})
