@@ -1,5 +1,6 @@
 """Throughput of KpiDetector.update (default channels) over the NAB corpus on one core, against a running-mean baseline
-and against the detector's former default channels (seasonal, range, profile: before the ART channel)."""
+and against the detector's former default channels (seasonal, range, profile: before the ART channel); with `--cad`
+also with the opt-in CAD OSE channel added (pure Python, much slower)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
+    ap.add_argument("--cad", action="store_true", help="also the default channels + the CAD OSE channel (one run)")
     args = ap.parse_args()
     series = _load(args.data)
     n = sum(len(v) for _, v in series)
@@ -67,6 +69,10 @@ def main() -> None:
     print(f"running-mean baseline    {n / base:12,.0f} points/s")
     print(f"ratio detector/baseline  {base / det:12.3f}")
     print(f"ratio detector/former    {former / det:12.3f}")
+    if args.cad:
+        cad = _detector(series, channels=KpiDetector.DEFAULT_CHANNELS + ("cad",))
+        print(f"default + cad channel    {n / cad:12,.0f} points/s")
+        print(f"ratio (default+cad)/default {cad / det:9.3f}")
 
 
 if __name__ == "__main__":

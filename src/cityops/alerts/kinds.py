@@ -728,8 +728,8 @@ class KpiAnomaly(RuleKind):
     Series: the window's values of ``tags`` (None = all its tags); ``match`` keeps only windows whose
     tags equal it. Every series runs ``KpiDetector`` (the detector ``cityops nab-detect`` scores);
     ``detector``: its arguments, e.g. ``{"noise": "poisson", "min_expected": 5}`` for count fields;
-    ``channels`` (any of "art", "seasonal", "range", "profile") defaults to art, seasonal and profile, the
-    configuration ``cityops nab-detect`` scores.
+    ``channels`` (any of "art", "cad", "seasonal", "range", "profile") defaults to art, seasonal and profile,
+    the configuration ``cityops nab-detect`` scores ("cad", CAD OSE, is opt-in: see KpiDetector).
     ``model``: "kpi" (the default: channels as configured), or a preset kept for older manifests,
     "profile" (channels [profile]) or "seasonal" (channels [seasonal, range]), which overrides
     ``detector.channels``. ``calendar``: "weekdays" (default) gives the profile separate weekday and
@@ -900,7 +900,8 @@ class KpiAnomaly(RuleKind):
         else:
             st = value["state"]
             # KpiDetector state: one sub-state per enabled channel; a legacy detector state: flat.
-            subs = [x for x in (st.get("seasonal"), st.get("profile"), st.get("art")) if isinstance(x, dict)] or [st]
+            subs = [x for x in (st.get("seasonal"), st.get("profile"), st.get("art"), st.get("cad"))
+                    if isinstance(x, dict)] or [st]
             seen = [x["last_ts"] for x in subs if x.get("last_ts") is not None]
             last = max(seen) if seen else None
         return last is None or now_ts - last > self.horizon_s

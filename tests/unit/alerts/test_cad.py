@@ -6,9 +6,11 @@ import json
 import math
 import random
 
+import msgspec
 import pytest
 
 from cityops.alerts.cad import CadDetector
+from cityops.alerts.detector import KpiDetector
 
 
 def test_constant_series_hand_checked() -> None:
@@ -93,3 +95,36 @@ def test_state_round_trip_through_json_continues_exactly() -> None:
     assert a == b and max(a) > 0.0
     with pytest.raises(ValueError):
         CadDetector.from_state({**live.to_state(), "version": "cad-0"})
+
+
+def test_kpi_detector_cad_channel_is_the_weighted_cad_score() -> None:
+    rng = random.Random(3)
+    xs = [3 * math.sin(i / 5.0) + rng.gauss(0, 0.5) + (12.0 if i == 500 else 0.0) for i in range(700)]
+    cad = CadDetector(range_pts=312, range_margin=1.0)
+    det = KpiDetector(channels=("cad",), warmup_pts=30)
+    scores = []
+    for i, v in enumerate(xs):
+        c = cad.update(60.0 * i, v)
+        sc, _, flag = det.update(60.0 * i, v)
+        assert sc == 0.5 * c  # cad_weight 0.5 on the common scale
+        assert flag == (sc >= det.threshold and i + 1 > 30)
+        scores.append(sc)
+    assert max(range(320, 700), key=scores.__getitem__) == 500  # the spike scores highest after the range is set
+
+
+def test_kpi_detector_with_cad_keeps_the_other_channels_decisions_where_cad_is_lower() -> None:
+    rng = random.Random(4)
+    xs = [10 + 4 * math.sin(2 * math.pi * i / 288) + rng.gauss(0, 0.3) for i in range(1500)]
+    plain = KpiDetector()
+    both = KpiDetector(channels=KpiDetector.DEFAULT_CHANNELS + ("cad",))
+    for i, v in enumerate(xs):
+        a = plain.update(300.0 * i, v)
+        b = both.update(300.0 * i, v)
+        assert b[0] >= a[0] and (b[2] or not a[2])  # the larger score; a flag of the others stands
+        if b[0] == a[0]:
+            assert b[2] == a[2] or b[0] >= both.threshold
+    # State round trip with the CAD channel (MessagePack, as the state store keeps it): it continues exactly.
+    restored = KpiDetector.from_state(msgspec.msgpack.decode(msgspec.msgpack.encode(both.to_state())))
+    more = [10 + 4 * math.sin(2 * math.pi * i / 288) + rng.gauss(0, 0.3) for i in range(1500, 1700)]
+    assert [both.update(300.0 * i, v) for i, v in enumerate(more, 1500)] == \
+        [restored.update(300.0 * i, v) for i, v in enumerate(more, 1500)]
