@@ -193,11 +193,9 @@ def main() -> int:
     report: dict[str, Any] = {"A": [df.relpath for df in half_a], "B": [df.relpath for df in half_b]}
 
     chosen: dict[str, dict[str, np.ndarray]] = {}  # the detector's scores with the parameters chosen on each half
-    led: dict[str, np.ndarray] = {}  # per file: the points where the profile leads (the CAD channel stays out)
     if not args.defaults_only:
         rows = []
         comp = Composed(files)
-        led = {k: v[1] for k, v in comp.led.items()}
         print(f"composition check (largest score difference vs the real detector): {comp.check(GRID[0]):.2e}")
         for cfg in GRID:
             sc = comp.scores(cfg)
@@ -232,7 +230,7 @@ def main() -> int:
                                           "held_out_at_tuning_threshold": fixed["standard"]["score"]}
 
     if args.cad:
-        report["cad"] = cad_study(ns, files, half_a, half_b, profiles, chosen, led)
+        report["cad"] = cad_study(ns, files, half_a, half_b, profiles, chosen)
 
     sc, pps = run(files, {})
     print("shipped defaults (KpiDetector()):")
@@ -252,7 +250,7 @@ def _line(res: dict[str, Any]) -> str:
 
 
 def cad_study(ns: Any, files: list[Any], half_a: list[Any], half_b: list[Any], profiles: dict[str, Any],
-              chosen: dict[str, dict[str, np.ndarray]], led: dict[str, np.ndarray]) -> dict[str, Any]:
+              chosen: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """CAD OSE alone (published setup; streaming candidates chosen per half) and combined with the detector."""
     rep: dict[str, Any] = {}
     halves = {"A": half_a, "B": half_b}
@@ -286,7 +284,7 @@ def cad_study(ns: Any, files: list[Any], half_a: list[Any], half_b: list[Any], p
         best = None
         for cfg, sc, _ in cands:
             for w in CAD_WEIGHTS:
-                comb = {k: np.where(led[k], kpi[k], np.maximum(kpi[k], w * sc[k])) for k in kpi}
+                comb = {k: np.maximum(kpi[k], w * sc[k]) for k in kpi}
                 st = ns.evaluate(halves[tune], comb, profiles)["standard"]["score"]
                 if best is None or st > best[0]:
                     best = (st, cfg, w, comb)
@@ -294,7 +292,7 @@ def cad_study(ns: Any, files: list[Any], half_a: list[Any], half_b: list[Any], p
         st, cfg, w, comb = best
         res = ns.evaluate(halves[held], comb, profiles)
         alone = ns.evaluate(halves[held], kpi, profiles)
-        print(f"  detector + CAD channel (max(detector, w*CAD) where the profile does not lead), chosen on {tune}: {fmt(cfg) if cfg else 'range seen so far'} w={w}; {tune} "
+        print(f"  detector + CAD channel (max(detector, w*CAD)), chosen on {tune}: {fmt(cfg) if cfg else 'range seen so far'} w={w}; {tune} "
               f"{st:.2f}; held-out {held}: {_line(res)} (the detector alone: {_line(alone)})")
         rep[f"combined_tuned_on_{tune}"] = {"cfg": cfg, "w": w, "tune_score": st,
                                             "held_out": {p: x["score"] for p, x in res.items()},
@@ -304,7 +302,7 @@ def cad_study(ns: Any, files: list[Any], half_a: list[Any], half_b: list[Any], p
     sc = next(c[1] for c in cands if c[0] == {"range_pts": 312, "range_margin": 1.0})
     real, pps = run(files, {"channels": KpiDetector.DEFAULT_CHANNELS + ("cad",), **cfg})
     base, _ = run(files, {})
-    comp = {k: np.where(led[k], base[k], np.maximum(base[k], 0.5 * sc[k])) for k in base} if led else real
+    comp = {k: np.maximum(base[k], 0.5 * sc[k]) for k in base}
     print(f"  KpiDetector(channels=art, seasonal, profile, cad), shipped ART parameters, {fmt(cfg)}: "
           + "  ".join(f"{h} {_line(ns.evaluate(f, real, profiles))}" for h, f in (("all 25", files), ("A", half_a),
                                                                               ("B", half_b)))

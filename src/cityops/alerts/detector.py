@@ -740,6 +740,12 @@ class KpiDetector:
     * "range": `SeasonalDetector`'s range channel (a value beyond the range seen so far); off by default;
     * "profile": `ProfileDetector`'s per time-of-day profile learned from earlier days, alerting on
       persistent runs.
+    * "cad" (opt-in, not a default): `CadDetector` (cityops.alerts.cad), CAD OSE (Smirnov 2016; published 69.9 on
+      the full NAB when handed each file's range), on the range of its first `cad_range_pts` (312) points widened
+      by `cad_range_margin` (1.0) of it on each side; its score times `cad_weight` (0.5) joins the decision of the
+      other channels, whichever led, by the larger score (a flag from `threshold` up after `warmup_pts` points).
+      Chosen by benchmarks/nab_holdout.py --cad on each half alone (both chose these); it costs ~10x the time of
+      the default channels per point and its state grows with the contexts it meets, so it stays opt-in.
 
     With `noise="poisson"` (counts, e.g. taps per minute) every channel judges the value on the
     variance-stabilised Anscombe scale 2*sqrt(x + 3/8), where Poisson noise has unit variance.
@@ -985,7 +991,7 @@ class KpiDetector:
         return sc, d, flag
 
     def _cad(self, ts: float, yv: float, res: tuple[float, str, bool]) -> tuple[float, str, bool]:
-        """`res` (a decision outside the profile's lead) combined with the CAD OSE channel's: the larger score.
+        """`res` (the other channels' decision, whichever led) combined with the CAD OSE channel's: the larger score.
 
         The CAD score c (learned from every point, before this call) counts as `cad_weight` * c on the common scale;
         it is a flag from `threshold` up, after `warmup_pts` points; its direction is the point's side of the
@@ -1008,7 +1014,7 @@ class KpiDetector:
     def update(self, ts: float, value: float) -> tuple[float, str, bool]:
         """Score with every channel, each learning by its own rule; returns (score, direction, is_anomaly)."""
         res = self._update(ts, value)
-        if self._c is not None and self.decided_by != "profile":
+        if self._c is not None:
             return self._cad(ts, self._ys(value), res)
         return res
 
