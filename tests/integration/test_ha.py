@@ -112,6 +112,10 @@ def test_three_workers_spread_the_tasks_and_a_standby_takes_over_after_kill9_and
         kafka: Any, influx: Any, worker_factory: Any, tmp_path: Path) -> None:
     first, evs1 = simulate(seed=51, minutes=10, rate=80, batch=10)  # (the second part ends within the allowed lateness)
     second, evs2 = simulate(seed=52, minutes=6, rate=80, batch=10)
+    # Bad input among them: dead-lettered once each, under the same id whoever wrote it.
+    bad = [b"not json {1", b"not json {2", b"not json {3", b"not json {4"]
+    first = first[:500] + [("traffic.card-taps", bad[0]), ("health.card-events", bad[1])] + first[500:]
+    second = [("traffic.card-taps", bad[2])] + second + [("traffic.card-taps", bad[3])]
     produce(kafka.url, first)
     ws = start_workers(worker_factory, tmp_path, 3)
     own = wait_spread(ws)
@@ -145,6 +149,26 @@ def test_three_workers_spread_the_tasks_and_a_standby_takes_over_after_kill9_and
     wait_all_written(others, influx, n)
     assert quality_total(influx) == n  # every event counted once: none lost, none twice
     assert_kpis_equal(expected(evs1 + evs2), stored(influx))
+    letters = dead_letters(kafka.url)
+    deadline = time.monotonic() + 60
+    while len({i for i, _ in letters}) < len(bad) and time.monotonic() < deadline:
+        time.sleep(1)
+        letters = dead_letters(kafka.url)
+    ids: dict[str, bytes] = {}
+    for dlq_id, raw in letters:  # a repeat of a delivery is the same id with the same record
+        assert ids.setdefault(dlq_id, raw) == raw, dlq_id
+    assert sorted(ids.values()) == sorted(bad), letters
+
+
+def dead_letters(bootstrap: str) -> list[tuple[str, bytes]]:
+    """(cityops-dlq-id header, value) of every record on cityops.dead-letter."""
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer("cityops.dead-letter", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                      consumer_timeout_ms=3000)
+    out = [(dict(r.headers)["cityops-dlq-id"].decode(), r.value) for r in c]
+    c.close()
+    return out
 
 
 def test_paused_worker_is_fenced_and_writes_nothing_more(kafka: Any, influx: Any, worker_factory: Any,
