@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kpi_path import decided, health, make_messages, preload  # noqa: E402
+from bench_state_kafka import state_topic_bytes  # noqa: E402
 
 from cityops.localproc import free_port  # noqa: E402
 from cityops.localstack import start_influxdb, start_kafka  # noqa: E402
@@ -50,21 +51,9 @@ def start_worker(workdir: Path, kafka: str, influx: str, registry: Path) -> tupl
 
 
 def state_bytes(bootstrap: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    tps = [TopicPartition(t, 0) for t in c.topics() if t.startswith("cityops.state.")]
-    c.assign(tps)
-    ends = c.end_offsets(tps)
-    c.seek_to_beginning(*tps)
-    total, n = 0, 0
-    deadline = time.monotonic() + 120
-    while n < sum(ends.values()) and time.monotonic() < deadline:
-        for recs in c.poll(timeout_ms=1000).values():
-            n += len(recs)
-            total += sum(len(r.value) for r in recs)
-    c.close()
-    return total
+    """Bytes on every task's state topic (``bench_state_kafka.state_topic_bytes``, summed)."""
+    per_topic, _ = state_topic_bytes(bootstrap)
+    return sum(size for kinds in per_topic.values() for _m, size in kinds.values())
 
 
 def round_(n_workers: int, messages: dict[str, list[bytes]], n_events: int, workdir: Path) -> dict[str, Any]:
