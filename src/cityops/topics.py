@@ -65,6 +65,37 @@ def lease_topic_spec(task: str) -> TopicSpec:
     return TopicSpec(lease_topic(task), 1, {"retention.ms": str(DAY_MS), "cleanup.policy": "delete"})
 
 
+def admin_client(bootstrap: str, security: Mapping[str, Any] | None, timeout_s: float) -> Any:
+    """A kafka-python ``KafkaAdminClient``, or ``KafkaTimeoutError`` after ``timeout_s`` seconds.
+
+    Made in a daemon thread: kafka-python 3.0's bootstrap can wait without end (seen with a plaintext client
+    at a TLS port whose handshake timed out), and a start-up must end with a message instead. A thread
+    given up stays blocked in kafka-python's own daemon IO thread; it holds no cityops resource.
+    """
+    import threading
+
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaTimeoutError
+
+    box: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            box["admin"] = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityops-admin",
+                                            request_timeout_ms=10_000, **(security or {}))
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=make, name="cityops-admin-bootstrap", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise KafkaTimeoutError(f"no answer from the broker's bootstrap within {timeout_s:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["admin"]
+
+
 def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_s: float = 30.0, *,
                   setting: str = "CITYOPS_KAFKA_BOOTSTRAP", security: Mapping[str, Any] | None = None) -> list[str]:
     """Create the missing topics (kafka-python admin) with their explicit configs; returns those created.
@@ -78,7 +109,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_
     """
     import time
 
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
     from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
     from cityops.errors import Unreachable
@@ -91,8 +122,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec] | None = None, timeout_
     with quiet_logs("kafka"):
         while True:
             try:
-                admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="cityops-admin",
-                                         request_timeout_ms=10_000, **(security or {}))
+                admin = admin_client(bootstrap, security, max(1.0, deadline - time.monotonic()))
                 break
             except KafkaError as exc:
                 if time.monotonic() > deadline:

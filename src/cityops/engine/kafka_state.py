@@ -579,10 +579,10 @@ class KafkaStateStore(StateStore):
         if before <= 0 or self._trim_refused:
             return
         try:
-            from kafka import KafkaAdminClient
+            from cityops.topics import admin_client
 
-            if self._admin is None:
-                self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, **self.security)
+            if self._admin is None:  # (bounded: kafka-python's bootstrap can wait without end)
+                self._admin = admin_client(self.bootstrap, self.security, self.timeout_s)
             self._admin.delete_records({self._tp: before}, timeout_ms=int(self.timeout_s * 1000))
             self.trimmed_before = before
             log.info("state history of %s[%d] before offset %d deleted", self.topic, self.partition, before)
