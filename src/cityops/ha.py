@@ -51,6 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from cityops.runtime import EXIT_FENCED
 from cityops.settings import Settings
 
 __all__ = ["LEASE_GROUP", "Supervisor", "run_standby", "run_supervisor"]
@@ -58,7 +59,6 @@ __all__ = ["LEASE_GROUP", "Supervisor", "run_standby", "run_supervisor"]
 log = logging.getLogger("cityops.ha")
 
 LEASE_GROUP = "cityops-leases"
-EXIT_FENCED = 4
 STANDBY_STATUS = "standby.json"  # written by a standby child in its data directory, read by the supervisor
 # Created by the supervisor in a standby's data directory: take the task over. A file, not a signal: a
 # standby still importing would die of a signal it has no handler for yet.
