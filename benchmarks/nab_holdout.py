@@ -9,19 +9,29 @@ score far lower on the rest. So every parameter is chosen on a tuning half and j
 
 * Split by file, within each data category (files sorted by name, alternately to half A and half B), so both
   halves hold every kind of series. The rule is fixed in advance and looks at no score.
-* Direction A->B: every candidate in `GRID` runs over the files (one fresh detector per file, no look-ahead, as
+* Direction A->B: every candidate in the grid runs over the files (one fresh detector per file, no look-ahead, as
   `cityops nab-detect`), the candidate with the best standard score on A is chosen, and its score on B is
   reported: with B's own best threshold (how NAB scores a corpus) and with the threshold chosen on A (stricter).
   Direction B->A: the same with the halves swapped.
 * A parameter is kept in the shipped defaults only if both directions choose it (or the halves disagree only
   between candidates whose scores on both halves are within noise; the report prints every candidate).
 
+Two grids, one per way of setting the ART channel's learning period:
+
+* `GRID` (what `cityops nab-detect` runs): the learning period is each file's NAB probationary period
+  (min(floor(0.15 n), 750) rows, at least 104: what NAB hands every detector, as ARTime uses it; not a parameter
+  chosen here), the candidates are the range margin x the ART threshold. Also reported, not chosen: the same with
+  10 % and 20 % of the file instead of NAB's 15 % (how much the result leans on that rule).
+* `FIXED_GRID` (a stream of unknown length, as the KPI rules run): a fixed learning period in points is a third
+  parameter.
+
 With `--cad`, the same protocol for CAD OSE (src/cityops/alerts/cad.py, published parameters kept): its published
 NAB setup for reference (each file's minimum and maximum and length handed over: look-ahead, not streamable); the
 streaming candidates in `CAD_GRID` (the range rule: the range seen so far, or the first `range_pts` points' range
 widened by `range_margin`), one chosen on the tuning half, scored on the held-out half; and the combination
-max(detector score, w * CAD score) with the detector's ART parameters chosen on the tuning half above and the CAD
-candidate and w chosen on the tuning half too. Every direction reports the held-out half's three profiles.
+max(detector score, w * CAD score) with the detector's ART parameters chosen on the tuning half of the fixed grid
+and the CAD candidate and w chosen on the tuning half too. Every direction reports the held-out half's three
+profiles.
 
 Scores are NAB's (nabscore.py, the independent scorer in ../shared/tools): 100 = perfect, 0 = no detection.
 """
@@ -38,25 +48,46 @@ from typing import Any
 
 import numpy as np
 
-from cityops.alerts.art import ArtDetector
+from cityops.alerts.art import MIN_LEARN_PTS, ArtDetector
 from cityops.alerts.cad import CadDetector
 from cityops.alerts.detector import KpiDetector
-from cityops.alerts.nab import _epoch_s
+from cityops.alerts.nab import PROBATION_CAP, PROBATION_FRACTION, _epoch_s
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
 
-# The candidates: the ART channel's three free parameters (see src/cityops/alerts/art.py and KpiDetector).
-# `art_learn_pts` sets the learning period and with it the downsampling step (learn_pts // 104 = 3, 4, 5, 7 points
-# per sample; 750 is NAB's longest probation, as ARTime uses it); `art_range_margin` how far beyond the learning
+# The candidates: the ART channel's free parameters (see src/cityops/alerts/art.py and KpiDetector).
+# `art_learn_pts` sets the learning period and with it the downsampling step (learn_pts // 104 points per sample):
+# "probation" = each file's NAB probationary period (nab-detect's default), or a fixed number of points (312, 416,
+# 520: 3, 4, 5 points per sample; 750 is NAB's longest probation); `art_range_margin` how far beyond the learning
 # period's range the normalisation range starts; `art_threshold` the ART confidence that counts as a flag, which
 # also places the ART channel's scores on the scale of the profile-led decisions.
-LEARN_PTS = (312, 416, 520, 750)
-MARGINS = (0.0, 0.25, 0.5)
+MARGINS = (0.0, 0.25, 0.5, 0.75, 1.0)
 ART_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 GRID: list[dict[str, Any]] = [
-    {"art_learn_pts": lp, "art_range_margin": m, "art_threshold": t}
-    for lp in LEARN_PTS for m in MARGINS for t in ART_THRESHOLDS
+    {"art_learn_pts": "probation", "art_range_margin": m, "art_threshold": t} for m in MARGINS for t in ART_THRESHOLDS
 ]
+LEARN_PTS = (312, 416, 520, 750)
+FIXED_GRID: list[dict[str, Any]] = [
+    {"art_learn_pts": lp, "art_range_margin": m, "art_threshold": t}
+    for lp in LEARN_PTS for m in (0.0, 0.25, 0.5) for t in ART_THRESHOLDS
+]
+# Reported only: the learning period as another share of the file than NAB's 15 % (still capped at 750 rows).
+PROBATION_SHARES = (0.10, 0.20)
+
+
+def learn_pts(cfg_value: Any, n: int, share: float = PROBATION_FRACTION) -> int:
+    """The ART learning period of a file of `n` rows for a grid value: a number, or "probation" (nab-detect's)."""
+    if cfg_value == "probation":
+        return max(MIN_LEARN_PTS, min(int(share * n), PROBATION_CAP))
+    return int(cfg_value)
+
+
+def detector_kwargs(cfg: dict[str, Any], n: int) -> dict[str, Any]:
+    """KpiDetector arguments of a grid candidate for a file of `n` rows."""
+    kw = dict(cfg)
+    if "art_learn_pts" in kw:
+        kw["art_learn_pts"] = learn_pts(kw["art_learn_pts"], n)
+    return kw
 
 
 # CAD OSE's streaming candidates: how its value range is known without look-ahead (see CadDetector). The published
@@ -110,7 +141,7 @@ def run(files: list[Any], cfg: dict[str, Any]) -> tuple[dict[str, np.ndarray], f
     busy, n = 0.0, 0
     for df in files:
         secs = [_epoch_s(s) for s in df.times_str]
-        upd = KpiDetector(**cfg).update
+        upd = KpiDetector(**detector_kwargs(cfg, df.n)).update
         t0 = time.perf_counter()
         sc = [upd(t, float(v))[0] for t, v in zip(secs, df.values)]
         busy += time.perf_counter() - t0
@@ -133,7 +164,7 @@ class Composed:
         self.files = files
         self.secs = {df.relpath: [_epoch_s(s) for s in df.times_str] for df in files}
         self.led: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.art: dict[tuple[int, float], dict[str, np.ndarray]] = {}
+        self.art: dict[tuple[Any, float, float], dict[str, np.ndarray]] = {}
         for df in files:
             det = KpiDetector(channels=("seasonal", "profile"))
             sc, led = [], []
@@ -143,12 +174,12 @@ class Composed:
             self.led[df.relpath] = (np.asarray(sc), np.asarray(led))
         self.line = KpiDetector().threshold
 
-    def scores(self, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
-        key = (cfg["art_learn_pts"], cfg["art_range_margin"])
+    def scores(self, cfg: dict[str, Any], share: float = PROBATION_FRACTION) -> dict[str, np.ndarray]:
+        key = (cfg["art_learn_pts"], cfg["art_range_margin"], share)
         if key not in self.art:
             self.art[key] = {}
             for df in self.files:
-                a = ArtDetector(learn_pts=key[0], range_margin=key[1])
+                a = ArtDetector(learn_pts=learn_pts(key[0], df.n, share), range_margin=key[1])
                 self.art[key][df.relpath] = np.asarray(
                     [a.update(t, float(v)) for t, v in zip(self.secs[df.relpath], df.values)])
         fl, thr = cfg["art_threshold"], self.line
@@ -192,57 +223,83 @@ def main() -> int:
     print("half B:", ", ".join(df.relpath for df in half_b))
     report: dict[str, Any] = {"A": [df.relpath for df in half_a], "B": [df.relpath for df in half_b]}
 
-    chosen: dict[str, dict[str, np.ndarray]] = {}  # the detector's scores with the parameters chosen on each half
+    chosen: dict[str, dict[str, np.ndarray]] = {}  # fixed grid: the detector's scores chosen on each half
     if not args.defaults_only:
-        rows = []
         comp = Composed(files)
-        print(f"composition check (largest score difference vs the real detector): {comp.check(GRID[0]):.2e}")
-        for cfg in GRID:
-            sc = comp.scores(cfg)
-            ra, rb = evaluate(ns, half_a, sc, profiles), evaluate(ns, half_b, sc, profiles)
-            rows.append((cfg, sc, ra, rb))
-            print(f"  {fmt(cfg):65s} A {ra['standard']['score']:6.2f}   B {rb['standard']['score']:6.2f}", flush=True)
-        report["grid"] = [{"cfg": c, "A": ra["standard"]["score"], "B": rb["standard"]["score"]} for c, _, ra, rb in rows]
-        # Parameter by parameter: each value's mean score over the other parameters, per half. A value is kept
-        # only where both halves agree it is (about) best; the argmax per half is fragile on a rough surface.
-        print("mean standard score of each parameter value over the rest of the grid:")
-        for key in GRID[0]:
-            vals = sorted({c[key] for c, *_ in rows})
-            cells = []
-            for v in vals:
-                sel = [(ra, rb) for c, _, ra, rb in rows if c[key] == v]
-                ma = sum(ra["standard"]["score"] for ra, _ in sel) / len(sel)
-                mb = sum(rb["standard"]["score"] for _, rb in sel) / len(sel)
-                cells.append(f"{v}: A {ma:.1f} B {mb:.1f}")
-            print(f"  {key:18s} " + "   ".join(cells))
-        for tune, held, ti, hi in (("A", "B", 2, 3), ("B", "A", 3, 2)):
-            best = max(rows, key=lambda r: r[ti]["standard"]["score"])
-            cfg, sc = best[0], best[1]
-            held_files = half_b if held == "B" else half_a
-            own = best[hi]
-            fixed = evaluate(ns, held_files, sc, profiles, threshold=best[ti]["standard"]["threshold"])
-            print(f"tuned on {tune}: {fmt(cfg)}; {tune} {best[ti]['standard']['score']:.2f}; held-out {held}: "
-                  + " ".join(f"{p} {r['score']:.2f}" for p, r in own.items())
-                  + f"; at {tune}'s threshold: standard {fixed['standard']['score']:.2f}")
-            chosen[tune] = sc
-            report[f"tuned_on_{tune}"] = {"cfg": cfg, "tune_score": best[ti]["standard"]["score"],
-                                          "held_out": {p: r["score"] for p, r in own.items()},
-                                          "held_out_at_tuning_threshold": fixed["standard"]["score"]}
+        print(f"composition check (largest score difference vs the real detector): {comp.check(GRID[0]):.2e}, "
+              f"{comp.check(FIXED_GRID[0]):.2e}")
+        print("== learning period = each file's NAB probationary period (as cityops nab-detect runs) ==")
+        report["probation"] = protocol(ns, comp, GRID, half_a, half_b, profiles, {})
+        for share in PROBATION_SHARES:
+            cfg = {"art_learn_pts": "probation", "art_range_margin": ArtDetector(learn_pts=MIN_LEARN_PTS).range_margin,
+                   "art_threshold": KpiDetector.ART_THRESHOLD}
+            sc = comp.scores(cfg, share)
+            res = {h: evaluate(ns, f, sc, profiles) for h, f in (("all", files), ("A", half_a), ("B", half_b))}
+            print(f"  not chosen, for the record: learning period {share:.0%} of the file (at most 750), shipped "
+                  f"margin and threshold: " + "   ".join(f"{h} {_line(r)}" for h, r in res.items()))
+            report[f"probation_share_{share}"] = {h: {p: x["score"] for p, x in r.items()} for h, r in res.items()}
+        print("== fixed learning period (a stream of unknown length, as the KPI rules run) ==")
+        report["fixed"] = protocol(ns, comp, FIXED_GRID, half_a, half_b, profiles, chosen)
 
     if args.cad:
         report["cad"] = cad_study(ns, files, half_a, half_b, profiles, chosen)
 
-    sc, pps = run(files, {})
-    print("shipped defaults (KpiDetector()):")
-    for name, sub in (("all 25", files), ("half A", half_a), ("half B", half_b)):
-        res = evaluate(ns, sub, sc, profiles)
-        print(f"  {name:7s} " + "  ".join(f"{p} {r['score']:.2f}" for p, r in res.items())
-              + f"  (standard threshold {res['standard']['threshold']:.3f})")
-        report[f"defaults_{name.replace(' ', '_')}"] = {p: r["score"] for p, r in res.items()}
-    print(f"  detector speed in this run: {pps:,.0f} points/s (machine-dependent; see bench_detector.py)")
+    for label, key, cfg in (("as cityops nab-detect runs them (learning period: NAB probation)", "defaults",
+                             {"art_learn_pts": "probation"}),
+                            ("with the fixed learning period (KpiDetector(), as a KPI rule streams)", "defaults_fixed",
+                             {})):
+        sc, pps = run(files, cfg)
+        print(f"shipped defaults {label}:")
+        for name, sub in (("all 25", files), ("half A", half_a), ("half B", half_b)):
+            res = evaluate(ns, sub, sc, profiles)
+            print(f"  {name:7s} " + "  ".join(f"{p} {r['score']:.2f}" for p, r in res.items())
+                  + f"  (standard threshold {res['standard']['threshold']:.3f})")
+            report[f"{key}_{name.replace(' ', '_')}"] = {p: r["score"] for p, r in res.items()}
+        print(f"  detector speed in this run: {pps:,.0f} points/s (machine-dependent; see bench_detector.py)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
+
+
+def protocol(ns: Any, comp: Composed, grid: list[dict[str, Any]], half_a: list[Any], half_b: list[Any],
+             profiles: dict[str, Any], chosen: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Every candidate on both halves; each parameter value's mean; the choice on each half and its held-out score.
+
+    Fills `chosen[tune half]` with the chosen candidate's scores (for the CAD combination)."""
+    rep: dict[str, Any] = {}
+    rows = []
+    for cfg in grid:
+        sc = comp.scores(cfg)
+        ra, rb = evaluate(ns, half_a, sc, profiles), evaluate(ns, half_b, sc, profiles)
+        rows.append((cfg, sc, ra, rb))
+        print(f"  {fmt(cfg):65s} A {ra['standard']['score']:6.2f}   B {rb['standard']['score']:6.2f}", flush=True)
+    rep["grid"] = [{"cfg": c, "A": ra["standard"]["score"], "B": rb["standard"]["score"]} for c, _, ra, rb in rows]
+    # Parameter by parameter: each value's mean score over the other parameters, per half. A value is kept
+    # only where both halves agree it is (about) best; the argmax per half is fragile on a rough surface.
+    print("mean standard score of each parameter value over the rest of the grid:")
+    for key in grid[0]:
+        vals = sorted({c[key] for c, *_ in rows}, key=str)
+        cells = []
+        for v in vals:
+            sel = [(ra, rb) for c, _, ra, rb in rows if c[key] == v]
+            ma = sum(ra["standard"]["score"] for ra, _ in sel) / len(sel)
+            mb = sum(rb["standard"]["score"] for _, rb in sel) / len(sel)
+            cells.append(f"{v}: A {ma:.1f} B {mb:.1f}")
+        print(f"  {key:18s} " + "   ".join(cells))
+    for tune, held, ti, hi in (("A", "B", 2, 3), ("B", "A", 3, 2)):
+        best = max(rows, key=lambda r: r[ti]["standard"]["score"])
+        cfg, sc = best[0], best[1]
+        held_files = half_b if held == "B" else half_a
+        own = best[hi]
+        fixed = evaluate(ns, held_files, sc, profiles, threshold=best[ti]["standard"]["threshold"])
+        print(f"tuned on {tune}: {fmt(cfg)}; {tune} {best[ti]['standard']['score']:.2f}; held-out {held}: "
+              + " ".join(f"{p} {r['score']:.2f}" for p, r in own.items())
+              + f"; at {tune}'s threshold: standard {fixed['standard']['score']:.2f}")
+        chosen[tune] = sc
+        rep[f"tuned_on_{tune}"] = {"cfg": cfg, "tune_score": best[ti]["standard"]["score"],
+                                   "held_out": {p: r["score"] for p, r in own.items()},
+                                   "held_out_at_tuning_threshold": fixed["standard"]["score"]}
+    return rep
 
 
 def _line(res: dict[str, Any]) -> str:

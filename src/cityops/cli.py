@@ -241,9 +241,13 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
             print("error: --detector: expected a JSON object of KpiDetector arguments", file=sys.stderr)
             return 2
         detector.update(extra)
+    # NAB's probationary period as the ART learning period (what NAB hands every detector), unless a rule is
+    # scored as it streams or the learning period is given as a detector argument.
+    learning_period = args.learning_period or (
+        "detector" if args.rule or "art_learn_pts" in detector else "probation")
     try:
         stats = run(Path(args.data_dir), Path(args.out_dir), sensitivity=sensitivity, progress=progress,
-                    model=args.model, detector=detector)
+                    model=args.model, detector=detector, learning_period=learning_period)
     except (TypeError, ValueError) as exc:
         print(f"error: detector arguments: {exc}", file=sys.stderr)
         return 2
@@ -485,8 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_topics)
 
     n = sub.add_parser("nab-detect", help="run the KPI anomaly detector over NAB data files",
-                       description="One fresh detector per file, no look-ahead; writes timestamp,anomaly_score "
-                                   "CSVs mirroring DATA_DIR. Score with ../shared/tools/nabscore.py.")
+                       description="One fresh detector per file, no look-ahead (the score of a row uses the rows "
+                                   "up to it and the file's NAB probationary period); writes "
+                                   "timestamp,anomaly_score CSVs mirroring DATA_DIR. Score with "
+                                   "../shared/tools/nabscore.py.")
     n.add_argument("data_dir")
     n.add_argument("out_dir")
     n.add_argument("--sensitivity", type=float, default=1.0)
@@ -502,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "package, = the repository's agents/)")
     n.add_argument("--detector", metavar="JSON",
                    help='further KpiDetector arguments, e.g. \'{"noise": "poisson"}\' (applied after --rule)')
+    n.add_argument("--learning-period", choices=("probation", "detector"), default=None,
+                   help="the ART channel's learning period per file: probation = the file's NAB probationary "
+                        "period, min(floor(0.15 rows), 750), at least 104 (what NAB hands every detector; the "
+                        "default); detector = the detector's own art_learn_pts, as a stream of unknown length "
+                        "runs it (the default with --rule or an art_learn_pts in --detector)")
     n.set_defaults(func=cmd_nab_detect)
 
     g = sub.add_parser("dashboards", help="validate dashboards/ or push them to Grafana (grafana-client)")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ArtDetector", "ART_STATE_VERSION"]
+__all__ = ["ArtDetector", "ART_STATE_VERSION", "MIN_LEARN_PTS"]
 
 ART_STATE_VERSION = "art-1"
 
@@ -49,6 +49,7 @@ _INITIAL_RHO = 0.80      # vigilance of the replay that sets the first vigilance
 _RHO_UB_CAP = 0.97
 _RHO_RISE = 0.19         # share of the gap to the lowest recent similarity that rho_lb rises by
 _DIFF_MIN, _DIFF_CAP = 0.05, 0.37
+MIN_LEARN_PTS = _WINDOW * _WINDOWS_PER_LEARN  # the shortest learning period: one sample per point
 _MASK = int(_WINDOW * 1.5)  # samples masked after an anomaly or a vigilance update
 _DIM = 2 * _WINDOW
 _CODED = 2 * _DIM
@@ -103,8 +104,8 @@ class ArtDetector:
     """
 
     def __init__(self, *, learn_pts: int = 312, range_margin: float = 0.5, max_categories: int = 256) -> None:
-        if learn_pts < _WINDOW * _WINDOWS_PER_LEARN:
-            raise ValueError(f"learn_pts must be >= {_WINDOW * _WINDOWS_PER_LEARN}, got {learn_pts}")
+        if learn_pts < MIN_LEARN_PTS:
+            raise ValueError(f"learn_pts must be >= {MIN_LEARN_PTS}, got {learn_pts}")
         if not range_margin >= 0:
             raise ValueError(f"range_margin must be >= 0, got {range_margin}")
         self.learn_pts = int(learn_pts) - int(learn_pts) % 2

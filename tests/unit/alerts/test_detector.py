@@ -169,7 +169,8 @@ def test_nab_detect_cli_scores_a_rules_exact_settings(tmp_path: Path, capsys: py
 
     plain = scores()
     by_rule = scores("--rule", "ProbeAnomaly", "--rules-dir", str(rules))
-    by_args = scores("--sensitivity", "2.0", "--detector",
+    # --rule scores the rule as it streams: the detector's own learning period, not the file's NAB probation.
+    by_args = scores("--sensitivity", "2.0", "--learning-period", "detector", "--detector",
                      '{"noise": "poisson", "weekend": true, "utc_offset_s": 28800}')
     assert by_rule == by_args and by_rule != plain
     err = capsys.readouterr().err
