@@ -51,7 +51,7 @@ import numpy as np
 from cityops.alerts.art import MIN_LEARN_PTS, ArtDetector
 from cityops.alerts.cad import CadDetector
 from cityops.alerts.detector import KpiDetector
-from cityops.alerts.nab import PROBATION_CAP, PROBATION_FRACTION, _epoch_s
+from cityops.alerts.nab import PROBATION_FRACTION, _epoch_s, art_learning_pts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # ../shared beside the checkout
 
@@ -77,9 +77,7 @@ PROBATION_SHARES = (0.10, 0.20)
 
 def learn_pts(cfg_value: Any, n: int, share: float = PROBATION_FRACTION) -> int:
     """The ART learning period of a file of `n` rows for a grid value: a number, or "probation" (nab-detect's)."""
-    if cfg_value == "probation":
-        return max(MIN_LEARN_PTS, min(int(share * n), PROBATION_CAP))
-    return int(cfg_value)
+    return art_learning_pts(n, share) if cfg_value == "probation" else int(cfg_value)
 
 
 def detector_kwargs(cfg: dict[str, Any], n: int) -> dict[str, Any]:

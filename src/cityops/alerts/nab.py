@@ -35,7 +35,7 @@ MODELS: dict[str, Callable[..., KpiDetector]] = {
     "profile": partial(KpiDetector, channels=("profile",)),
 }
 
-__all__ = ["run", "main", "probation_pts", "LEARNING_PERIODS"]
+__all__ = ["run", "main", "probation_pts", "art_learning_pts", "LEARNING_PERIODS"]
 
 PROBATION_FRACTION = 0.15  # NAB: the first 15 % of a file's rows ...
 PROBATION_CAP = 750        # ... at most 750 (= 0.15 x 5,000 rows)
@@ -44,9 +44,14 @@ PROBATION_CAP = 750        # ... at most 750 (= 0.15 x 5,000 rows)
 LEARNING_PERIODS = ("probation", "detector")
 
 
-def probation_pts(n: int) -> int:
-    """NAB's probationary period of a file of `n` rows, in rows: min(floor(0.15 n), 750)."""
-    return min(int(PROBATION_FRACTION * n), PROBATION_CAP)
+def probation_pts(n: int, fraction: float = PROBATION_FRACTION) -> int:
+    """NAB's probationary period of a file of `n` rows, in rows: min(floor(0.15 n), 750) (`fraction` for 0.15)."""
+    return min(int(fraction * n), PROBATION_CAP)
+
+
+def art_learning_pts(n: int, fraction: float = PROBATION_FRACTION) -> int:
+    """The ART channel's learning period for a file of `n` rows: its probationary period, at least MIN_LEARN_PTS."""
+    return max(MIN_LEARN_PTS, probation_pts(n, fraction))
 
 
 def _epoch_s(text: str) -> float:
@@ -111,7 +116,7 @@ def run(
         secs = [_epoch_s(s) for s in stamps]
         per_file = dict(extra)
         if learning_period == "probation":
-            per_file["art_learn_pts"] = max(MIN_LEARN_PTS, probation_pts(len(values)))
+            per_file["art_learn_pts"] = art_learning_pts(len(values))
         det = MODELS[model](sensitivity=sensitivity, **per_file)
         upd = det.update
         t0 = time.perf_counter()

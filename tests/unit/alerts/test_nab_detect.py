@@ -58,8 +58,8 @@ def test_each_file_learns_for_its_probation_and_scores_match_a_detector_fed_poin
     stats = nab.run(data, out)
     assert stats["learning_period"] == "probation" and stats["files"] == 2
     for name, rows in files.items():
-        learn = max(MIN_LEARN_PTS, nab.probation_pts(len(rows)))
-        assert learn == {"a/short.csv": MIN_LEARN_PTS, "b/long.csv": 450}[name]
+        learn = nab.art_learning_pts(len(rows))
+        assert learn == {"a/short.csv": MIN_LEARN_PTS, "b/long.csv": 450}[name]  # 75 < 104; 0.15 x 3000
         det = KpiDetector(art_learn_pts=learn)
         secs = [nab._epoch_s(s) for s, _ in rows]
         want = [f"{det.update(t, v)[0]:.6f}" for t, (_, v) in zip(secs, rows)]
