@@ -3,6 +3,7 @@
     python benchmarks/nab_holdout.py                 # the protocol below, then the shipped defaults on all files
     python benchmarks/nab_holdout.py --defaults-only # only the shipped defaults (all files, halves A and B)
     python benchmarks/nab_holdout.py --cad           # also CAD OSE, alone and combined with the detector (slow)
+    python benchmarks/nab_holdout.py --splits 50     # the protocol on 50 random splits as well (default 20)
 
 The 25 NAB series in ../shared/data/nab are a sample of the 58-series benchmark; a detector tuned on them can
 score far lower on the rest. So every parameter is chosen on a tuning half and judged on the other:
@@ -15,6 +16,9 @@ score far lower on the rest. So every parameter is chosen on a tuning half and j
   Direction B->A: the same with the halves swapped.
 * A parameter is kept in the shipped defaults only if both directions choose it (or the halves disagree only
   between candidates whose scores on both halves are within noise; the report prints every candidate).
+
+Then, to see how much one split's numbers depend on which files fell where, the same choice and held-out score on
+`--splits` random splits (within each category, files shuffled, then alternately to the halves).
 
 Two grids, one per way of setting the ART channel's learning period:
 
@@ -120,17 +124,40 @@ def load_nabscore(path: Path) -> Any:
     return mod
 
 
-def split(files: list[Any]) -> tuple[list[Any], list[Any]]:
-    """Half A and half B: within each category, files sorted by name go alternately to A and to B."""
+def split(files: list[Any], rng: np.random.Generator | None = None) -> tuple[list[Any], list[Any]]:
+    """Half A and half B: within each category, files sorted by name (or shuffled by `rng`) go alternately to A and
+    to B (a category's odd file goes to A, or with `rng` to a random half)."""
     cats: dict[str, list[Any]] = {}
     for df in files:
         cats.setdefault(df.relpath.split("/")[0], []).append(df)
     a: list[Any] = []
     b: list[Any] = []
     for cat in sorted(cats):
-        for k, df in enumerate(sorted(cats[cat], key=lambda d: d.relpath)):
-            (a if k % 2 == 0 else b).append(df)
+        members = sorted(cats[cat], key=lambda d: d.relpath)
+        first = 0
+        if rng is not None:
+            members = [members[i] for i in rng.permutation(len(members))]
+            first = int(rng.integers(2))
+        for k, df in enumerate(members):
+            (a if k % 2 == first else b).append(df)
     return a, b
+
+
+def resplit(ns: Any, comp: Composed, grid: list[dict[str, Any]], files: list[Any], profiles: dict[str, Any],
+            n: int, seed: int) -> dict[str, Any]:
+    """The protocol on `n` random splits (by file, within each category): the held-out standard score of the
+    candidate chosen on the other half, both directions of every split, as (min, median, max) and all values."""
+    weights = {"standard": profiles["standard"]}
+    cands = [comp.scores(cfg) for cfg in grid]
+    rng = np.random.default_rng(seed)
+    held: list[float] = []
+    for _ in range(n):
+        halves = split(files, rng)
+        score = [[ns.evaluate(h, sc, weights)["standard"]["score"] for h in halves] for sc in cands]
+        for t in (0, 1):
+            best = max(range(len(cands)), key=lambda i: score[i][t])
+            held.append(score[best][1 - t])
+    return {"min": min(held), "median": float(np.median(held)), "max": max(held), "held_out": held}
 
 
 def run(files: list[Any], cfg: dict[str, Any]) -> tuple[dict[str, np.ndarray], float]:
@@ -211,6 +238,9 @@ def main() -> int:
     ap.add_argument("--nabscore", type=Path, default=SHARED / "tools" / "nabscore.py")
     ap.add_argument("--defaults-only", action="store_true", help="skip the parameter search")
     ap.add_argument("--cad", action="store_true", help="also CAD OSE, alone and combined (slow: pure Python)")
+    ap.add_argument("--splits", type=int, default=20, metavar="N",
+                    help="also the protocol on N random category-stratified splits, both grids (default 20; 0: none)")
+    ap.add_argument("--seed", type=int, default=12, help="seed of the random splits")
     ap.add_argument("--json", type=Path, help="also write every number here")
     args = ap.parse_args()
     ns = load_nabscore(args.nabscore)
@@ -238,6 +268,14 @@ def main() -> int:
             report[f"probation_share_{share}"] = {h: {p: x["score"] for p, x in r.items()} for h, r in res.items()}
         print("== fixed learning period (a stream of unknown length, as the KPI rules run) ==")
         report["fixed"] = protocol(ns, comp, FIXED_GRID, half_a, half_b, profiles, chosen)
+        if args.splits:
+            print(f"== the protocol on {args.splits} random splits (seed {args.seed}), held-out standard score of "
+                  "both directions: min / median / max ==")
+            for name, grid in (("probation", GRID), ("fixed", FIXED_GRID)):
+                r = resplit(ns, comp, grid, files, profiles, args.splits, args.seed)
+                report[f"{name}_splits"] = r
+                print(f"  learning period {name:9s} {r['min']:6.2f} / {r['median']:6.2f} / {r['max']:6.2f}   "
+                      f"({sum(v >= 65 for v in r['held_out'])} of {len(r['held_out'])} held-out halves >= 65)")
 
     if args.cad:
         report["cad"] = cad_study(ns, files, half_a, half_b, profiles, chosen)
