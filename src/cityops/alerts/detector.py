@@ -122,6 +122,13 @@ class SeasonalDetector:
         self._a_sustain = 1.0 / self.sustain_pts
         # Normalises the averaged z so that pure noise has unit variance in both channels.
         self._sustain_norm = math.sqrt((2.0 - self._a_sustain) / self._a_sustain)
+        # Per-point speed (update runs for every point of every series): constants of the hot path computed
+        # once, and the time-based rates of the last spacing (a regular series has one spacing, so the two
+        # exp() calls are made once per series, not per point). None of this is state.
+        self._keep_sustain = 1.0 - self._a_sustain
+        self._zcap = self.clip_z * 4
+        self._dt = math.nan  # the spacing _a_lvl and _a_dft were computed for (nan: none yet)
+        self._a_lvl = self._a_dft = 0.0
         self._reset()
 
     # ------------------------------------------------------------------ state
@@ -225,8 +232,15 @@ class SeasonalDetector:
 
     def _z(self, ts: float, value: float) -> tuple[float, float, float, int, int]:
         """(point z, sustained z, residual, day bin, week bin); no side effects."""
-        b, w = self._bins(ts)
-        r = value - (self.level + self._season(b, w) + self.drift)
+        # _bins and _season inlined (the hottest method of the channel: every point calls it).
+        season_s = self.season_s
+        b = int((ts % season_s) / season_s * self.bins)
+        w = int((ts % (7 * 86400.0)) / (7 * 86400.0) * self.week_bins)
+        if self.week and self.wk_n[w] >= self.week_min_visits:
+            season = self.wk[w]
+        else:
+            season = self.day[b] if self.day_n[b] else 0.0
+        r = value - (self.level + season + self.drift)
         scale = self.scale
         # A noise-free series would otherwise make any rounding-sized wobble infinitely surprising.
         fl = self.scale_floor * self.spread
@@ -237,7 +251,11 @@ class SeasonalDetector:
             z = 0.0 if r == 0.0 else math.copysign(1e6, r)
         else:
             z = r / scale
-        zs = ((1.0 - self._a_sustain) * self.zbar + self._a_sustain * max(-self.clip_z * 4, min(self.clip_z * 4, z)))
+        # z clipped to +-4 clip_z; written as max(-cap, min(cap, z)) does it (same result, NaN included).
+        cap = self._zcap
+        zc = z if z < cap else cap
+        zc = zc if zc > -cap else -cap
+        zs = self._keep_sustain * self.zbar + self._a_sustain * zc
         return z, zs * self._sustain_norm, r, b, w
 
     def score_one(self, ts: float, value: float) -> tuple[float, str]:
@@ -269,43 +287,71 @@ class SeasonalDetector:
         self._learn(ts, value, z, zs, r, b, w)
 
     def _learn(self, ts: float, value: float, z: float, zs: float, r: float, b: int, w: int) -> None:
-        if self.n == 0:
+        n = self.n
+        if n == 0:
             self.level = value
             self.n = 1
             self.last_ts = ts
             return
-        dt = ts - self.last_ts if self.last_ts is not None else 0.0
+        last = self.last_ts
+        dt = ts - last if last is not None else 0.0
         if dt < 0.0:
             dt = 0.0
         self.last_ts = ts
-        self.n += 1
+        n += 1
+        self.n = n
         scale = self.scale
         # Huber clip: a single wild point moves the baseline by at most clip_z scales.
         lim = self.clip_z * scale if scale > 0.0 else abs(r)
         rc = r if -lim <= r <= lim else (lim if r > 0 else -lim)
         self.zbar = zs / self._sustain_norm
         # Time-based rates, so irregular or sparse sampling does not change the time constants.
-        a_lvl = 1.0 - math.exp(-dt / self.level_tau_s)
-        a_dft = 1.0 - math.exp(-dt / self.drift_tau_s)
-        self.level += a_lvl * (rc + self.drift)
-        self.drift += a_dft * rc - a_lvl * self.drift
+        if dt != self._dt:  # computed again only when the spacing changes
+            self._dt = dt
+            self._a_lvl = 1.0 - math.exp(-dt / self.level_tau_s)
+            self._a_dft = 1.0 - math.exp(-dt / self.drift_tau_s)
+        a_lvl = self._a_lvl
+        drift = self.drift
+        level = self.level + a_lvl * (rc + drift)
+        drift += self._a_dft * rc - a_lvl * drift
+        self.level = level
+        self.drift = drift
         # Bins learn the offset from the slow level, not from level + drift: the fast drift would
         # otherwise explain the rhythm first and the bins would never learn its full amplitude.
-        dev = value - self.level - self.season_drift * self.drift
+        dev = value - level - self.season_drift * drift
         g = self.season_rate
-        d_old = self.day[b] if self.day_n[b] else dev
-        self.day[b] = d_old + g * (max(d_old - lim * 2, min(d_old + lim * 2, dev)) - d_old) if self.day_n[b] else dev
-        self.day_n[b] += 1
-        if self.week:
-            w_old = self.wk[w] if self.wk_n[w] else dev
-            self.wk[w] = w_old + g * (max(w_old - lim * 2, min(w_old + lim * 2, dev)) - w_old) if self.wk_n[w] else dev
-            self.wk_n[w] += 1
-        ar = abs(rc)
-        self.spread += self._a_scale * 0.1 * (abs(value - self.level) - self.spread)
-        if self.n <= self.warmup_pts:
-            self.scale += (ar - self.scale) / self.n
+        lim2 = lim * 2
+        # A learned bin moves towards dev clipped to +-2 lim around it (the conditionals below are
+        # max(old - 2 lim, min(old + 2 lim, dev)), NaN included, without two builtin calls); a new one takes dev.
+        day_n = self.day_n
+        if day_n[b]:
+            day = self.day
+            old = day[b]
+            hi = old + lim2
+            c = dev if dev < hi else hi
+            lo = old - lim2
+            day[b] = old + g * ((c if c > lo else lo) - old)
         else:
-            self.scale += self._a_scale * (ar - self.scale)
+            self.day[b] = dev
+        day_n[b] += 1
+        if self.week:
+            wk_n = self.wk_n
+            if wk_n[w]:
+                wk = self.wk
+                old = wk[w]
+                hi = old + lim2
+                c = dev if dev < hi else hi
+                lo = old - lim2
+                wk[w] = old + g * ((c if c > lo else lo) - old)
+            else:
+                self.wk[w] = dev
+            wk_n[w] += 1
+        ar = abs(rc)
+        self.spread += self._a_scale * 0.1 * (abs(value - level) - self.spread)
+        if n <= self.warmup_pts:
+            self.scale = scale + (ar - scale) / n
+        else:
+            self.scale = scale + self._a_scale * (ar - scale)
 
     def update(self, ts: float, value: float, zc: tuple[float, float, float, int, int] | None = None
                ) -> tuple[float, str, bool]:
@@ -318,7 +364,7 @@ class SeasonalDetector:
         range channel's score when that is larger. Only the seasonal channel's flags stop the
         seasonal model from learning; the range always learns.
         """
-        ze = self._ext_z(value)
+        ze = self._ext_z(value) if self._ext_gain else 0.0  # (no range channel: skip the call)
         self._ext_learn(value, ze)
         if self.seasonal:
             score, direction, flagged = self._update_seasonal(ts, value, zc)
@@ -524,6 +570,12 @@ class ProfileDetector:
         self._ec_ts: float | None = None   # _expect's cache: the ts it was last asked for, and its answer
         self._ec: tuple[float, float] | None = None
         self.span = 0.0                    # how long the current surprise has lasted (ts - calm_ts; per point)
+        # Per-point speed, not state: _bin's last answer (a point asks for its bin twice: expect, learn) and
+        # constants of the hot path.
+        self._bin_ts: float | None = None
+        self._bin_v = (0, 0.0)
+        self._poisson = self.noise == "poisson"
+        self._ready_s = self.min_days * self.season_s - self.bin_s  # a bin judges once its first point is this old
 
     _PARAMS = ("sensitivity", "noise", "season_s", "bin_s", "cap_pts", "min_bin_pts", "min_days", "warmup_pts",
                "z_threshold", "strong", "persist", "persist_s", "run_min_z", "run_threshold", "run_cap",
@@ -554,21 +606,29 @@ class ProfileDetector:
 
     # ---------------------------------------------------------------- scoring
     def _y(self, value: float) -> float:
-        if self.noise == "poisson":
-            return 2.0 * math.sqrt(max(value, 0.0) + 0.375)
+        if self._poisson:
+            return 2.0 * math.sqrt((0.0 if 0.0 > value else value) + 0.375)  # max(value, 0.0), NaN included
         return value
 
     def _bin(self, ts: float) -> tuple[int, float]:
         """(bin index, position inside the bin in [0, 1)) of `ts` in local time."""
+        if ts == self._bin_ts:
+            return self._bin_v
         local = ts + self.utc_offset_s
         pos = (local % self.season_s) / self.bin_s
-        b = min(int(pos), self.bins - 1)
+        b = int(pos)
+        last = self.bins - 1
+        if last < b:  # min(int(pos), bins - 1)
+            b = last
         if self._types == 2 and (int(local // 86400.0) + 3) % 7 >= 5:  # 1970-01-01 was a Thursday
-            return self.bins + b, pos - b
-        return b, pos - b
+            v = self.bins + b, pos - b
+        else:
+            v = b, pos - b
+        self._bin_ts, self._bin_v = ts, v
+        return v
 
     def _ready(self, b: int, ts: float) -> bool:
-        return self.cnt[b] >= self.min_bin_pts and ts - self.first[b] >= self.min_days * self.season_s - self.bin_s
+        return self.cnt[b] >= self.min_bin_pts and ts - self.first[b] >= self._ready_s
 
     def _expect(self, ts: float) -> tuple[float, float] | None:
         """(expected y, noise scale of y) at `ts`, or None when this time of day is not learned yet."""
@@ -580,26 +640,35 @@ class ProfileDetector:
 
     def _expect_new(self, ts: float) -> tuple[float, float] | None:
         b, frac = self._bin(ts)
-        if not self._ready(b, ts):
+        cnt, first, min_pts, ready_s = self.cnt, self.first, self.min_bin_pts, self._ready_s  # _ready, inlined
+        if not (cnt[b] >= min_pts and ts - first[b] >= ready_s):
             return None
-        m, d = self.mean[b], self.dev[b]
+        mean, dev = self.mean, self.dev
+        m, d = mean[b], dev[b]
         # Towards the neighbouring bin's centre (same day type), when that bin is learned too (follows ramps).
-        k = b % self.bins
-        nb = b - k + ((k + 1) % self.bins if frac >= 0.5 else (k - 1) % self.bins)
+        bins = self.bins
+        k = b % bins
+        nb = b - k + ((k + 1) % bins if frac >= 0.5 else (k - 1) % bins)
         step = 0.0
-        if nb != b and self._ready(nb, ts):
+        if nb != b and cnt[nb] >= min_pts and ts - first[nb] >= ready_s:
             w = abs(frac - 0.5)
-            step = w * (self.mean[nb] - m)
+            step = w * (mean[nb] - m)
             m += step
-            d += w * (self.dev[nb] - d)
+            d += w * (dev[nb] - d)
         scale = 1.25 * d  # mean absolute deviation -> standard deviation (normal noise)
         if step:
             # Where the rhythm steps between bins the interpolated value is uncertain by about the
             # interpolation itself (a square wave's edge falls anywhere inside a bin).
             scale = math.hypot(scale, self.step_unc * step)
-        if self.noise == "poisson":
-            scale = max(scale, 1.0)
-        return m, max(scale, self.rel_floor * abs(m), 1e-9)
+        if self._poisson and 1.0 > scale:  # max(scale, 1.0)
+            scale = 1.0
+        # max(scale, rel_floor * |m|, 1e-9), as conditionals (the first of equals wins, as max's does).
+        fl = self.rel_floor * abs(m)
+        if fl > scale:
+            scale = fl
+        if 1e-9 > scale:
+            scale = 1e-9
+        return m, scale
 
     def _count(self, y: float) -> float:
         return max(0.0, (y / 2.0) ** 2 - 0.375) if self.noise == "poisson" else y
@@ -613,7 +682,7 @@ class ProfileDetector:
             return None
         m, scale = e
         r = self._y(value) - m
-        if r < 0 and self.noise == "poisson" and self._count(m) < self.min_expected:
+        if r < 0 and self._poisson and self._count(m) < self.min_expected:
             return 0.0, r  # too few expected to call a drop
         return r / scale, r
 
@@ -630,25 +699,38 @@ class ProfileDetector:
 
     def learn_one(self, ts: float, value: float) -> None:
         """Add this point to its time-of-day bin (running mean and mean absolute deviation)."""
-        b, _ = self._bin(ts)
+        b = self._bin(ts)[0]
         y = self._y(value)
-        e = self._expect(ts) if self.n >= self.warmup_pts else None
+        n = self.n
+        e = self._expect(ts) if n >= self.warmup_pts else None
         if e is not None:
-            # Huber clip: a point the model already judges can move its bin by at most clip_z scales.
+            # Huber clip: a point the model already judges can move its bin by at most clip_z scales
+            # (min(max(y, m - lim), m + lim), as conditionals).
+            m = e[0]
             lim = self.clip_z * e[1]
-            y = min(max(y, e[0] - lim), e[0] + lim)
-        c = self.cnt[b]
+            lo = m - lim
+            if lo > y:
+                y = lo
+            hi = m + lim
+            if hi < y:
+                y = hi
+        cnt = self.cnt
+        c = cnt[b]
         if c == 0:
             self.first[b] = ts
             self.mean[b] = y
             self.dev[b] = 0.0
         else:
-            a = 1.0 / min(c + 1, self.cap_pts)
-            self.dev[b] += a * (abs(y - self.mean[b]) - self.dev[b])
-            self.mean[b] += a * (y - self.mean[b])
-        self.cnt[b] = c + 1
+            mean, dev = self.mean, self.dev
+            c1 = c + 1
+            cap = self.cap_pts
+            a = 1.0 / (cap if cap < c1 else c1)
+            mb = mean[b]
+            dev[b] += a * (abs(y - mb) - dev[b])
+            mean[b] = mb + a * (y - mb)
+        cnt[b] = c + 1
         self._ec_ts = None
-        self.n += 1
+        self.n = n + 1
         self.last_ts = ts
 
     @property
@@ -679,7 +761,8 @@ class ProfileDetector:
         self.last_z = z
         a = abs(z)
         sgn = 1 if z >= 0 else -1
-        score, direction = SeasonalDetector._z_to_score(a), (_HIGH if sgn > 0 else _LOW)
+        z2 = a * a
+        score, direction = z2 / (z2 + 36.0), (_HIGH if sgn > 0 else _LOW)  # SeasonalDetector._z_to_score(a)
         if a < self.z_run:
             self.run = 0
             self.evidence = self.span = 0.0
@@ -723,8 +806,10 @@ class ProfileDetector:
         return score, direction, flagged
 
     def _calibrate(self, surprised: bool) -> None:
-        self.cal_n += 1
-        a = 1.0 / min(self.cal_n, self.cal_tau_pts)
+        n = self.cal_n + 1
+        self.cal_n = n
+        tau = self.cal_tau_pts
+        a = 1.0 / (tau if tau < n else n)  # min(n, tau)
         self.cal_rate += a * ((1.0 if surprised else 0.0) - self.cal_rate)
 
 
