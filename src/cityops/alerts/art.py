@@ -89,7 +89,7 @@ def _floats(v: Any) -> np.ndarray:
 def _code(f: list[float]) -> np.ndarray:
     """Complement coding of the 16 features in the layout above."""
     head = f[:-1]
-    return np.array(head + [1.0 - v for v in head] + [f[-1], 1.0 - f[-1]])
+    return np.array(head + list(map((1.0).__sub__, head)) + [f[-1], 1.0 - f[-1]])  # map: 1 - v, without a comprehension
 
 
 class ArtDetector:
@@ -452,11 +452,11 @@ class _Dvfa:
         if not learning:
             return a, ae, -1
         if a >= rho_ub:
-            res = np.flatnonzero(m >= rho_ub)
+            res = (m >= rho_ub).nonzero()[0]  # (np.flatnonzero's result, without its Python-level wrapper)
             sub = em[res]
             self.W[res] = sub
             d = sub @ self._SUMS
-            if (d <= 0).any():
+            if np.count_nonzero(d <= 0):  # (.any() of a tiny array costs a reduction's set-up)
                 d[d <= 0] = np.inf
                 self.open = True
             self.den[res] = d

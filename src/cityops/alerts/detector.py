@@ -16,6 +16,7 @@ _KPI_VERSION = "kpi-2"
 _KPI_VERSIONS = ("kpi-1", _KPI_VERSION)  # kpi-1: before the ART channel (its states restore as they were)
 _HIGH = "high"
 _LOW = "low"
+_ART_QUIET = (0.0, _HIGH, False)  # the ART channel's decision at all but its reported anomalies (one shared tuple)
 
 
 def _restore(det: Any, state: dict[str, Any]) -> None:
@@ -1058,14 +1059,18 @@ class KpiDetector:
 
     def _ys(self, value: float) -> float:
         """The value as the seasonal and range channels see it."""
-        return 2.0 * math.sqrt(max(value, 0.0) + 0.375) if self._anscombe else value
+        return 2.0 * math.sqrt((0.0 if 0.0 > value else value) + 0.375) if self._anscombe else value  # max(value, 0.0)
 
     def _art(self, ts: float, yv: float) -> tuple[float, str, bool]:
         """The ART channel's (score, direction, is_anomaly) for this point (it learns every point by its own rule)."""
-        a = self._a
-        c = a.update(ts, yv)  # type: ignore[union-attr]
+        c = self._a.update(ts, yv)  # type: ignore[union-attr]
         if c <= 0.0:
-            return 0.0, _HIGH, False
+            return _ART_QUIET
+        return self._art_decide(ts, c)
+
+    def _art_decide(self, ts: float, c: float) -> tuple[float, str, bool]:
+        """`_art` for an ART confidence `c` > 0 (a reported anomaly)."""
+        a = self._a
         d = _HIGH if a.high else _LOW  # type: ignore[union-attr]
         flag = c >= self._art_flag and a.i > self._art_warmup  # type: ignore[union-attr]
         if flag and d == _LOW and self._few_expected(ts):
@@ -1110,7 +1115,12 @@ class KpiDetector:
             self._cad_score = self._c.update(ts, yv)
             if self._cad_score > 0.0 and s is not None and s.seasonal and s.n:
                 self._cad_expect = s.predict(ts)  # before the seasonal model learns this point
-        art = self._art(ts, yv) if self._a is not None else None
+        ad = self._a
+        if ad is None:
+            art = None
+        else:  # self._art(ts, yv), its common case inlined: no anomaly reported
+            c = ad.update(ts, yv)
+            art = _ART_QUIET if c <= 0.0 else self._art_decide(ts, c)
         self.decided_by = "art" if art is not None else "seasonal" if s is not None else "cad" if p is None else "profile"
         if p is None:
             if s is None:
@@ -1123,8 +1133,10 @@ class KpiDetector:
         if zc is not None and s.n >= 2 and p.n >= p.warmup_pts:  # type: ignore[union-attr]
             e = p._expect(ts)
             if e is not None:
-                self.err_n += 1
-                a = 1.0 / min(self.err_n, self.skill_tau_pts)
+                n = self.err_n + 1
+                self.err_n = n
+                tau = self.skill_tau_pts
+                a = 1.0 / (tau if tau < n else n)  # min(n, tau)
                 # Both models' one-step errors on the scale they judge (yv: the profile's y, also for counts);
                 # the seasonal one is its residual.
                 self.err_s += a * (abs(zc[2]) - self.err_s)
