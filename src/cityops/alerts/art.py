@@ -453,11 +453,12 @@ class _Dvfa:
             return a, ae, -1
         if a >= rho_ub:
             res = (m >= rho_ub).nonzero()[0]  # (np.flatnonzero's result, without its Python-level wrapper)
-            sub = em[res]
+            sub = em.take(res, 0)  # = em[res], faster than fancy indexing
             self.W[res] = sub
             d = sub @ self._SUMS
-            if np.count_nonzero(d <= 0):  # (.any() of a tiny array costs a reduction's set-up)
-                d[d <= 0] = np.inf
+            # (.any() of a tiny array costs a reduction's set-up; a float 0.0 spares an int scalar's conversion)
+            if np.count_nonzero(d <= 0.0):
+                d[d <= 0.0] = np.inf
                 self.open = True
             self.den[res] = d
             self.last[res] = self.t

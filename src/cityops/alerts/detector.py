@@ -366,7 +366,17 @@ class SeasonalDetector:
         seasonal model from learning; the range always learns.
         """
         ze = self._ext_z(value) if self._ext_gain else 0.0  # (no range channel: skip the call)
-        self._ext_learn(value, ze)
+        # self._ext_learn(value, ze), inlined (every point)
+        en = self.ext_n
+        if en == 0:
+            self.ext_lo = self.ext_hi = value
+        elif value > self.ext_hi:
+            self.ext_hi = value
+        elif value < self.ext_lo:
+            self.ext_lo = value
+        if abs(ze) >= self.z_flag:
+            self.ext_last = en
+        self.ext_n = en + 1
         if self.seasonal:
             score, direction, flagged = self._update_seasonal(ts, value, zc)
         else:
@@ -700,10 +710,12 @@ class ProfileDetector:
 
     def learn_one(self, ts: float, value: float) -> None:
         """Add this point to its time-of-day bin (running mean and mean absolute deviation)."""
+        self._learn(ts, self._y(value), self._expect(ts) if self.n >= self.warmup_pts else None)
+
+    def _learn(self, ts: float, y: float, e: tuple[float, float] | None) -> None:
+        """`learn_one` of the scored value `y`, given `e` = `_expect(ts)` (None: not judged yet)."""
         b = self._bin(ts)[0]
-        y = self._y(value)
         n = self.n
-        e = self._expect(ts) if n >= self.warmup_pts else None
         if e is not None:
             # Huber clip: a point the model already judges can move its bin by at most clip_z scales
             # (min(max(y, m - lim), m + lim), as conditionals).
@@ -747,18 +759,25 @@ class ProfileDetector:
 
     def update(self, ts: float, value: float) -> tuple[float, str, bool]:
         """Score, then learn unless part of a run; returns (score, direction, is_anomaly)."""
-        zr = self._zr(ts, value)
+        # _zr and learn_one inlined: the expectation and the scored value are computed once per point.
+        e = self._expect(ts) if self.n >= self.warmup_pts else None
+        y = 2.0 * math.sqrt((0.0 if 0.0 > value else value) + 0.375) if self._poisson else value  # _y(value)
         prev_ts = self.last_ts
-        if zr is None:
+        if e is None:
             self.run = 0
             self.evidence = self.span = self.last_z = 0.0
             self.calm_ts = ts
             self.judged = self.onset = False
-            self.learn_one(ts, value)
+            self._learn(ts, y, e)
             return 0.0, _HIGH, False
         self.judged = True
         self.onset = False
-        z, r = zr
+        m = e[0]
+        r = y - m
+        if r < 0 and self._poisson and self._count(m) < self.min_expected:
+            z = 0.0  # too few expected to call a drop
+        else:
+            z = r / e[1]
         self.last_z = z
         a = abs(z)
         sgn = 1 if z >= 0 else -1
@@ -769,7 +788,7 @@ class ProfileDetector:
             self.evidence = self.span = 0.0
             self.calm_ts = ts
             self._calibrate(False)
-            self.learn_one(ts, value)
+            self._learn(ts, y, e)
             return score, direction, False
         if self.run * sgn > 0 and ts - self.run_ts <= self.persist_s:
             self.run += sgn
@@ -789,7 +808,7 @@ class ProfileDetector:
         self.evidence = evidence
         flagged = a >= self.strong * self.z_flag or (n >= self.persist and evidence >= self.z_run_flag)
         if n == 1 and a < self.z_flag:
-            self.learn_one(ts, value)  # a lone mild surprise is ordinary noise (learned, clipped)
+            self._learn(ts, y, e)  # a lone mild surprise is ordinary noise (learned, clipped)
         else:
             self.last_ts = ts  # a candidate: never learned
         if ts - self.run_start >= self.relearn_s:
