@@ -20,9 +20,13 @@ _ART_QUIET = (0.0, _HIGH, False)  # the ART channel's decision at all but its re
 
 
 def _restore(det: Any, state: dict[str, Any]) -> None:
-    """Set a detector's state attributes from a `to_state()["state"]` dict (lists copied, not shared)."""
+    """Set a detector's state attributes from a `to_state()["state"]` dict (lists copied, not shared).
+
+    A key the detector has no slot for is not state of this version and is skipped (before the detectors had
+    `__slots__` it became an attribute nothing read)."""
     for k, v in state.items():
-        setattr(det, k, list(v) if isinstance(v, list) else v)
+        if k in type(det).__slots__:
+            setattr(det, k, list(v) if isinstance(v, list) else v)
 
 
 class SeasonalDetector:
@@ -54,6 +58,21 @@ class SeasonalDetector:
 
     All times are epoch seconds; spacing may be irregular.
     """
+
+    # Slots, not a __dict__: with more than 30 attributes an instance's dict stops sharing its keys and CPython
+    # 3.11 then no longer specialises `self.method(...)` calls and attribute stores on it; `update` runs for every
+    # point of every series (benchmarks/bench_detector.py). Every attribute must be declared here.
+    __slots__ = (
+        # parameters and constants derived from them
+        "sensitivity", "season_s", "week", "bins", "week_bins", "level_tau_s", "drift_tau_s", "season_rate",
+        "scale_tau_pts", "sustain_pts", "clip_z", "z_threshold", "relearn_s", "episode_gap_s", "week_min_visits",
+        "warmup_pts", "repeat_factor", "peak_tau_pts", "peak_ref", "recur_n", "recur_bins", "season_drift",
+        "scale_floor", "ext_frac", "ext_rest_pts", "seasonal", "_ext_gain", "_peak_decay", "z_flag", "threshold",
+        "_a_scale", "_a_sustain", "_sustain_norm", "_keep_sustain", "_zcap", "_dt", "_a_lvl", "_a_dft",
+        # state (to_state)
+        "n", "last_ts", "level", "drift", "scale", "spread", "zbar", "peak", "day", "day_n", "wk", "wk_n",
+        "flag_ts", "flag_n", "ep_start", "ep_last", "ep_resid", "ext_n", "ext_lo", "ext_hi", "ext_last",
+    )
 
     def __init__(
         self,
@@ -485,6 +504,20 @@ class ProfileDetector:
     When a run lasts `relearn_s`, the profile shifts by its typical residual (a new normal).
     All times are epoch seconds; spacing may be irregular. The state is a few hundred numbers.
     """
+
+    # Slots, not a __dict__: see SeasonalDetector.__slots__ (the same reason). Every attribute must be declared here.
+    __slots__ = (
+        # parameters and constants derived from them
+        "sensitivity", "noise", "season_s", "bin_s", "cap_pts", "min_bin_pts", "min_days", "warmup_pts",
+        "z_threshold", "strong", "persist", "persist_s", "run_cap", "run_min_z", "run_threshold", "rel_floor",
+        "min_expected", "relearn_s", "clip_z", "step_unc", "weekend", "utc_offset_s", "cal_tau_pts", "cal_min_pts",
+        "cal_max_rate", "bins", "_types", "z_flag", "z_run", "z_run_flag", "threshold", "_poisson", "_ready_s",
+        # state (_STATE)
+        "n", "last_ts", "mean", "dev", "cnt", "first", "run", "run_ts", "run_start", "run_resid", "run_z",
+        "run_flagged", "cal_n", "cal_rate", "calm_ts",
+        # per point, not state
+        "evidence", "judged", "onset", "last_z", "span", "_ec_ts", "_ec", "_bin_ts", "_bin_v",
+    )
 
     def __init__(
         self,
