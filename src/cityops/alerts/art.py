@@ -448,7 +448,7 @@ class _Dvfa:
         m *= es
         m *= es
         best = int(m.argmax())
-        a, ae = float(m[best]), float(r[best, 1])
+        a, ae = m.item(best), r.item(best, 1)  # (as Python floats, without numpy scalars in between)
         if not learning:
             return a, ae, -1
         if a >= rho_ub:

@@ -1160,9 +1160,20 @@ class KpiDetector:
             return self._cad(ts, self._ys(value), res)
         return res
 
+    def _agrees(self, s: SeasonalDetector, zc: tuple[float, float, float, int, int] | None, direction: str) -> bool:
+        """The seasonal model sees this point off in `direction` by `lead_agree_z` (its z, or its sustained z when
+        larger; against its largest recent surprise for heavy tails; 0 before its second point)."""
+        zs = 0.0
+        if s.n >= 2 and zc is not None:
+            z1, z2 = zc[0], zc[1]
+            zs = z1 if abs(z1) >= abs(z2) else z2
+            if s._peak_decay and s.peak > s.peak_ref:
+                zs *= s.peak_ref / s.peak  # a heavy-tailed series: against its largest recent surprise
+        return zs >= self.lead_agree_z if direction == _HIGH else zs <= -self.lead_agree_z
+
     def _update(self, ts: float, value: float) -> tuple[float, str, bool]:
         s, p = self._s, self._p
-        yv = self._ys(value)
+        yv = 2.0 * math.sqrt((0.0 if 0.0 > value else value) + 0.375) if self._anscombe else value  # _ys(value)
         if self._c is not None:
             self._cad_score = self._c.update(ts, yv)
             if self._cad_score > 0.0 and s is not None and s.seasonal and s.n:
@@ -1208,17 +1219,11 @@ class KpiDetector:
             if pf and (ps > ss or not sf):
                 return max(ps, ss), pd, True
             return ss, sd, sf or pf
-        zs = 0.0
-        if s.n >= 2 and zc is not None:
-            z1, z2 = zc[0], zc[1]
-            zs = z1 if abs(z1) >= abs(z2) else z2
-            if s._peak_decay and s.peak > s.peak_ref:
-                zs *= s.peak_ref / s.peak  # a heavy-tailed series: against its largest recent surprise
         lead = p.calibrated and self.err_p <= self.lead_skill * self.err_s
         if lead:
             self.decided_by = "profile"
         # Where the profile leads, its persistent runs decide (the seasonal model agreeing on the direction).
-        if lead and pf and abs(p.run) >= self.lead_persist and (zs >= self.lead_agree_z if pd == _HIGH else zs <= -self.lead_agree_z):
+        if lead and pf and abs(p.run) >= self.lead_persist and self._agrees(s, zc, pd):
             # Flagged: the seasonal model must not learn it either (it may still be warming up,
             # when it learns every point); the range learns every point, as always.
             s._ext_learn(yv, s._ext_z(yv))
@@ -1226,7 +1231,7 @@ class KpiDetector:
             z = max(p.evidence, s.z_flag)
             sc = SeasonalDetector._z_to_score(z)
             return (sc if p.onset else s.repeat_factor * sc), pd, True
-        few = self._few_expected(ts)
+        few = self._anscombe and self._few_expected(ts)  # (the call returns False at once for other series)
         ss, sd, sf = s.update(ts, yv, zc)
         if few and sd == _LOW:
             sf = False  # too few counts expected to call a drop (the profile's `min_expected`, for this channel too)
