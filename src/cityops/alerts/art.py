@@ -89,7 +89,8 @@ def _floats(v: Any) -> np.ndarray:
 def _code(f: list[float]) -> np.ndarray:
     """Complement coding of the 16 features in the layout above."""
     head = f[:-1]
-    return np.array(head + list(map((1.0).__sub__, head)) + [f[-1], 1.0 - f[-1]])  # map: 1 - v, without a comprehension
+    # map: 1 - v without a comprehension; fromiter with the known length skips np.array's dtype and shape discovery.
+    return np.fromiter(head + list(map((1.0).__sub__, head)) + [f[-1], 1.0 - f[-1]], float, _CODED)
 
 
 class ArtDetector:
