@@ -486,8 +486,12 @@ class _Dvfa:
         # The categories as little-endian float64 bytes (row-major, k rows of 32), not lists: the KPI rules store
         # a detector's state after every window, and a few thousand floats copy (and MessagePack) as one block.
         # `from_state` also takes them as (nested or flat) lists of numbers, e.g. from JSON.
+        # The cached denominators too: recomputed in one product over all k rows they can differ in the last bits
+        # from the ones computed row subset by row subset while learning (the BLAS result depends on the matrix
+        # shape), and a restored detector must continue exactly as the uninterrupted one.
         return {"cap": self.W.shape[0], "k": k, "W": self.W[:k].astype("<f8").tobytes(), "labels": list(self.labels),
-                "last": self.last[:k].astype("<f8").tobytes(), "n_clusters": self.n_clusters, "t": self.t}
+                "last": self.last[:k].astype("<f8").tobytes(), "n_clusters": self.n_clusters, "t": self.t,
+                "den": self.den[:k].astype("<f8").tobytes()}
 
     @classmethod
     def from_state(cls, st: dict[str, Any]) -> _Dvfa:
@@ -498,7 +502,14 @@ class _Dvfa:
             raise ValueError("ART state: categories do not fit their capacity")
         d.k = k
         d.W[:k] = W.reshape(k, _CODED)
-        d.refresh()
+        if st.get("den") is None:  # a state written before the denominators were kept: recomputed
+            d.refresh()
+        else:
+            den = _floats(st["den"])
+            if den.size != 2 * k:
+                raise ValueError("ART state: denominators do not fit the categories")
+            d.den[:k] = den.reshape(k, 2)
+            d.open = bool(np.isinf(d.den[:k, 1]).any())
         d.labels = [int(v) for v in st["labels"]]
         d.last[:k] = last
         d.n_clusters, d.t = int(st["n_clusters"]), int(st["t"])
