@@ -121,4 +121,5 @@ def test_cli_learning_period_defaults_and_conflicts(tmp_path: Path, capsys: pyte
     capsys.readouterr()
     assert cli.main(["nab-detect", str(tmp_path / "d"), str(tmp_path / "bad"), "--learning-period", "probation",
                      "--detector", '{"art_learn_pts": 312}']) == 2
-    assert "art_learn_pts is given" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--learning-period probation" in err and "art_learn_pts is given (=312" in err
