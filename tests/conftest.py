@@ -162,6 +162,31 @@ def influx_rows(influx: ManagedProcess, measurement: str) -> list[dict[str, Any]
     return out
 
 
+def influx_write(influx: ManagedProcess, lines: list[str], db: str = "cityops", precision: str = "s") -> None:
+    """Create `db` and write line-protocol `lines` to it, as another writer (or the past) would have.
+
+    InfluxDB 1.6 was seen answering a write with 404 "database not found" right after acknowledging the
+    CREATE DATABASE (the database was in meta.db): a 404 of that kind is retried for up to 10 s, as
+    cityops's own sink does (InfluxSink: create, then write again). Any other refusal fails the test."""
+    import urllib.error
+
+    with urllib.request.urlopen(f"{influx.url}/query?" + urllib.parse.urlencode({"q": f'CREATE DATABASE "{db}"'}),
+                                data=b"", timeout=10) as r:
+        answer = json.loads(r.read() or b"{}")
+    assert not any("error" in res for res in answer.get("results", [])), answer
+    url = f"{influx.url}/write?" + urllib.parse.urlencode({"db": db, "precision": precision})
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data="\n".join(lines).encode()), timeout=10):
+                return
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            if exc.code != 404 or "database not found" not in body or time.monotonic() > deadline:
+                raise AssertionError(f"InfluxDB refused the write: HTTP {exc.code} {body}") from exc
+        time.sleep(0.2)
+
+
 def produce(bootstrap: str, messages: list[tuple[str, bytes]]) -> None:
     from kafka import KafkaProducer
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
-import urllib.request
 from typing import Any
 
 import pytest
 
-from tests.conftest import influx_query, influx_rows, produce
+from tests.conftest import influx_query, influx_rows, influx_write, produce
 
 pytestmark = pytest.mark.integration
 
@@ -107,19 +105,11 @@ def test_event_times_influxdb_cannot_store_are_dead_lettered_at_ingest(kafka: An
     assert metric(w, "cityops_sink_write_errors_total", kind="rejected") == 0
 
 
-def _influx_post(influx: Any, path: str, data: bytes, **params: str) -> None:
-    url = f"{influx.url}{path}?{urllib.parse.urlencode(params)}"
-    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="POST"), timeout=10) as r:
-        assert r.status in (200, 204)
-
-
 def test_points_influxdb_refuses_are_dead_lettered_with_its_reason(kafka: Any, influx: Any,
                                                                   worker_factory: Any) -> None:
     """A field type conflict (another writer made ``taps_in`` a string in this shard): InfluxDB refuses the
     KPI point; it reaches cityops.dead-letter as line protocol with InfluxDB's reason, and is counted."""
-    _influx_post(influx, "/query", b"", q='CREATE DATABASE "cityops"')
-    _influx_post(influx, "/write", f'traffic_ridership,line=other,mode=bus taps_in="x" {WINDOW - 3600}'.encode(),
-                 db="cityops", precision="s")
+    influx_write(influx, [f'traffic_ridership,line=other,mode=bus taps_in="x" {WINDOW - 3600}'])
     produce(kafka.url, [(TAPS, dumps([tap(i) for i in range(5)]))])
     w = worker_factory(**NO_RULES).start()
     w.wait(lambda: w.counted(TAPS) >= 5, what="taps decided")
@@ -170,9 +160,7 @@ def test_lines_b12_backslash_and_b12_space_are_two_series(kafka: Any, influx: An
 def test_refused_points_survive_kill9(kafka: Any, influx: Any, worker_factory: Any) -> None:
     """The dead letter of a refused point is an output like the others: kill -9 right after InfluxDB refused
     it, restart, and it is on the dead-letter topic (a repeat carries the same cityops-dlq-id)."""
-    _influx_post(influx, "/query", b"", q='CREATE DATABASE "cityops"')
-    _influx_post(influx, "/write", f'traffic_ridership,line=other,mode=bus taps_in="x" {WINDOW - 3600}'.encode(),
-                 db="cityops", precision="s")
+    influx_write(influx, [f'traffic_ridership,line=other,mode=bus taps_in="x" {WINDOW - 3600}'])
     produce(kafka.url, [(TAPS, dumps([tap(300 + i) for i in range(4)]))])
     w = worker_factory(**NO_RULES).start()
     w.wait(lambda: metric(w, "cityops_points_refused_total") >= 1, what="a refused point")

@@ -3,13 +3,12 @@ watermark past the minute's end by the allowed lateness), so a shown value is th
 
 from __future__ import annotations
 
-import urllib.parse
-import urllib.request
 from datetime import datetime
 
 from cityops.demo import complete_until, kpi_streams, last_complete_wall_minute, query_kpis
 from cityops.localproc import ManagedProcess
 from cityops.units import CITY_TZ
+from tests.conftest import influx_write
 
 T = datetime(2026, 11, 25, 7, 3, tzinfo=CITY_TZ).timestamp()  # a minute start
 TAPS, ROAD, HEALTH, FOOD = "traffic.card-taps", "traffic.road-detectors", "health.card-events", "food.trace-events"
@@ -44,10 +43,7 @@ def test_stream_quality_shows_the_last_complete_wall_clock_minute() -> None:
 
 
 def write(influx: ManagedProcess, lines: list[str]) -> None:
-    for q in ("CREATE DATABASE cityops",):
-        urllib.request.urlopen(f"{influx.url}/query?" + urllib.parse.urlencode({"q": q}), data=b"", timeout=10)
-    req = urllib.request.Request(f"{influx.url}/write?db=cityops&precision=s", data="\n".join(lines).encode())
-    urllib.request.urlopen(req, timeout=10)
+    influx_write(influx, lines)
 
 
 def test_shown_minutes_are_complete_ones_from_influxdb(influx: ManagedProcess) -> None:
