@@ -19,6 +19,17 @@ _LOW = "low"
 _ART_QUIET = (0.0, _HIGH, False)  # the ART channel's decision at all but its reported anomalies (one shared tuple)
 
 
+def _bin_step(old: float, dev: float, lim2: float, g: float) -> float:
+    """A seasonal bin's value after learning `dev` at rate `g`, dev clipped to old +- lim2.
+
+    The conditionals are max(old - lim2, min(old + lim2, dev)), NaN included, without two builtin calls (the
+    bins learn on every point)."""
+    hi = old + lim2
+    c = dev if dev < hi else hi
+    lo = old - lim2
+    return old + g * ((c if c > lo else lo) - old)
+
+
 def _restore(det: Any, state: dict[str, Any]) -> None:
     """Set a detector's state attributes from a `to_state()["state"]` dict (lists copied, not shared).
 
@@ -341,30 +352,13 @@ class SeasonalDetector:
         dev = value - level - self.season_drift * drift
         g = self.season_rate
         lim2 = lim * 2
-        # A learned bin moves towards dev clipped to +-2 lim around it (the conditionals below are
-        # max(old - 2 lim, min(old + 2 lim, dev)), NaN included, without two builtin calls); a new one takes dev.
+        # A learned bin moves towards dev clipped to +-2 lim around it; a new one takes dev.
         day_n = self.day_n
-        if day_n[b]:
-            day = self.day
-            old = day[b]
-            hi = old + lim2
-            c = dev if dev < hi else hi
-            lo = old - lim2
-            day[b] = old + g * ((c if c > lo else lo) - old)
-        else:
-            self.day[b] = dev
+        self.day[b] = _bin_step(self.day[b], dev, lim2, g) if day_n[b] else dev
         day_n[b] += 1
         if self.week:
             wk_n = self.wk_n
-            if wk_n[w]:
-                wk = self.wk
-                old = wk[w]
-                hi = old + lim2
-                c = dev if dev < hi else hi
-                lo = old - lim2
-                wk[w] = old + g * ((c if c > lo else lo) - old)
-            else:
-                self.wk[w] = dev
+            self.wk[w] = _bin_step(self.wk[w], dev, lim2, g) if wk_n[w] else dev
             wk_n[w] += 1
         ar = abs(rc)
         self.spread += self._a_scale * 0.1 * (abs(value - level) - self.spread)
