@@ -379,17 +379,7 @@ class SeasonalDetector:
         seasonal model from learning; the range always learns.
         """
         ze = self._ext_z(value) if self._ext_gain else 0.0  # (no range channel: skip the call)
-        # self._ext_learn(value, ze), inlined (every point)
-        en = self.ext_n
-        if en == 0:
-            self.ext_lo = self.ext_hi = value
-        elif value > self.ext_hi:
-            self.ext_hi = value
-        elif value < self.ext_lo:
-            self.ext_lo = value
-        if abs(ze) >= self.z_flag:
-            self.ext_last = en
-        self.ext_n = en + 1
+        self._ext_learn(value, ze)
         if self.seasonal:
             score, direction, flagged = self._update_seasonal(ts, value, zc)
         else:
