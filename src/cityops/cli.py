@@ -245,10 +245,6 @@ def cmd_nab_detect(args: argparse.Namespace) -> int:
     # scored as it streams or the learning period is given as a detector argument.
     learning_period = args.learning_period or (
         "detector" if args.rule or "art_learn_pts" in detector else "probation")
-    if learning_period == "probation" and "art_learn_pts" in detector:
-        print("error: --learning-period probation sets art_learn_pts per file, and art_learn_pts is given "
-              f"(={detector['art_learn_pts']}, from --rule or --detector): drop one of them", file=sys.stderr)
-        return 2
     try:
         stats = run(Path(args.data_dir), Path(args.out_dir), sensitivity=sensitivity, progress=progress,
                     model=args.model, detector=detector, learning_period=learning_period)

@@ -103,8 +103,8 @@ def run(
     if learning_period not in LEARNING_PERIODS:
         raise ValueError(f"learning_period must be one of {', '.join(LEARNING_PERIODS)}, got {learning_period!r}")
     if learning_period == "probation" and "art_learn_pts" in extra:
-        raise ValueError("art_learn_pts is given, and learning_period=probation sets it per file: use "
-                         "learning_period=detector to keep art_learn_pts")
+        raise ValueError(f"art_learn_pts is given (={extra['art_learn_pts']}), and learning_period probation "
+                         "(--learning-period probation) sets it per file: drop one of them")
     MODELS[model](sensitivity=sensitivity, **extra)  # a bad argument fails before any file is written
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     paths = sorted(data_dir.rglob("*.csv"))
